@@ -1,0 +1,145 @@
+"""Test plumbing shared by tests/ (the student's code) and tests_refsol/ (the reference).
+
+Each graded test file imports `tiny_attn_base`, a three-line module that exists twice: in
+tests_refsol/ it binds `ta` to `tiny_attn_ref`, in tests/ to `tiny_attn`. Everything else a
+test needs (seeded inputs, reference answers, tolerances, backends) lives here, once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+# Tolerances, stated once. float32 with the same summation order as the reference: tight.
+# A tiled / online algorithm changes the order of the sums: a little looser.
+TOL_F32 = {"rtol": 1e-5, "atol": 1e-6}
+TOL_F32_REORDERED = {"rtol": 1e-4, "atol": 1e-5}
+TOL_F16 = {"rtol": 1e-2, "atol": 1e-3}
+TOL_BF16 = {"rtol": 5e-2, "atol": 1e-2}
+
+
+def to_numpy(x: Any, dtype: Any = np.float64) -> np.ndarray:
+    """An mx.array (any dtype, bfloat16 included) or array-like as a NumPy array of `dtype`."""
+    if isinstance(x, mx.array):
+        if x.dtype == mx.bfloat16:
+            x = x.astype(mx.float32)
+        return np.array(x, copy=True).astype(dtype)
+    return np.asarray(x, dtype=dtype)
+
+
+def assert_allclose(actual: Any, expected: Any, *, rtol: float, atol: float, what: str = "") -> None:
+    """Compare two arrays (mx or NumPy) with a message that says where they differ most."""
+    a = to_numpy(actual)
+    e = to_numpy(expected)
+    label = f" ({what})" if what else ""
+    assert a.shape == e.shape, f"shape mismatch{label}: got {a.shape}, expected {e.shape}"
+    np.testing.assert_allclose(a, e, rtol=rtol, atol=atol, err_msg=f"values differ{label}")
+
+
+def rand(shape: Sequence[int], *, seed: int, dtype: mx.Dtype = mx.float32,
+         scale: float = 1.0) -> mx.array:
+    """Standard-normal values times `scale`, reproducible from `seed`, as an mx.array."""
+    values = np.random.default_rng(seed).standard_normal(tuple(shape)) * scale
+    return mx.array(values.astype(np.float32)).astype(dtype)
+
+
+def qkv(batch: Sequence[int], h_q: int, h: int, L: int, S: int, E: int, *, seed: int,
+        dtype: mx.Dtype = mx.float32, scale: float = 1.0) -> tuple[mx.array, mx.array, mx.array]:
+    """query (batch..., h_q, L, E), key and value (batch..., h, S, E), seeded."""
+    b = tuple(batch)
+    q = rand((*b, h_q, L, E), seed=seed, dtype=dtype, scale=scale)
+    k = rand((*b, h, S, E), seed=seed + 1, dtype=dtype, scale=scale)
+    v = rand((*b, h, S, E), seed=seed + 2, dtype=dtype, scale=scale)
+    return q, k, v
+
+
+def mlx_sdpa(q: mx.array, k: mx.array, v: mx.array, *, scale: float | None = None,
+             mask: Any = None) -> mx.array:
+    """The course's reference answer: `mx.fast.scaled_dot_product_attention` on the CPU."""
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    with mx.stream(mx.cpu):
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+        mx.eval(out)
+    return out
+
+
+def numpy_attention(q: Any, k: Any, v: Any, *, scale: float | None = None,
+                    mask: Any = None) -> np.ndarray:
+    """Attention in float64 NumPy, independent of MLX: GQA by repeating heads, masks as MLX."""
+    qn, kn, vn = to_numpy(q), to_numpy(k), to_numpy(v)
+    E = qn.shape[-1]
+    scale = 1.0 / math.sqrt(E) if scale is None else scale
+    h_q, h = qn.shape[-3], kn.shape[-3]
+    if h_q != h:
+        kn = np.repeat(kn, h_q // h, axis=-3)
+        vn = np.repeat(vn, h_q // h, axis=-3)
+    scores = scale * qn @ np.swapaxes(kn, -1, -2)
+    L, S = scores.shape[-2], scores.shape[-1]
+    if isinstance(mask, str):
+        assert mask == "causal"
+        keep = np.arange(L)[:, None] + (S - L) >= np.arange(S)[None, :]
+        scores = np.where(keep, scores, -np.inf)
+    elif mask is not None:
+        if isinstance(mask, mx.array) and mask.dtype == mx.bool_:
+            scores = np.where(np.array(mask), scores, -np.inf)
+        else:
+            scores = scores + to_numpy(mask)
+    row_max = np.max(scores, axis=-1, keepdims=True)
+    row_max = np.where(np.isfinite(row_max), row_max, 0.0)
+    p = np.exp(scores - row_max)
+    denom = p.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (p / denom) @ vn
+    return out
+
+
+def attention_flops(B: int, H: int, L: int, S: int, E: int, causal: bool = False) -> float:
+    """4·B·H·L·S·E (two matmuls, a multiply and an add each), halved for causal."""
+    flops = 4.0 * B * H * L * S * E
+    return flops / 2 if causal else flops
+
+
+def gpu_backend_name() -> str:
+    """'metal' where MLX has a Metal device, else 'metalsim' (the CPU simulator)."""
+    return "metal" if mx.metal.is_available() else "metalsim"
+
+
+def load_extension(module_name: str) -> Any:
+    """Import a course extension, building it first if it is missing or out of date.
+
+    `module_name` is "tiny_attn_ext" (the student's) or "tiny_attn_ext_ref" (the reference).
+    """
+    import build_ext  # tools/build_ext.py
+
+    build_ext.ensure_built("student" if module_name == "tiny_attn_ext" else "ref")
+    return importlib.import_module(module_name)
+
+
+# --- pytest fixtures, re-exported by tests/conftest.py and tests_refsol/conftest.py ---------
+
+import pytest  # noqa: E402
+
+# The backends a GPU day runs on: "cpu" is the C++ CPU path, "gpu" is the Metal kernel
+# (on a real Metal device where there is one, on metalsim everywhere else).
+BACKENDS = ["cpu", "gpu"]
+
+
+def device_for(backend: str) -> mx.Device:
+    """The MLX device an extension op is given for a backend name ("cpu" or "gpu")."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return mx.cpu if backend == "cpu" else mx.gpu
+
+
+@pytest.fixture(scope="session")
+def ext() -> Any:
+    """The extension under test (tiny_attn_ext or tiny_attn_ext_ref), built if needed."""
+    import tiny_attn_base
+
+    return load_extension(tiny_attn_base.EXTENSION)
