@@ -1,0 +1,140 @@
+"""Week 1, Day 2: multi-head attention with projections.
+
+Book: book/src/week1-02-multi-head-attention.md
+
+    Q = x_q Wq, K = x_k Wk, V = x_v Wv          (one matmul each for all heads)
+    head_h = attention(Q_h, K_h, V_h)           (Q_h: the h-th slice of E columns of Q)
+    out = concat(head_0, ..., head_{H-1}) Wo
+
+Weights are stored (in_features, out_features), so a projection is `x @ w`.
+(mlx.nn.Linear stores the transpose, (out_features, in_features), and computes x @ w.T.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+
+from .basics import _FLOAT_DTYPES, _check_array, scaled_dot_product_attention_simple
+
+
+def _check_num_heads(num_heads: Any) -> None:
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int):
+        raise TypeError(f"num_heads must be an int, got {type(num_heads).__name__}")
+    if num_heads < 1:
+        raise ValueError(f"num_heads must be at least 1, got {num_heads}")
+
+
+def split_heads(x: mx.array, num_heads: int) -> mx.array:
+    """Split the last dimension into heads and move the heads before the sequence.
+
+    Args:
+        x: (B..., L, H * E).
+        num_heads: H, which must divide the last dimension.
+
+    Returns:
+        (B..., H, L, E): head h holds columns h*E ... h*E + E - 1 of x.
+    """
+    _check_array(x, "x", 2, "(B..., L, H * E)")
+    _check_num_heads(num_heads)
+    D = x.shape[-1]
+    if D % num_heads != 0:
+        raise ValueError(
+            f"x's last dimension ({D}) must be a multiple of num_heads ({num_heads})"
+        )
+    heads = x.reshape(*x.shape[:-1], num_heads, D // num_heads)  # (B..., L, H, E)
+    return mx.swapaxes(heads, -3, -2)  # (B..., H, L, E)
+
+
+def merge_heads(x: mx.array) -> mx.array:
+    """The inverse of split_heads.
+
+    Args:
+        x: (B..., H, L, E).
+
+    Returns:
+        (B..., L, H * E): the heads side by side along the last dimension.
+    """
+    _check_array(x, "x", 3, "(B..., H, L, E)")
+    H, L, E = x.shape[-3:]
+    # swapaxes only changes strides; reshape then copies into the (L, H * E) order.
+    return mx.swapaxes(x, -3, -2).reshape(*x.shape[:-3], L, H * E)
+
+
+class MultiHeadAttention:
+    """Multi-head attention with given (bias-free) projection weights.
+
+    Weight shapes, with D = num_heads * E and Dv = num_heads * Ev:
+        wq: (Dq_in, D)     projects the query input
+        wk: (Dk_in, D)     projects the key input
+        wv: (Dv_in, Dv)    projects the value input
+        wo: (Dv, D_out)    projects the concatenated heads
+
+    Calling it with query (B..., L, Dq_in), key (B..., S, Dk_in), value (B..., S, Dv_in)
+    and an optional additive float mask broadcastable to (B..., H, L, S) returns
+    (B..., L, D_out). Each head uses scale 1 / sqrt(E).
+    """
+
+    def __init__(
+        self, num_heads: int, wq: mx.array, wk: mx.array, wv: mx.array, wo: mx.array
+    ) -> None:
+        _check_num_heads(num_heads)
+        for name, w in (("wq", wq), ("wk", wk), ("wv", wv), ("wo", wo)):
+            if not isinstance(w, mx.array):
+                raise TypeError(f"{name} must be an mx.array, got {type(w).__name__}")
+            if w.dtype not in _FLOAT_DTYPES:
+                raise TypeError(f"{name} must be float32, float16 or bfloat16, got {w.dtype}")
+            if w.ndim != 2:
+                raise ValueError(
+                    f"{name} must be 2-D (in_features, out_features), got shape {tuple(w.shape)}"
+                )
+        if wk.shape[1] != wq.shape[1]:
+            raise ValueError(
+                f"wk must have {wq.shape[1]} output columns like wq, got shape {tuple(wk.shape)}"
+            )
+        if wq.shape[1] % num_heads != 0:
+            raise ValueError(
+                f"wq's output columns ({wq.shape[1]}) must be a multiple of num_heads "
+                f"({num_heads})"
+            )
+        if wv.shape[1] % num_heads != 0:
+            raise ValueError(
+                f"wv's output columns ({wv.shape[1]}) must be a multiple of num_heads "
+                f"({num_heads})"
+            )
+        if wo.shape[0] != wv.shape[1]:
+            raise ValueError(
+                f"wo must have {wv.shape[1]} input rows (wv's output columns), "
+                f"got shape {tuple(wo.shape)}"
+            )
+        self.num_heads = num_heads
+        self.wq, self.wk, self.wv, self.wo = wq, wk, wv, wo
+
+    def __call__(
+        self,
+        query: mx.array,
+        key: mx.array,
+        value: mx.array,
+        mask: mx.array | None = None,
+    ) -> mx.array:
+        """query (B..., L, Dq_in), key (B..., S, Dk_in), value (B..., S, Dv_in) -> (B..., L, D_out)."""
+        checks = (("query", query, self.wq), ("key", key, self.wk), ("value", value, self.wv))
+        for name, x, w in checks:
+            _check_array(x, name, 2, f"(B..., {'L' if name == 'query' else 'S'}, {w.shape[0]})")
+            if x.shape[-1] != w.shape[0]:
+                raise ValueError(
+                    f"{name}'s last dimension must be {w.shape[0]} to match the projection "
+                    f"weights, got shape {tuple(x.shape)}"
+                )
+        if key.shape[:-1] != value.shape[:-1]:
+            raise ValueError(
+                f"key and value must agree in batch and S: key {tuple(key.shape)}, "
+                f"value {tuple(value.shape)}"
+            )
+        H = self.num_heads
+        q = split_heads(query @ self.wq, H)  # (B..., H, L, E)
+        k = split_heads(key @ self.wk, H)  # (B..., H, S, E)
+        v = split_heads(value @ self.wv, H)  # (B..., H, S, Ev)
+        heads = scaled_dot_product_attention_simple(q, k, v, mask=mask)  # (B..., H, L, Ev)
+        return merge_heads(heads) @ self.wo  # (B..., L, D_out)

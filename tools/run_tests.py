@@ -1,0 +1,43 @@
+"""`pdm run test` and `pdm run test-refsol`: run the graded tests of a week/day.
+
+  pdm run test --week 1 --day 1                 your code (copies the day's test into tests/)
+  pdm run test --week 2 --day 4 -- -k task_2    extra pytest arguments after `--`
+  pdm run test-refsol                           every day, against the reference solution
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import course
+
+
+def main(argv: list[str]) -> int:
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1 :]
+    parser = argparse.ArgumentParser(prog="pdm run test", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--student", action="store_true", help="test src/ (tests/)")
+    who.add_argument("--refsol", action="store_true", help="test refsol/ (tests_refsol/)")
+    parser.add_argument("--week", type=int, help="week number, e.g. 1")
+    parser.add_argument("--day", type=int, help="day number within the week, e.g. 3")
+    args, unknown = parser.parse_known_args(argv)
+    extra = unknown + extra  # `pdm run test --week 1 --day 1 -k task_1` works too
+
+    days = course.select_days(args.week, args.day)
+    if args.refsol:
+        files = [course.TESTS_REFSOL / course.test_file_name(w, d) for w, d in days]
+    else:
+        files = [course.copy_test(w, d) for w, d in days]
+    label = "reference solution" if args.refsol else "your code"
+    which = ", ".join(f"w{w}d{d}" for w, d in days) if len(days) < 6 else f"{len(days)} days"
+    print(f"[tiny-attn] testing {label}: {which}", flush=True)
+    return course.run_pytest(files, extra)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
