@@ -1,0 +1,186 @@
+"""Week 1, Day 3: masks (additive, boolean, causal, padding) and grouped-query attention.
+
+Book: book/src/week1-03-masks-and-gqa.md
+
+`scaled_dot_product_attention` here takes everything mx.fast.scaled_dot_product_attention
+takes: batch dimensions, H_q query heads sharing H key/value heads (H_q a multiple of H),
+mask None | "causal" | a boolean or additive floating-point array broadcastable to
+(B..., H_q, L, S), and gives the same answer, fully masked rows included.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import mlx.core as mx
+
+from .basics import (
+    _FLOAT_DTYPES,
+    _check_array,
+    _check_mask_dtype,
+    _check_mask_shape,
+    _check_scale,
+    softmax,
+)
+
+
+def _check_size(n: Any, name: str) -> None:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"{name} must be an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"{name} must be at least 1, got {n}")
+
+
+def causal_mask(L: int, S: int, dtype: mx.Dtype = mx.bool_) -> mx.array:
+    """The causal mask for L queries and S keys, aligned bottom-right.
+
+    Query i may attend to key j when j <= i + (S - L): the last query sees every key, as
+    when L new tokens follow S - L cached ones. When L > S the first L - S rows see nothing.
+
+    Args:
+        L: number of queries (>= 1).
+        S: number of keys (>= 1).
+        dtype: mx.bool_ for a boolean mask (True = may attend), or a floating dtype for an
+            additive mask (0 = may attend, -inf = may not).
+
+    Returns:
+        (L, S) array of `dtype`.
+    """
+    _check_size(L, "L")
+    _check_size(S, "S")
+    if dtype != mx.bool_ and dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"dtype must be mx.bool_ or a floating dtype, got {dtype}")
+    rows = mx.arange(L)[:, None]  # (L, 1): query index i
+    cols = mx.arange(S)[None, :]  # (1, S): key index j
+    keep = cols <= rows + (S - L)  # (L, S)
+    if dtype == mx.bool_:
+        return keep
+    return mx.where(keep, mx.array(0.0, dtype), mx.array(-math.inf, dtype))
+
+
+def padding_mask(lengths: Sequence[int] | mx.array, S: int) -> mx.array:
+    """A key-padding mask for a batch of sequences padded to S keys.
+
+    Args:
+        lengths: B valid lengths, a list of ints or a 1-D integer mx.array; each in [0, S].
+        S: the padded number of keys (>= 1).
+
+    Returns:
+        (B, 1, 1, S) boolean array, True where key j < lengths[b]; it broadcasts to the
+        scores' shape (B, H_q, L, S).
+    """
+    _check_size(S, "S")
+    if isinstance(lengths, mx.array):
+        if lengths.ndim != 1 or not mx.issubdtype(lengths.dtype, mx.integer):
+            raise TypeError(
+                f"lengths must be a 1-D integer array, got shape {tuple(lengths.shape)} "
+                f"and dtype {lengths.dtype}"
+            )
+        values = lengths.tolist()
+    else:
+        if isinstance(lengths, (str, bytes)) or not isinstance(lengths, Sequence):
+            raise TypeError(f"lengths must be a sequence of ints, got {type(lengths).__name__}")
+        values = list(lengths)
+        for n in values:
+            if isinstance(n, bool) or not isinstance(n, int):
+                raise TypeError(f"lengths must hold ints, got {type(n).__name__}")
+    if len(values) == 0:
+        raise ValueError("lengths must hold at least one length")
+    for n in values:
+        if not 0 <= n <= S:
+            raise ValueError(f"every length must be in [0, S={S}], got {n}")
+    lens = mx.array(values, dtype=mx.int32)[:, None, None, None]  # (B, 1, 1, 1)
+    return mx.arange(S)[None, None, None, :] < lens  # (B, 1, 1, S)
+
+
+def scaled_dot_product_attention(
+    query: mx.array,
+    key: mx.array,
+    value: mx.array,
+    scale: float | None = None,
+    mask: str | mx.array | None = None,
+) -> mx.array:
+    """Attention with the contract of mx.fast.scaled_dot_product_attention.
+
+    Args:
+        query: (B..., H_q, L, E).
+        key: (B..., H, S, E), the same batch dimensions as query; H_q must be a multiple of H
+            (query head i uses key/value head i // (H_q / H)).
+        value: (B..., H, S, Ev).
+        scale: multiplies the scores; None means 1 / sqrt(E).
+        mask: None; "causal" (aligned bottom-right when L != S); a boolean array (True = may
+            attend) or an additive floating-point array, broadcastable to (B..., H_q, L, S).
+            A row with nothing to attend to gives what MLX gives: the mean of the values for
+            boolean and "causal" masks, NaN for an additive mask that is -inf everywhere.
+
+    Returns:
+        (B..., H_q, L, Ev), the dtype of query.
+    """
+    _check_array(query, "query", 3, "(B..., H_q, L, E)")
+    _check_array(key, "key", 3, "(B..., H, S, E)")
+    _check_array(value, "value", 3, "(B..., H, S, Ev)")
+    for name, x in (("key", key), ("value", value)):
+        if x.ndim != query.ndim:
+            raise ValueError(
+                f"{name} must have the rank of query ({query.ndim}), got shape {tuple(x.shape)}"
+            )
+        if x.dtype != query.dtype:
+            raise TypeError(f"{name} must have the dtype of query ({query.dtype}), got {x.dtype}")
+    _check_scale(scale)
+    *batch, H_q, L, E = query.shape
+    H, S = key.shape[-3], key.shape[-2]
+    if tuple(key.shape[:-3]) != tuple(batch):
+        raise ValueError(
+            f"key's batch dimensions must equal query's {tuple(batch)}, got shape "
+            f"{tuple(key.shape)}"
+        )
+    if key.shape[-1] != E:
+        raise ValueError(
+            f"key's last dimension must equal query's E={E}, got key shape {tuple(key.shape)}"
+        )
+    if value.shape[:-1] != key.shape[:-1]:
+        raise ValueError(
+            f"value must have shape {tuple(key.shape[:-1])} + (Ev,) to match key, "
+            f"got {tuple(value.shape)}"
+        )
+    if H_q % H != 0:
+        raise ValueError(
+            f"query's heads H_q={H_q} must be a multiple of key/value heads H={H}"
+        )
+    if L == 0 or S == 0:
+        raise ValueError(f"L and S must be at least 1, got query L={L} and key S={S}")
+
+    if isinstance(mask, str):
+        if mask != "causal":
+            raise ValueError(f"mask must be None, 'causal' or an mx.array, got {mask!r}")
+        mask = causal_mask(L, S)
+    elif mask is not None:
+        if not isinstance(mask, mx.array):
+            raise TypeError(
+                f"mask must be None, 'causal' or an mx.array, got {type(mask).__name__}"
+            )
+        _check_mask_dtype(mask, query.dtype, allow_bool=True)
+        _check_mask_shape(mask, (*batch, H_q, L, S), "(B..., H_q, L, S)")
+
+    scale = 1.0 / math.sqrt(E) if scale is None else scale
+    group = H_q // H
+    # Grouped-query attention without copying K and V: put the `group` query heads that share
+    # a key/value head on their own axis and let matmul broadcast K and V over it.
+    q = (query * scale).reshape(*batch, H, group, L, E)  # (B..., H, group, L, E)
+    k = mx.expand_dims(key, -3)  # (B..., H, 1, S, E)
+    v = mx.expand_dims(value, -3)  # (B..., H, 1, S, Ev)
+    # Head h * group + g of the result is query head h * group + g: the reshape is free.
+    scores = (q @ mx.swapaxes(k, -1, -2)).reshape(*batch, H_q, L, S)
+    if mask is not None:
+        if mask.dtype == mx.bool_:
+            # A finite "minus infinity", as MLX uses: a row that is masked everywhere then
+            # holds S equal scores and its softmax is uniform instead of 0/0 = NaN.
+            neg = mx.array(mx.finfo(scores.dtype).min, scores.dtype)
+            scores = mx.where(mask, scores, neg)
+        else:
+            scores = scores + mask
+    probs = softmax(scores, axis=-1).reshape(*batch, H, group, L, S)
+    out = probs @ v  # (B..., H, group, L, Ev)
+    return out.reshape(*batch, H_q, L, value.shape[-1])
