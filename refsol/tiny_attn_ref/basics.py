@@ -17,12 +17,18 @@ import mlx.core as mx
 _FLOAT_DTYPES = (mx.float32, mx.float16, mx.bfloat16)
 
 
+def _dtype_name(dtype: mx.Dtype) -> str:
+    """'float16' rather than 'mlx.core.float16', for error messages."""
+    return str(dtype).removeprefix("mlx.core.")
+
+
 def _check_array(x: Any, name: str, min_ndim: int, layout: str) -> None:
     """Raise a clear error unless `x` is a floating mx.array of at least `min_ndim` dimensions."""
     if not isinstance(x, mx.array):
         raise TypeError(f"{name} must be an mx.array, got {type(x).__name__}")
     if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {x.dtype}")
+        got = _dtype_name(x.dtype)
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {got}")
     if x.ndim < min_ndim:
         raise ValueError(
             f"{name} must have shape {layout} with at least {min_ndim} dimensions, "
@@ -51,9 +57,10 @@ def _check_mask_dtype(mask: mx.array, dtype: mx.Dtype, allow_bool: bool) -> None
         )
     if mask.dtype not in _FLOAT_DTYPES:
         expected = "bool or a floating dtype" if allow_bool else "a floating dtype"
-        raise TypeError(f"mask must have {expected}, got {mask.dtype}")
+        raise TypeError(f"mask must have {expected}, got {_dtype_name(mask.dtype)}")
     if dtype != mx.float32 and mask.dtype != dtype:
-        raise TypeError(f"mask must have dtype {dtype} like query (or bool), got {mask.dtype}")
+        want, got = _dtype_name(dtype), _dtype_name(mask.dtype)
+        raise TypeError(f"mask must have dtype {want} like query (or bool), got {got}")
 
 
 def _check_mask_shape(mask: mx.array, target: tuple[int, ...], layout: str) -> None:
@@ -79,11 +86,16 @@ def softmax(x: mx.array, axis: int = -1) -> mx.array:
     Returns:
         An array of the same shape and dtype as `x`; along `axis` the values are in [0, 1]
         and sum to 1. float16 / bfloat16 inputs are computed in float32 and cast back.
+
+    Raises:
+        TypeError: x is not a floating-point mx.array, or axis is not an int.
+        ValueError: axis is out of range for x.
     """
     if not isinstance(x, mx.array):
         raise TypeError(f"x must be an mx.array, got {type(x).__name__}")
     if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"x must be float32, float16 or bfloat16, got {x.dtype}")
+        got = _dtype_name(x.dtype)
+        raise TypeError(f"x must be float32, float16 or bfloat16, got {got}")
     if isinstance(axis, bool) or not isinstance(axis, int):
         raise TypeError(f"axis must be an int, got {type(axis).__name__}")
     if not -x.ndim <= axis < x.ndim:
@@ -116,13 +128,21 @@ def scaled_dot_product_attention_simple(
 
     Returns:
         (..., L, Ev), the dtype of query.
+
+    Raises:
+        TypeError: an argument is not an mx.array of a floating dtype (or differs in dtype
+            from query); mask is boolean; scale is not a number.
+        ValueError: a shape does not fit (rank < 2, E of key != E of query, value's (..., S)
+            != key's, L or S of 0, leading dimensions that do not broadcast, a mask not
+            broadcastable to (..., L, S)).
     """
     _check_array(query, "query", 2, "(..., L, E)")
     _check_array(key, "key", 2, "(..., S, E)")
     _check_array(value, "value", 2, "(..., S, Ev)")
     for name, x in (("key", key), ("value", value)):
         if x.dtype != query.dtype:
-            raise TypeError(f"{name} must have the dtype of query ({query.dtype}), got {x.dtype}")
+            want, got = _dtype_name(query.dtype), _dtype_name(x.dtype)
+            raise TypeError(f"{name} must have the dtype of query ({want}), got {got}")
     _check_scale(scale)
     L, E = query.shape[-2:]
     S = key.shape[-2]

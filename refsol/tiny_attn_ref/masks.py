@@ -22,6 +22,7 @@ from .basics import (
     _check_mask_dtype,
     _check_mask_shape,
     _check_scale,
+    _dtype_name,
     softmax,
 )
 
@@ -47,11 +48,15 @@ def causal_mask(L: int, S: int, dtype: mx.Dtype = mx.bool_) -> mx.array:
 
     Returns:
         (L, S) array of `dtype`.
+
+    Raises:
+        TypeError: L or S is not an int; dtype is neither mx.bool_ nor a floating dtype.
+        ValueError: L or S is below 1.
     """
     _check_size(L, "L")
     _check_size(S, "S")
     if dtype != mx.bool_ and dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"dtype must be mx.bool_ or a floating dtype, got {dtype}")
+        raise TypeError(f"dtype must be mx.bool_ or a floating dtype, got {_dtype_name(dtype)}")
     rows = mx.arange(L)[:, None]  # (L, 1): query index i
     cols = mx.arange(S)[None, :]  # (1, S): key index j
     keep = cols <= rows + (S - L)  # (L, S)
@@ -70,13 +75,17 @@ def padding_mask(lengths: Sequence[int] | mx.array, S: int) -> mx.array:
     Returns:
         (B, 1, 1, S) boolean array, True where key j < lengths[b]; it broadcasts to the
         scores' shape (B, H_q, L, S).
+
+    Raises:
+        TypeError: lengths is not a sequence of ints / a 1-D integer array; S is not an int.
+        ValueError: lengths is empty, a length is outside [0, S], S is below 1.
     """
     _check_size(S, "S")
     if isinstance(lengths, mx.array):
         if lengths.ndim != 1 or not mx.issubdtype(lengths.dtype, mx.integer):
             raise TypeError(
                 f"lengths must be a 1-D integer array, got shape {tuple(lengths.shape)} "
-                f"and dtype {lengths.dtype}"
+                f"and dtype {_dtype_name(lengths.dtype)}"
             )
         values = lengths.tolist()
     else:
@@ -117,6 +126,14 @@ def scaled_dot_product_attention(
 
     Returns:
         (B..., H_q, L, Ev), the dtype of query.
+
+    Raises:
+        TypeError: an input is not a floating mx.array or differs in dtype from query; mask
+            is not None / a str / an mx.array, or has an integer dtype, or a floating dtype
+            other than query's when query is float16 / bfloat16; scale is not a number.
+        ValueError: rank below 3 or ranks that differ; batch dimensions that differ; E of key
+            != E of query; value's (B..., H, S) != key's; H_q not a multiple of H; L or S of 0;
+            a mask string other than "causal"; a mask not broadcastable to (B..., H_q, L, S).
     """
     _check_array(query, "query", 3, "(B..., H_q, L, E)")
     _check_array(key, "key", 3, "(B..., H, S, E)")
@@ -127,7 +144,8 @@ def scaled_dot_product_attention(
                 f"{name} must have the rank of query ({query.ndim}), got shape {tuple(x.shape)}"
             )
         if x.dtype != query.dtype:
-            raise TypeError(f"{name} must have the dtype of query ({query.dtype}), got {x.dtype}")
+            want, got = _dtype_name(query.dtype), _dtype_name(x.dtype)
+            raise TypeError(f"{name} must have the dtype of query ({want}), got {got}")
     _check_scale(scale)
     *batch, H_q, L, E = query.shape
     H, S = key.shape[-3], key.shape[-2]
@@ -146,9 +164,7 @@ def scaled_dot_product_attention(
             f"got {tuple(value.shape)}"
         )
     if H_q % H != 0:
-        raise ValueError(
-            f"query's heads H_q={H_q} must be a multiple of key/value heads H={H}"
-        )
+        raise ValueError(f"query's heads H_q={H_q} must be a multiple of key/value heads H={H}")
     if L == 0 or S == 0:
         raise ValueError(f"L and S must be at least 1, got query L={L} and key S={S}")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from .basics import _FLOAT_DTYPES, _check_array, scaled_dot_product_attention_simple
+from .basics import _FLOAT_DTYPES, _check_array, _dtype_name, scaled_dot_product_attention_simple
 
 
 def _check_num_heads(num_heads: Any) -> None:
@@ -35,14 +35,16 @@ def split_heads(x: mx.array, num_heads: int) -> mx.array:
 
     Returns:
         (B..., H, L, E): head h holds columns h*E ... h*E + E - 1 of x.
+
+    Raises:
+        TypeError: x is not a floating mx.array, num_heads is not an int.
+        ValueError: x has fewer than 2 dimensions, num_heads < 1 or does not divide H * E.
     """
     _check_array(x, "x", 2, "(B..., L, H * E)")
     _check_num_heads(num_heads)
     D = x.shape[-1]
     if D % num_heads != 0:
-        raise ValueError(
-            f"x's last dimension ({D}) must be a multiple of num_heads ({num_heads})"
-        )
+        raise ValueError(f"x's last dimension ({D}) must be a multiple of num_heads ({num_heads})")
     heads = x.reshape(*x.shape[:-1], num_heads, D // num_heads)  # (B..., L, H, E)
     return mx.swapaxes(heads, -3, -2)  # (B..., H, L, E)
 
@@ -55,6 +57,10 @@ def merge_heads(x: mx.array) -> mx.array:
 
     Returns:
         (B..., L, H * E): the heads side by side along the last dimension.
+
+    Raises:
+        TypeError: x is not a floating mx.array.
+        ValueError: x has fewer than 3 dimensions.
     """
     _check_array(x, "x", 3, "(B..., H, L, E)")
     H, L, E = x.shape[-3:]
@@ -79,12 +85,21 @@ class MultiHeadAttention:
     def __init__(
         self, num_heads: int, wq: mx.array, wk: mx.array, wv: mx.array, wo: mx.array
     ) -> None:
+        """Check the weights' shapes against each other and keep them.
+
+        Raises:
+            TypeError: num_heads is not an int, a weight is not a floating mx.array.
+            ValueError: num_heads < 1, a weight is not 2-D, wq and wk differ in output
+                columns, num_heads does not divide wq's or wv's output columns, wo's rows
+                differ from wv's output columns.
+        """
         _check_num_heads(num_heads)
         for name, w in (("wq", wq), ("wk", wk), ("wv", wv), ("wo", wo)):
             if not isinstance(w, mx.array):
                 raise TypeError(f"{name} must be an mx.array, got {type(w).__name__}")
             if w.dtype not in _FLOAT_DTYPES:
-                raise TypeError(f"{name} must be float32, float16 or bfloat16, got {w.dtype}")
+                got = _dtype_name(w.dtype)
+                raise TypeError(f"{name} must be float32, float16 or bfloat16, got {got}")
             if w.ndim != 2:
                 raise ValueError(
                     f"{name} must be 2-D (in_features, out_features), got shape {tuple(w.shape)}"
@@ -95,13 +110,11 @@ class MultiHeadAttention:
             )
         if wq.shape[1] % num_heads != 0:
             raise ValueError(
-                f"wq's output columns ({wq.shape[1]}) must be a multiple of num_heads "
-                f"({num_heads})"
+                f"wq's output columns ({wq.shape[1]}) must be a multiple of num_heads ({num_heads})"
             )
         if wv.shape[1] % num_heads != 0:
             raise ValueError(
-                f"wv's output columns ({wv.shape[1]}) must be a multiple of num_heads "
-                f"({num_heads})"
+                f"wv's output columns ({wv.shape[1]}) must be a multiple of num_heads ({num_heads})"
             )
         if wo.shape[0] != wv.shape[1]:
             raise ValueError(
@@ -118,7 +131,12 @@ class MultiHeadAttention:
         value: mx.array,
         mask: mx.array | None = None,
     ) -> mx.array:
-        """query (B..., L, Dq_in), key (B..., S, Dk_in), value (B..., S, Dv_in) -> (B..., L, D_out)."""
+        """query (B..., L, Dq_in), key (B..., S, Dk_in), value (B..., S, Dv_in) -> (B..., L, D_out).
+
+        Raises:
+            ValueError: an input's last dimension does not match its weight's rows, or key
+                and value differ in batch dimensions or S.
+        """
         checks = (("query", query, self.wq), ("key", key, self.wk), ("value", value, self.wv))
         for name, x, w in checks:
             _check_array(x, name, 2, f"(B..., {'L' if name == 'query' else 'S'}, {w.shape[0]})")

@@ -1,0 +1,197 @@
+// Week 2, day 4: the flash_attention op (validation, the lazy array) and its eval_cpu.
+#include "src/flash_attention.h"
+
+#include <cmath>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+#include "mlx/backend/cpu/encoder.h"
+
+namespace tiny_attn {
+
+namespace {
+
+[[maybe_unused]] std::string shape_str(const mx::Shape& shape) {
+  std::ostringstream os;
+  os << "(";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    os << (i ? ", " : "") << shape[i];
+  }
+  os << (shape.size() == 1 ? ",)" : ")");
+  return os.str();
+}
+
+[[noreturn, maybe_unused]] void fail(const std::string& message) {
+  throw std::invalid_argument("[flash_attention] " + message);
+}
+
+void check_operand(const mx::array& x, const char* name, const char* layout) {
+  if (x.ndim() != 4) {
+    fail(std::string(name) + " must have 4 dimensions " + layout + ", got shape " +
+         shape_str(x.shape()));
+  }
+  if (x.dtype() != mx::float32) {
+    std::ostringstream os;
+    os << name << " must be float32, got " << x.dtype() << " (use .astype(mx.float32))";
+    fail(os.str());
+  }
+}
+
+} // namespace
+
+std::atomic<int64_t>& tiles_visited() {
+  static std::atomic<int64_t> count{0};
+  return count;
+}
+
+// ---------------------------------------------------------------- Task 1: the op
+mx::array flash_attention(
+    const mx::array& query,
+    const mx::array& key,
+    const mx::array& value,
+    float scale,
+    const std::optional<mx::array>& mask,
+    bool causal,
+    CpuKernel kernel,
+    int num_threads,
+    mx::StreamOrDevice s) {
+  check_operand(query, "query", "(N, H_q, L, E)");
+  check_operand(key, "key", "(N, H, S, E)");
+  check_operand(value, "value", "(N, H, S, E)");
+  const int N = query.shape(0), H_q = query.shape(1), L = query.shape(2), E = query.shape(3);
+  const int H = key.shape(1), S = key.shape(2);
+  if (key.shape() != value.shape()) {
+    fail("key and value must have the same shape (N, H, S, E), got " +
+         shape_str(key.shape()) + " and " + shape_str(value.shape()));
+  }
+  if (key.shape(0) != N) {
+    fail("key must have the batch size N = " + std::to_string(N) + " of query, got " +
+         std::to_string(key.shape(0)));
+  }
+  if (key.shape(3) != E) {
+    fail("key must have the head dimension E = " + std::to_string(E) + " of query, got " +
+         std::to_string(key.shape(3)));
+  }
+  if (N == 0 || H_q == 0 || H == 0 || L == 0 || S == 0 || E == 0) {
+    fail("every dimension must be at least 1, got query " + shape_str(query.shape()) +
+         " and key " + shape_str(key.shape()));
+  }
+  if (H_q % H != 0) {
+    fail("the query heads H_q = " + std::to_string(H_q) +
+         " must be a multiple of the key/value heads H = " + std::to_string(H));
+  }
+  if (!std::isfinite(scale)) {
+    fail("scale must be a finite float, got " + std::to_string(scale));
+  }
+  if (num_threads < 0) {
+    fail("num_threads must be >= 0 (0: one per core), got " + std::to_string(num_threads));
+  }
+  if (causal && mask.has_value()) {
+    fail("pass either a mask array or causal=True, not both");
+  }
+
+  auto stream = mx::to_stream(s);
+  // The kernels index q, k, v as dense row-major arrays. mx::contiguous costs nothing for
+  // an input that already is, and copies a transposed or sliced one at evaluation time.
+  std::vector<mx::array> inputs = {
+      mx::contiguous(query, false, stream),
+      mx::contiguous(key, false, stream),
+      mx::contiguous(value, false, stream)};
+
+  if (mask.has_value()) {
+    const mx::array& m = *mask;
+    const mx::Shape target = {N, H_q, L, S};
+    bool fits = m.ndim() <= 4;
+    for (int i = 1; fits && i <= static_cast<int>(m.ndim()); ++i) {
+      const int d = m.shape(-i);
+      fits = d == 1 || d == target[4 - i];
+    }
+    if (!fits) {
+      fail("mask must broadcast to (N, H_q, L, S) = " + shape_str(target) + ", got shape " +
+           shape_str(m.shape()));
+    }
+    if (m.dtype() != mx::bool_ && !mx::issubdtype(m.dtype(), mx::floating)) {
+      std::ostringstream os;
+      os << "mask must be bool (true = keep) or floating (added to the scores), got "
+         << m.dtype();
+      fail(os.str());
+    }
+    // Floating masks are read as float32. broadcast_to only sets strides (0 on the broadcast
+    // axes): an (L, S) mask stays (L, S) in memory.
+    auto m32 = m.dtype() == mx::bool_ ? m : mx::astype(m, mx::float32, stream);
+    inputs.push_back(mx::broadcast_to(m32, target, stream));
+  }
+
+  return mx::array(
+      query.shape(),
+      mx::float32,
+      std::make_shared<FlashAttention>(
+          stream, scale, causal, mask.has_value(), kernel, num_threads),
+      std::move(inputs));
+}
+
+// ---------------------------------------------------------------- eval_cpu
+void FlashAttention::eval_cpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  const mx::array& q = inputs[0];
+  const mx::array& k = inputs[1];
+  const mx::array& v = inputs[2];
+  mx::array& out = outputs[0];
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+
+  AttentionProblem p;
+  p.q = q.data<float>();
+  p.k = k.data<float>();
+  p.v = v.data<float>();
+  p.out = out.data<float>();
+  p.N = q.shape(0);
+  p.H_q = q.shape(1);
+  p.L = q.shape(2);
+  p.E = q.shape(3);
+  p.H = k.shape(1);
+  p.S = k.shape(2);
+  p.scale = scale_;
+  p.causal = causal_;
+
+  auto& encoder = mx::cpu::get_command_encoder(stream());
+  encoder.set_input_array(q);
+  encoder.set_input_array(k);
+  encoder.set_input_array(v);
+  if (has_mask_) {
+    const mx::array& mask = inputs[3];
+    encoder.set_input_array(mask);
+    for (int d = 0; d < 4; ++d) {
+      p.mask_strides[d] = mask.strides(d);
+    }
+    if (mask.dtype() == mx::bool_) {
+      p.mask_keep = mask.data<bool>();
+    } else {
+      p.mask_add = mask.data<float>();
+    }
+  }
+  encoder.set_output_array(out);
+
+  if (kernel_ == CpuKernel::Simple) {
+    encoder.dispatch([p]() { flash_attention_simple_cpu(p); });
+  } else {
+    encoder.dispatch([p, n = num_threads_]() { flash_attention_fast_cpu(p, n); });
+  }
+}
+
+bool FlashAttention::is_equivalent(const mx::Primitive& other) const {
+  const auto& o = static_cast<const FlashAttention&>(other);
+  return scale_ == o.scale_ && causal_ == o.causal_ && has_mask_ == o.has_mask_ &&
+      kernel_ == o.kernel_ && num_threads_ == o.num_threads_;
+}
+
+// ---------------------------------------------------------------- GPU: Week 3
+void FlashAttention::eval_gpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  throw std::runtime_error(
+      "[flash_attention] no GPU path in Week 2: Week 3 gives this primitive its Metal kernel");
+}
+
+} // namespace tiny_attn

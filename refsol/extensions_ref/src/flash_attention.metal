@@ -1,0 +1,488 @@
+// Week 3: FlashAttention on the GPU.
+//
+//   days 2-3: flash_attention_<t>_e128      one score per thread, simd_max / simd_sum
+//   day 4:    flash_attention_simdgroup_<t> 8x8 simdgroup_matrix products, float4 loads
+//   day 5:    <t> = f32, f16, bf16: the inputs' type; every sum is accumulated in float
+//
+// Both kernels compute, for each (batch, query head) n and each query row i,
+//   out[n, i, :] = softmax(scale * q[n, i, :] . k[n', j, :] + mask[n, i, j] over j) @ v[n', :, :]
+// where n' is the key/value head of query head n (grouped-query attention), with the online
+// softmax of Week 2: a running row max m_i, a running row sum l_i and an unnormalised output
+// row o_i, rescaled by exp(m_old - m_new) whenever the max grows.
+#include <metal_stdlib>
+
+using namespace metal;
+
+// The tile sizes of the course: Br query rows against Bc key columns.
+constant constexpr int Br = 32;
+constant constexpr int Bc = 32;
+// The largest head dimension the kernels hold in threadgroup memory.
+constant constexpr int E_MAX = 128;
+
+// How the scores are masked. Matches kMask* in flash_attention_gpu.h.
+constant constexpr int MASK_NONE = 0;
+constant constexpr int MASK_CAUSAL = 1; // query i sees keys j <= i + S - L
+constant constexpr int MASK_ADD = 2; // float32 mask added to the scaled scores
+constant constexpr int MASK_KEEP = 3; // bool mask: false replaces the score by -FLT_MAX
+
+// The scalars of a dispatch, bound with set_bytes. Mirrors AttentionParams in
+// flash_attention_gpu.h, field for field (64 bytes).
+struct AttentionParams {
+  // Strides of the mask in elements over (N, H_q, L, S); 0 on a broadcast axis.
+  long mask_strides[4];
+  int N; // batch size
+  int H_q; // query heads
+  int H; // key/value heads; H_q is a multiple of H
+  int L; // query rows
+  int S; // key rows
+  int E; // head dimension
+  float scale;
+  int mask_kind;
+};
+static_assert(sizeof(AttentionParams) == 64, "AttentionParams must match the C++ side");
+
+// The lowest float: what MLX puts in place of a masked-out score. A row whose every score
+// is masked this way gets uniform weights, exactly as mx.fast.scaled_dot_product_attention.
+constant constexpr float MASKED = -3.40282346638528859812e+38f;
+
+// One score through the mask. `mask_row` points at mask[n, h_q, i, 0] (unused for
+// MASK_NONE and MASK_CAUSAL). `last_key` = i + S - L, the last key query row i sees.
+inline float mask_score(
+    float s,
+    int col,
+    int last_key,
+    device const float* mask_add_row,
+    device const bool* mask_keep_row,
+    constant AttentionParams& p) {
+  switch (p.mask_kind) {
+    case MASK_CAUSAL:
+      return col <= last_key ? s : MASKED;
+    case MASK_ADD:
+      return s + mask_add_row[col * p.mask_strides[3]];
+    case MASK_KEEP:
+      return mask_keep_row[col * p.mask_strides[3]] ? s : MASKED;
+    default:
+      return s;
+  }
+}
+
+// How many K/V tiles query rows up to `last_row` must visit. With a causal mask, a tile
+// whose first key lies beyond the last key of `last_row` is fully masked and skipped. One
+// exception: a row that sees no key at all (only when L > S) gets uniform weights over
+// every key, as in MLX, so a block holding such a row visits every tile.
+inline int tiles_to_visit(int first_row, int last_row, constant AttentionParams& p) {
+  const int Tc = (p.S + Bc - 1) / Bc;
+  if (p.mask_kind != MASK_CAUSAL || first_row + p.S - p.L < 0) {
+    return Tc;
+  }
+  return min(Tc, (last_row + p.S - p.L) / Bc + 1);
+}
+
+// ============================================================================================
+// Days 2-3: flash_attention_<t>_e128
+//
+// Grid: (N * H_q, Tr) threadgroups of 1024 threads = 32 SIMD groups of 32 lanes.
+// Threadgroup (n, t) owns query rows t*Br .. t*Br + 31 of (batch, head) n.
+//
+//                      K tile (Bc = 32 keys), one key per lane b
+//                      b=0   b=1   ...   b=31
+//   SIMD group a=0  [ s00   s01   ...   s0,31 ]   <- row t*Br + 0 of the Q tile
+//   SIMD group a=1  [ s10   s11   ...   s1,31 ]
+//      ...
+//   SIMD group a=31 [ s31,0 ...         s31,31]
+//
+// Thread (a, b) computes the single score s_ab = scale * Q[a, :] . K[b, :]; simd_max and
+// simd_sum over the 32 lanes give row a's max and sum. Then for each column e of E,
+// simd_sum over b of p_ab * V[b, e] is row a's contribution to O[a, e]; lane 0 adds it.
+// ============================================================================================
+template <typename T>
+void flash_attention_e128_impl(
+    device const T* q,
+    device const T* k,
+    device const T* v,
+    device T* out,
+    device const float* mask_add,
+    device const bool* mask_keep,
+    constant AttentionParams& p,
+    threadgroup float (*Q_tile)[E_MAX],
+    threadgroup float (*O_acc)[E_MAX],
+    uint2 group,
+    uint a,
+    uint b) {
+  const int n = group.x; // (batch, query head), flattened
+  const int h_q = n % p.H_q;
+  const int batch = n / p.H_q;
+  const int h = h_q / (p.H_q / p.H); // the key/value head this query head reads (GQA)
+  const int row = group.y * Br + a; // the query row of SIMD group a
+  const bool row_valid = row < p.L; // the last Q tile may hang over the end
+  const int E = p.E;
+
+  device const T* q_row = q + (size_t(n) * p.L + row) * E;
+  device const T* k_head = k + (size_t(batch) * p.H + h) * p.S * E;
+  device const T* v_head = v + (size_t(batch) * p.H + h) * p.S * E;
+  const long mask_offset = batch * p.mask_strides[0] + h_q * p.mask_strides[1] +
+      row * p.mask_strides[2];
+  device const float* mask_add_row = mask_add + mask_offset;
+  device const bool* mask_keep_row = mask_keep + mask_offset;
+
+  // SIMD group a stages its Q row (lane b takes columns b, b + 32, ...) and zeroes its O row.
+  for (int e = b; e < E; e += 32) {
+    Q_tile[a][e] = row_valid ? float(q_row[e]) : 0.0f;
+    O_acc[a][e] = 0.0f;
+  }
+  // Barrier 1: lane b reads all of Q_tile[a], written by the other lanes of its SIMD group.
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+
+  float m_i = -INFINITY; // running max of row a (the same in every lane: simd_max)
+  float l_i = 0.0f; // running sum of row a
+  // Tiles are skipped per row: no barrier sits inside this loop, so SIMD groups may run
+  // different numbers of iterations.
+  const int last_key = row + p.S - p.L;
+  const int tiles = row_valid ? tiles_to_visit(row, row, p) : 0;
+  for (int j = 0; j < tiles; ++j) {
+    const int col = j * Bc + b; // the key of lane b
+    const bool col_valid = col < p.S;
+
+    // S = Q K^T: one score per thread.
+    float s = -INFINITY; // keys past S take no part in the max and get p = 0
+    if (col_valid) {
+      device const T* k_row = k_head + size_t(col) * E;
+      float dot = 0.0f;
+      for (int e = 0; e < E; ++e) {
+        dot += Q_tile[a][e] * float(k_row[e]);
+      }
+      // A causal tile that every row of the block sees whole needs no comparison.
+      const bool whole = p.mask_kind == MASK_CAUSAL && (j + 1) * Bc - 1 <= last_key;
+      s = whole ? dot * p.scale
+                : mask_score(dot * p.scale, col, last_key, mask_add_row, mask_keep_row, p);
+    }
+
+    // Online softmax: row max and row sum over the 32 lanes.
+    const float m_new = max(m_i, simd_max(s));
+    // While every score so far is -inf (an additive mask of -inf), subtract 0 instead of
+    // -inf: exp(-inf - (-inf)) would be NaN.
+    const float m_sub = m_new == -INFINITY ? 0.0f : m_new;
+    const float p_ab = exp(s - m_sub);
+    const float alpha = exp(m_i - m_sub); // rescales what row a has summed so far
+    l_i = l_i * alpha + simd_sum(p_ab);
+    m_i = m_new;
+
+    // O[a, :] = alpha * O[a, :] + sum over b of p_ab * V[b, :]. Only lane 0 of SIMD group a
+    // touches O_acc[a]: no other thread reads it until the end, so no barrier is needed.
+    device const T* v_row = v_head + size_t(col) * E;
+    for (int e = 0; e < E; ++e) {
+      const float pv = simd_sum(col_valid ? p_ab * float(v_row[e]) : 0.0f);
+      if (b == 0) {
+        O_acc[a][e] = O_acc[a][e] * alpha + pv;
+      }
+    }
+  }
+
+  // Barrier 2: lane b is about to read O_acc[a], which lane 0 wrote.
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  if (row_valid) {
+    // l_i = 0 only for a row whose every score is -inf: 0 / 0 = NaN, as in MLX.
+    device T* out_row = out + (size_t(n) * p.L + row) * E;
+    for (int e = b; e < E; e += 32) {
+      out_row[e] = T(O_acc[a][e] / l_i);
+    }
+  }
+}
+
+// The kernels: one per input type, the same body.
+[[kernel]] void flash_attention_f32_e128(
+    device const float* q [[buffer(0)]],
+    device const float* k [[buffer(1)]],
+    device const float* v [[buffer(2)]],
+    device float* out [[buffer(3)]],
+    device const float* mask_add [[buffer(4)]],
+    device const bool* mask_keep [[buffer(5)]],
+    constant AttentionParams& p [[buffer(6)]],
+    uint2 group [[threadgroup_position_in_grid]],
+    uint a [[simdgroup_index_in_threadgroup]],
+    uint b [[thread_index_in_simdgroup]]) {
+  threadgroup float Q_tile[Br][E_MAX]; // 16 KiB
+  threadgroup float O_acc[Br][E_MAX]; // 16 KiB: with Q_tile, the whole 32 KiB
+  flash_attention_e128_impl<float>(q, k, v, out, mask_add, mask_keep, p, Q_tile, O_acc, group, a, b);
+}
+
+[[kernel]] void flash_attention_f16_e128(
+    device const half* q [[buffer(0)]],
+    device const half* k [[buffer(1)]],
+    device const half* v [[buffer(2)]],
+    device half* out [[buffer(3)]],
+    device const float* mask_add [[buffer(4)]],
+    device const bool* mask_keep [[buffer(5)]],
+    constant AttentionParams& p [[buffer(6)]],
+    uint2 group [[threadgroup_position_in_grid]],
+    uint a [[simdgroup_index_in_threadgroup]],
+    uint b [[thread_index_in_simdgroup]]) {
+  threadgroup float Q_tile[Br][E_MAX]; // 16 KiB
+  threadgroup float O_acc[Br][E_MAX]; // 16 KiB: with Q_tile, the whole 32 KiB
+  flash_attention_e128_impl<half>(q, k, v, out, mask_add, mask_keep, p, Q_tile, O_acc, group, a, b);
+}
+
+[[kernel]] void flash_attention_bf16_e128(
+    device const bfloat* q [[buffer(0)]],
+    device const bfloat* k [[buffer(1)]],
+    device const bfloat* v [[buffer(2)]],
+    device bfloat* out [[buffer(3)]],
+    device const float* mask_add [[buffer(4)]],
+    device const bool* mask_keep [[buffer(5)]],
+    constant AttentionParams& p [[buffer(6)]],
+    uint2 group [[threadgroup_position_in_grid]],
+    uint a [[simdgroup_index_in_threadgroup]],
+    uint b [[thread_index_in_simdgroup]]) {
+  threadgroup float Q_tile[Br][E_MAX]; // 16 KiB
+  threadgroup float O_acc[Br][E_MAX]; // 16 KiB: with Q_tile, the whole 32 KiB
+  flash_attention_e128_impl<bfloat>(q, k, v, out, mask_add, mask_keep, p, Q_tile, O_acc, group, a, b);
+}
+
+
+// ============================================================================================
+// Day 4: flash_attention_simdgroup_<t>
+//
+// Grid: (N * H_q, Tr) threadgroups of 128 threads = 4 SIMD groups. SIMD group g owns the 8
+// query rows g*8 .. g*8 + 7 of the block's Br = 32 and computes with 8x8 matrices:
+//
+//   S_g (8 x 32) = Q_g (8 x E) . K^T (E x 32)   as 4 blocks of 8x8, each a sum of E/8 products
+//   O_g (8 x E)  += P_g (8 x 32) . V (32 x E)   as E/8 blocks of 8x8, each a sum of 4 products
+//
+// Threadgroup memory (E = 128, float):
+//   tile      32 x 128 floats = 16 KiB  Q, then each K tile, then each V tile
+//   scores     4 x 8 x 32     =  4 KiB  S_g, then P_g, of each SIMD group
+//   spill      4 x 8 x 8      =  1 KiB  one 8x8 block of O_g while it is rescaled
+//   row_alpha  4 x 8          = 128 B   the rescale factor of each row
+//                                ------
+//                               21.1 KiB of the 32 KiB a threadgroup may use
+// ============================================================================================
+constant constexpr int SG_ROWS = 8; // query rows per SIMD group
+constant constexpr int SG_COUNT = Br / SG_ROWS; // 4 SIMD groups, 128 threads
+
+// Copies rows [first, first + 32) of a (rows, E) array into `tile` as float, with float4
+// loads (E is a multiple of 8); rows past `rows` become zeros. `scale` multiplies on the way.
+template <typename T>
+inline void load_tile(
+    threadgroup float* tile,
+    device const T* src,
+    int first,
+    int rows,
+    int E,
+    float scale,
+    uint tid) {
+  const int vecs_per_row = E / 4;
+  for (int idx = tid; idx < Br * vecs_per_row; idx += Br * SG_COUNT) {
+    const int r = idx / vecs_per_row;
+    const int c = (idx % vecs_per_row) * 4;
+    float4 x = 0.0f;
+    if (first + r < rows) {
+      x = float4(*reinterpret_cast<device const vec<T, 4>*>(src + size_t(first + r) * E + c));
+    }
+    *reinterpret_cast<threadgroup float4*>(tile + r * E + c) = x * scale;
+  }
+}
+
+template <typename T>
+void flash_attention_simdgroup_impl(
+    device const T* q,
+    device const T* k,
+    device const T* v,
+    device T* out,
+    device const float* mask_add,
+    device const bool* mask_keep,
+    constant AttentionParams& p,
+    threadgroup float* tile,
+    threadgroup float (*scores)[SG_ROWS * Bc],
+    threadgroup float (*spill)[SG_ROWS * SG_ROWS],
+    threadgroup float (*row_alpha)[SG_ROWS],
+    uint2 group,
+    uint g,
+    uint lane,
+    uint tid) {
+  const int n = group.x;
+  const int h_q = n % p.H_q;
+  const int batch = n / p.H_q;
+  const int h = h_q / (p.H_q / p.H);
+  const int first_row = group.y * Br; // of the threadgroup
+  const int my_first_row = first_row + g * SG_ROWS; // of this SIMD group
+  const int E = p.E;
+  const int blocks_e = E / 8;
+
+  device const T* q_head = q + size_t(n) * p.L * E;
+  device const T* k_head = k + (size_t(batch) * p.H + h) * p.S * E;
+  device const T* v_head = v + (size_t(batch) * p.H + h) * p.S * E;
+  const long mask_offset = batch * p.mask_strides[0] + h_q * p.mask_strides[1];
+
+  // Q (scaled once here instead of every score) goes through `tile` into registers.
+  load_tile(tile, q_head, first_row, p.L, E, p.scale, tid);
+  threadgroup_barrier(mem_flags::mem_threadgroup); // the Q tile is complete
+  simdgroup_float8x8 Q_g[E_MAX / 8];
+  simdgroup_float8x8 O_g[E_MAX / 8];
+  for (int d = 0; d < blocks_e; ++d) {
+    simdgroup_load(Q_g[d], tile + g * SG_ROWS * E + d * 8, E);
+    O_g[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+  }
+  float m_i[SG_ROWS];
+  float l_i[SG_ROWS];
+  for (int r = 0; r < SG_ROWS; ++r) {
+    m_i[r] = -INFINITY;
+    l_i[r] = 0.0f;
+  }
+
+  // Every SIMD group of the block runs the same tiles: the barriers below need all of them.
+  const int last_row = min(first_row + Br, p.L) - 1;
+  const int tiles = tiles_to_visit(first_row, last_row, p);
+  threadgroup float* S_g = scores[g];
+  for (int j = 0; j < tiles; ++j) {
+    const int first_col = j * Bc;
+    // Barrier: everyone is done with the previous tile (Q on the first pass, V after).
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    load_tile(tile, k_head, first_col, p.S, E, 1.0f, tid);
+    threadgroup_barrier(mem_flags::mem_threadgroup); // the K tile is complete
+
+    // S_g = Q_g K^T, 4 blocks of 8 keys. K^T's block is K's block loaded transposed.
+    for (int c = 0; c < Bc / 8; ++c) {
+      simdgroup_float8x8 acc = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+      for (int d = 0; d < blocks_e; ++d) {
+        simdgroup_float8x8 K_t;
+        simdgroup_load(K_t, tile + c * 8 * E + d * 8, E, ulong2(0, 0), true);
+        simdgroup_multiply_accumulate(acc, Q_g[d], K_t, acc);
+      }
+      simdgroup_store(acc, S_g + c * 8, Bc);
+    }
+    // Barrier: every SIMD group has read K before V overwrites it; S_g is visible to all
+    // lanes of its SIMD group.
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    load_tile(tile, v_head, first_col, p.S, E, 1.0f, tid);
+
+    // Online softmax of the 8 rows, one row at a time, lane = key column.
+    const int col = first_col + lane;
+    for (int r = 0; r < SG_ROWS; ++r) {
+      const int row = my_first_row + r;
+      const int last_key = row + p.S - p.L;
+      float s = -INFINITY;
+      if (col < p.S) {
+        const long off = mask_offset + row * p.mask_strides[2];
+        s = mask_score(S_g[r * Bc + lane], col, last_key, mask_add + off, mask_keep + off, p);
+      }
+      const float m_new = max(m_i[r], simd_max(s));
+      const float m_sub = m_new == -INFINITY ? 0.0f : m_new;
+      const float p_rc = exp(s - m_sub);
+      const float alpha = exp(m_i[r] - m_sub);
+      l_i[r] = l_i[r] * alpha + simd_sum(p_rc);
+      m_i[r] = m_new;
+      S_g[r * Bc + lane] = p_rc; // S_g becomes P_g
+      if (lane == 0) {
+        row_alpha[g][r] = alpha;
+      }
+    }
+    simdgroup_barrier(mem_flags::mem_threadgroup); // row_alpha[g] is visible to every lane
+
+    // Rescale O_g row by row. Which lane holds which element of a simdgroup_matrix is not
+    // specified, so each 8x8 block goes through threadgroup memory: store, scale, reload.
+    for (int d = 0; d < blocks_e; ++d) {
+      simdgroup_store(O_g[d], spill[g], 8);
+      simdgroup_barrier(mem_flags::mem_threadgroup);
+      spill[g][lane] *= row_alpha[g][lane / 8];
+      spill[g][lane + 32] *= row_alpha[g][lane / 8 + 4];
+      simdgroup_barrier(mem_flags::mem_threadgroup);
+      simdgroup_load(O_g[d], spill[g], 8);
+    }
+    // Barrier: the V tile is complete, and P_g, written by lanes, is visible to the loads.
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+
+    // O_g += P_g V.
+    simdgroup_float8x8 P_g[Bc / 8];
+    for (int c = 0; c < Bc / 8; ++c) {
+      simdgroup_load(P_g[c], S_g + c * 8, Bc);
+    }
+    for (int d = 0; d < blocks_e; ++d) {
+      for (int c = 0; c < Bc / 8; ++c) {
+        simdgroup_float8x8 V_b;
+        simdgroup_load(V_b, tile + c * 8 * E + d * 8, E);
+        simdgroup_multiply_accumulate(O_g[d], P_g[c], V_b, O_g[d]);
+      }
+    }
+  }
+
+  // Write O_g / l_i, block by block through `spill`, for the rows that exist.
+  for (int r = 0; r < SG_ROWS; ++r) {
+    if (lane == 0) {
+      row_alpha[g][r] = 1.0f / l_i[r]; // l_i = 0 (every score -inf) gives NaN, as MLX
+    }
+  }
+  for (int d = 0; d < blocks_e; ++d) {
+    simdgroup_store(O_g[d], spill[g], 8);
+    simdgroup_barrier(mem_flags::mem_threadgroup);
+    for (int idx = lane; idx < SG_ROWS * 8; idx += 32) {
+      const int r = idx / 8;
+      const int row = my_first_row + r;
+      if (row < p.L) {
+        out[(size_t(n) * p.L + row) * E + d * 8 + idx % 8] = T(spill[g][idx] * row_alpha[g][r]);
+      }
+    }
+    simdgroup_barrier(mem_flags::mem_threadgroup); // read before the next block overwrites
+  }
+}
+
+// The kernels: one per input type, the same body.
+[[kernel]] void flash_attention_simdgroup_f32(
+    device const float* q [[buffer(0)]],
+    device const float* k [[buffer(1)]],
+    device const float* v [[buffer(2)]],
+    device float* out [[buffer(3)]],
+    device const float* mask_add [[buffer(4)]],
+    device const bool* mask_keep [[buffer(5)]],
+    constant AttentionParams& p [[buffer(6)]],
+    uint2 group [[threadgroup_position_in_grid]],
+    uint g [[simdgroup_index_in_threadgroup]],
+    uint lane [[thread_index_in_simdgroup]],
+    uint tid [[thread_index_in_threadgroup]]) {
+  threadgroup float tile[Br * E_MAX];
+  threadgroup float scores[SG_COUNT][SG_ROWS * Bc];
+  threadgroup float spill[SG_COUNT][SG_ROWS * SG_ROWS];
+  threadgroup float row_alpha[SG_COUNT][SG_ROWS];
+  flash_attention_simdgroup_impl<float>(
+      q, k, v, out, mask_add, mask_keep, p, tile, scores, spill, row_alpha, group, g, lane, tid);
+}
+
+[[kernel]] void flash_attention_simdgroup_f16(
+    device const half* q [[buffer(0)]],
+    device const half* k [[buffer(1)]],
+    device const half* v [[buffer(2)]],
+    device half* out [[buffer(3)]],
+    device const float* mask_add [[buffer(4)]],
+    device const bool* mask_keep [[buffer(5)]],
+    constant AttentionParams& p [[buffer(6)]],
+    uint2 group [[threadgroup_position_in_grid]],
+    uint g [[simdgroup_index_in_threadgroup]],
+    uint lane [[thread_index_in_simdgroup]],
+    uint tid [[thread_index_in_threadgroup]]) {
+  threadgroup float tile[Br * E_MAX];
+  threadgroup float scores[SG_COUNT][SG_ROWS * Bc];
+  threadgroup float spill[SG_COUNT][SG_ROWS * SG_ROWS];
+  threadgroup float row_alpha[SG_COUNT][SG_ROWS];
+  flash_attention_simdgroup_impl<half>(
+      q, k, v, out, mask_add, mask_keep, p, tile, scores, spill, row_alpha, group, g, lane, tid);
+}
+
+[[kernel]] void flash_attention_simdgroup_bf16(
+    device const bfloat* q [[buffer(0)]],
+    device const bfloat* k [[buffer(1)]],
+    device const bfloat* v [[buffer(2)]],
+    device bfloat* out [[buffer(3)]],
+    device const float* mask_add [[buffer(4)]],
+    device const bool* mask_keep [[buffer(5)]],
+    constant AttentionParams& p [[buffer(6)]],
+    uint2 group [[threadgroup_position_in_grid]],
+    uint g [[simdgroup_index_in_threadgroup]],
+    uint lane [[thread_index_in_simdgroup]],
+    uint tid [[thread_index_in_threadgroup]]) {
+  threadgroup float tile[Br * E_MAX];
+  threadgroup float scores[SG_COUNT][SG_ROWS * Bc];
+  threadgroup float spill[SG_COUNT][SG_ROWS * SG_ROWS];
+  threadgroup float row_alpha[SG_COUNT][SG_ROWS];
+  flash_attention_simdgroup_impl<bfloat>(
+      q, k, v, out, mask_add, mask_keep, p, tile, scores, spill, row_alpha, group, g, lane, tid);
+}
+

@@ -1,0 +1,254 @@
+// Week 2, day 5: the fast CPU kernel.
+//
+// The same algorithm as day 4 (src/flash_attention_cpu.cpp), rearranged for the machine:
+//
+//  * Everything is vectorised over the Q tile's 32 rows. Q is packed transposed (qT[e][a],
+//    scale folded in), the scores are kept transposed (sT[b][a]) and so is the accumulator
+//    (oT[e][a]). Then the row max, row sum and rescale of the online softmax are plain
+//    element-wise vector operations, and no loop runs over E in vector steps: any E works.
+//
+//        qT  E x 32          sT  Bc x 32             oT  E x 32
+//      e +--------+       b +--------+            e +--------+
+//        | a ---> |         | a ---> |  exp, max,   | a ---> |
+//        |  (4 x  |   K     |        |  sum along b |        |  += V^T * pT
+//        |  f32x8)|  ---->  |        |  ----------> |        |
+//        +--------+         +--------+              +--------+
+//
+//  * Two micro-kernels do the flops, each keeping a 2 x 4 block of f32x8 accumulators in
+//    registers: sT[b..b+1][:] += k[b..b+1][e] * qT[e][:]   and
+//                oT[e..e+1][:] += v[b][e..e+1] * pT[b][:].
+//  * Work items are (batch, query head, Q tile); threads take them from a shared counter,
+//    last tiles first (with a causal mask they have the most keys to visit).
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <thread>
+#include <vector>
+
+#include "src/flash_attention.h"
+#include "src/simd.h"
+
+namespace tiny_attn {
+
+namespace {
+
+using simd::f32x8;
+constexpr int kVecs = kBr / 8; // f32x8 vectors per column of a transposed tile
+
+struct Workspace {
+  std::vector<float> qT, sT, oT;
+  float m[kBr], l[kBr];
+  explicit Workspace(int E) : qT(E * kBr), sT(kBc * kBr), oT(E * kBr) {}
+};
+
+// sT[b][:] = sum_e k[b][e] * qT[e][:] for the bc rows of a K tile.
+TINY_ATTN_INLINE void scores_tile(const float* qT, const float* k, int bc, int E, float* sT) {
+  int b = 0;
+  for (; b + 2 <= bc; b += 2) {
+    const float* k0 = k + b * E;
+    const float* k1 = k0 + E;
+    f32x8 acc0[kVecs] = {}, acc1[kVecs] = {};
+    for (int e = 0; e < E; ++e) {
+      const f32x8 x0 = simd::broadcast(k0[e]);
+      const f32x8 x1 = simd::broadcast(k1[e]);
+      for (int c = 0; c < kVecs; ++c) {
+        const f32x8 q = simd::load(qT + e * kBr + 8 * c);
+        acc0[c] += x0 * q;
+        acc1[c] += x1 * q;
+      }
+    }
+    for (int c = 0; c < kVecs; ++c) {
+      simd::store(sT + b * kBr + 8 * c, acc0[c]);
+      simd::store(sT + (b + 1) * kBr + 8 * c, acc1[c]);
+    }
+  }
+  for (; b < bc; ++b) { // an odd last row
+    f32x8 acc[kVecs] = {};
+    for (int e = 0; e < E; ++e) {
+      const f32x8 x = simd::broadcast(k[b * E + e]);
+      for (int c = 0; c < kVecs; ++c) {
+        acc[c] += x * simd::load(qT + e * kBr + 8 * c);
+      }
+    }
+    for (int c = 0; c < kVecs; ++c) {
+      simd::store(sT + b * kBr + 8 * c, acc[c]);
+    }
+  }
+}
+
+// oT[e][:] += sum_b v[b][e] * pT[b][:] for the bc rows of a V tile.
+TINY_ATTN_INLINE void accumulate_pv(const float* pT, const float* v, int bc, int E, float* oT) {
+  int e = 0;
+  for (; e + 2 <= E; e += 2) {
+    f32x8 acc0[kVecs], acc1[kVecs];
+    for (int c = 0; c < kVecs; ++c) {
+      acc0[c] = simd::load(oT + e * kBr + 8 * c);
+      acc1[c] = simd::load(oT + (e + 1) * kBr + 8 * c);
+    }
+    for (int b = 0; b < bc; ++b) {
+      const f32x8 x0 = simd::broadcast(v[b * E + e]);
+      const f32x8 x1 = simd::broadcast(v[b * E + e + 1]);
+      for (int c = 0; c < kVecs; ++c) {
+        const f32x8 p = simd::load(pT + b * kBr + 8 * c);
+        acc0[c] += x0 * p;
+        acc1[c] += x1 * p;
+      }
+    }
+    for (int c = 0; c < kVecs; ++c) {
+      simd::store(oT + e * kBr + 8 * c, acc0[c]);
+      simd::store(oT + (e + 1) * kBr + 8 * c, acc1[c]);
+    }
+  }
+  for (; e < E; ++e) { // an odd last column
+    f32x8 acc[kVecs];
+    for (int c = 0; c < kVecs; ++c) {
+      acc[c] = simd::load(oT + e * kBr + 8 * c);
+    }
+    for (int b = 0; b < bc; ++b) {
+      const f32x8 x = simd::broadcast(v[b * E + e]);
+      for (int c = 0; c < kVecs; ++c) {
+        acc[c] += x * simd::load(pT + b * kBr + 8 * c);
+      }
+    }
+    for (int c = 0; c < kVecs; ++c) {
+      simd::store(oT + e * kBr + 8 * c, acc[c]);
+    }
+  }
+}
+
+// One work item: Q tile `tile` of query head h of batch n, against every K/V tile it needs.
+// Returns the number of K/V tiles it computed.
+TINY_ATTN_MULTIVERSION
+int64_t process_q_tile(const AttentionProblem& p, int n, int h, int tile, Workspace& ws) {
+  const int E = p.E, L = p.L, S = p.S;
+  const int i0 = tile * kBr;
+  const int br = std::min(kBr, L - i0);
+  const int kv_head = h / (p.H_q / p.H);
+  const float* q = p.q + ((int64_t(n) * p.H_q + h) * L + i0) * E;
+  const float* k = p.k + (int64_t(n) * p.H + kv_head) * S * E;
+  const float* v = p.v + (int64_t(n) * p.H + kv_head) * S * E;
+  const float lowest = std::numeric_limits<float>::lowest();
+  float* qT = ws.qT.data();
+  float* sT = ws.sT.data();
+  float* oT = ws.oT.data();
+
+  // Pack Q transposed and scaled; rows past the end of Q are zeros (computed, never stored).
+  for (int e = 0; e < E; ++e) {
+    for (int a = 0; a < kBr; ++a) {
+      qT[e * kBr + a] = a < br ? p.scale * q[a * E + e] : 0.0f;
+    }
+  }
+  std::fill(ws.oT.begin(), ws.oT.end(), 0.0f);
+  std::fill(ws.m, ws.m + kBr, -INFINITY);
+  std::fill(ws.l, ws.l + kBr, 0.0f);
+
+  // Causal block skipping, as on day 4: row i sees keys j <= i + S - L.
+  const int first_limit = i0 + S - L; // the last key the tile's first row may see
+  const int last_limit = i0 + br - 1 + S - L; // ... and its last row
+  const int j_end = (p.causal && first_limit >= 0) ? std::min(S, last_limit + 1) : S;
+
+  int64_t tiles = 0;
+  for (int j0 = 0; j0 < j_end; j0 += kBc) {
+    const int bc = std::min(kBc, S - j0);
+    ++tiles;
+    scores_tile(qT, k + int64_t(j0) * E, bc, E, sT);
+
+    if (p.causal && j0 + bc - 1 > first_limit) { // a tile on the diagonal
+      for (int b = 0; b < bc; ++b) {
+        for (int a = 0; a < kBr; ++a) {
+          if (j0 + b > i0 + a + S - L) {
+            sT[b * kBr + a] = lowest;
+          }
+        }
+      }
+    } else if (p.mask_add != nullptr) {
+      for (int b = 0; b < bc; ++b) {
+        for (int a = 0; a < br; ++a) {
+          sT[b * kBr + a] += p.mask_at(n, h, i0 + a, j0 + b);
+        }
+      }
+    } else if (p.mask_keep != nullptr) {
+      for (int b = 0; b < bc; ++b) {
+        for (int a = 0; a < br; ++a) {
+          if (!p.keep_at(n, h, i0 + a, j0 + b)) {
+            sT[b * kBr + a] = lowest;
+          }
+        }
+      }
+    }
+
+    // The online softmax, 8 rows per vector: new max, rescale factor, p = exp(s - m).
+    for (int c = 0; c < kVecs; ++c) {
+      const f32x8 m_old = simd::load(ws.m + 8 * c);
+      f32x8 m_new = m_old;
+      for (int b = 0; b < bc; ++b) {
+        m_new = simd::max(m_new, simd::load(sT + b * kBr + 8 * c));
+      }
+      // A row whose scores are all -inf so far (additive mask) keeps p = 0: subtract 0,
+      // not -inf, to avoid -inf - -inf = NaN.
+      const f32x8 m_use = simd::select(
+          m_new == simd::broadcast(-INFINITY), simd::broadcast(0.0f), m_new);
+      const f32x8 alpha = simd::exp(m_old - m_use);
+      f32x8 row_sum = simd::broadcast(0.0f);
+      for (int b = 0; b < bc; ++b) {
+        const f32x8 pb = simd::exp(simd::load(sT + b * kBr + 8 * c) - m_use);
+        simd::store(sT + b * kBr + 8 * c, pb);
+        row_sum += pb;
+      }
+      simd::store(ws.l + 8 * c, alpha * simd::load(ws.l + 8 * c) + row_sum);
+      simd::store(ws.m + 8 * c, m_new);
+      for (int e = 0; e < E; ++e) {
+        simd::store(oT + e * kBr + 8 * c, alpha * simd::load(oT + e * kBr + 8 * c));
+      }
+    }
+    accumulate_pv(sT, v + int64_t(j0) * E, bc, E, oT);
+  }
+
+  // O = oT^T / l. A row with l = 0 saw only -inf scores: 0 / 0 = NaN, as MLX gives.
+  float* out = p.out + ((int64_t(n) * p.H_q + h) * L + i0) * E;
+  for (int a = 0; a < br; ++a) {
+    const float inv = 1.0f / ws.l[a];
+    for (int e = 0; e < E; ++e) {
+      out[a * E + e] = ws.l[a] == 0.0f ? NAN : oT[e * kBr + a] * inv;
+    }
+  }
+  return tiles;
+}
+
+} // namespace
+
+void flash_attention_fast_cpu(const AttentionProblem& p, int num_threads) {
+  const int tiles_per_head = (p.L + kBr - 1) / kBr;
+  const int64_t n_items = int64_t(p.N) * p.H_q * tiles_per_head;
+  int threads = num_threads > 0 ? num_threads
+                                : std::max(1u, std::thread::hardware_concurrency());
+  threads = static_cast<int>(std::min<int64_t>(threads, n_items));
+
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> tiles{0};
+  auto worker = [&]() {
+    Workspace ws(p.E);
+    int64_t my_tiles = 0;
+    for (int64_t item; (item = next.fetch_add(1)) < n_items;) {
+      // The last Q tile of every head first: under a causal mask the last tiles are the
+      // longest, and starting them early keeps a thread from ending alone with one.
+      const int64_t heads = int64_t(p.N) * p.H_q;
+      const int tile = tiles_per_head - 1 - static_cast<int>(item / heads);
+      const int64_t head = item % heads;
+      my_tiles += process_q_tile(p, head / p.H_q, head % p.H_q, tile, ws);
+    }
+    tiles += my_tiles;
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t) {
+    pool.emplace_back(worker);
+  }
+  worker(); // the calling thread works too
+  for (auto& t : pool) {
+    t.join();
+  }
+  tiles_visited() += tiles.load();
+}
+
+} // namespace tiny_attn

@@ -1,0 +1,19 @@
+"""The reference MLX C++ extension of tiny-attn (build: `pdm run build-ext-ref`)."""
+
+import mlx.core  # noqa: F401  (loads libmlx before the extension that links to it)
+
+from ._core import (
+    flash_attention,
+    flash_attention_fast,
+    reset_tiles_visited,
+    softmax_rows,
+    tiles_visited,
+)
+
+__all__ = [
+    "flash_attention",
+    "flash_attention_fast",
+    "reset_tiles_visited",
+    "softmax_rows",
+    "tiles_visited",
+]

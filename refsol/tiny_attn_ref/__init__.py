@@ -1,0 +1,41 @@
+"""tiny_attn_ref: the reference solution of the tiny-attn course, the same API as tiny_attn."""
+
+from .basics import scaled_dot_product_attention_simple, softmax
+from .flash_attention import flash_attention
+from .flash_attention_tiled import flash_attention_tiled
+from .masks import causal_mask, padding_mask, scaled_dot_product_attention
+from .multihead import MultiHeadAttention, merge_heads, split_heads
+from .online_softmax import (
+    SoftmaxState,
+    merge_attention_partials,
+    merge_softmax_states,
+    online_softmax,
+    online_softmax_state,
+    softmax_state,
+)
+from .profiling import Profile, profile, scores_nbytes, softmax_naive
+
+__all__ = [
+    # Week 1
+    "softmax",
+    "scaled_dot_product_attention_simple",
+    "split_heads",
+    "merge_heads",
+    "MultiHeadAttention",
+    "causal_mask",
+    "padding_mask",
+    "scaled_dot_product_attention",
+    "Profile",
+    "profile",
+    "scores_nbytes",
+    "softmax_naive",
+    # Week 2
+    "SoftmaxState",
+    "softmax_state",
+    "merge_softmax_states",
+    "online_softmax_state",
+    "online_softmax",
+    "merge_attention_partials",
+    "flash_attention_tiled",
+    "flash_attention",
+]

@@ -1,0 +1,112 @@
+"""Week 2, Days 4-5: the Python face of the C++ FlashAttention kernels.
+
+Book: book/src/week2-04-flash-attention-cpp.md (Task 4) and book/src/week2-05-fast-cpu.md
+
+The C++ op takes 4-D arrays (N, H_q, L, E); this wrapper gives it the contract of
+mx.fast.scaled_dot_product_attention: any number of batch dimensions, scale=None, and a mask
+that is None, "causal" or an array. Everything else is checked in C++.
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import Any
+
+import mlx.core as mx
+
+KERNELS = ("simple", "fast")
+
+
+def _extension() -> ModuleType:
+    """The compiled extension, built first if a source changed (tools/build_ext.py)."""
+    import build_ext
+
+    build_ext.ensure_built("ref")
+    import tiny_attn_ext_ref
+
+    return tiny_attn_ext_ref
+
+
+def flash_attention(
+    query: mx.array,
+    key: mx.array,
+    value: mx.array,
+    scale: float | None = None,
+    mask: str | mx.array | None = None,
+    *,
+    kernel: str = "fast",
+    num_threads: int = 0,
+    stream: Any = None,
+) -> mx.array:
+    """softmax(scale * Q K^T + mask) V with the extension's C++ FlashAttention kernel.
+
+    Args:
+        query: float32 (B..., H_q, L, E).
+        key, value: float32 (B..., H, S, E), the same batch dimensions; H_q % H == 0.
+        scale: multiplies Q K^T; None means 1 / sqrt(E).
+        mask: None, "causal" (bottom-right aligned when L != S), or a bool (True = keep) or
+            floating (additive) array broadcastable to (B..., H_q, L, S).
+        kernel: "simple" (day 4, one thread) or "fast" (day 5).
+        num_threads: threads of the fast kernel; 0 means one per hardware thread.
+        stream: the stream or device to evaluate on (None: the default one).
+
+    Returns:
+        float32 (B..., H_q, L, E), lazy like every MLX result.
+    """
+    for name, x in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(x, mx.array) or x.ndim < 3:
+            got = f"shape {tuple(x.shape)}" if isinstance(x, mx.array) else type(x).__name__
+            raise ValueError(f"{name} must be an mx.array of shape (B..., H, L, E), got {got}")
+    batch = tuple(query.shape[:-3])
+    for name, x in (("key", key), ("value", value)):
+        if tuple(x.shape[:-3]) != batch:
+            raise ValueError(
+                f"{name} must have the batch dimensions {batch} of query, got {tuple(x.shape[:-3])}"
+            )
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    h_q, L, E = query.shape[-3:]
+    S = key.shape[-2]
+    if scale is None:
+        scale = 1.0 / math.sqrt(E)
+
+    # Flatten the batch dimensions into one: (B..., H, L, E) -> (N, H, L, E). A reshape of a
+    # contiguous array is free.
+    n = math.prod(batch)
+    q = query.reshape(n, *query.shape[-3:])
+    k = key.reshape(n, *key.shape[-3:])
+    v = value.reshape(n, *value.shape[-3:])
+
+    causal = False
+    mask_array = None
+    if isinstance(mask, str):
+        if mask != "causal":
+            raise ValueError(f'mask must be None, "causal" or an mx.array, got {mask!r}')
+        causal = True
+    elif isinstance(mask, mx.array):
+        mask_array = mask
+        if mask.ndim > 3:
+            # Only a mask with batch axes needs them flattened like the query's; a mask of
+            # rank <= 3 is broadcast by the C++ op without being copied.
+            target = (*batch, h_q, L, S)
+            fits = mask.ndim <= len(target) and all(
+                m in (1, t) for m, t in zip(reversed(mask.shape), reversed(target), strict=False)
+            )
+            if not fits:
+                raise ValueError(
+                    f"mask must broadcast to (B..., H_q, L, S) = {target}, "
+                    f"got shape {tuple(mask.shape)}"
+                )
+            mask_array = mx.broadcast_to(mask, target).reshape(n, h_q, L, S)
+    elif mask is not None:
+        raise ValueError(f'mask must be None, "causal" or an mx.array, got {type(mask).__name__}')
+
+    ext = _extension()
+    if kernel == "simple":
+        out = ext.flash_attention(q, k, v, scale, mask_array, causal, stream=stream)
+    else:
+        out = ext.flash_attention_fast(
+            q, k, v, scale, mask_array, causal, num_threads=num_threads, stream=stream
+        )
+    return out.reshape(*batch, h_q, L, E)

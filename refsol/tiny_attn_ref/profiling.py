@@ -1,0 +1,185 @@
+"""Week 1, Day 4: the memory wall, measured.
+
+Book: book/src/week1-04-memory-wall.md
+
+Naive attention builds the whole (B..., H_q, L, S) score matrix: its memory grows as L * S,
+so doubling the sequence length quadruples it. This module predicts that size, measures the
+time and peak memory of any attention implementation, and keeps the textbook softmax that
+overflows in float16 for comparison.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import mlx.core as mx
+
+from .basics import _FLOAT_DTYPES, _dtype_name
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What `profile` measured for one callable on one input.
+
+    Attributes:
+        median_s: median wall time of one call, in seconds (evaluation included).
+        times_s: every timed call, in seconds, in the order they ran.
+        peak_bytes: the highest memory MLX had allocated during one call, minus what was
+            allocated before it (the inputs): the call's own working memory and its output.
+        output_bytes: the size of what the call returned.
+    """
+
+    median_s: float
+    times_s: tuple[float, ...]
+    peak_bytes: int
+    output_bytes: int
+
+
+def scores_nbytes(query_shape: Sequence[int], key_shape: Sequence[int], dtype: mx.Dtype) -> int:
+    """Bytes of the score matrix that naive attention materialises.
+
+    Args:
+        query_shape: (B..., H_q, L, E).
+        key_shape: (B..., H, S, E), the same rank as query_shape.
+        dtype: the scores' dtype (that of the query).
+
+    Returns:
+        prod(B...) * H_q * L * S * dtype.size.
+
+    Raises:
+        ValueError: a shape has fewer than 3 entries, or a negative / non-int entry, or the
+            two ranks differ.
+        TypeError: dtype is not an mx.Dtype.
+    """
+    q, k = tuple(query_shape), tuple(key_shape)
+    for name, shape in (("query_shape", q), ("key_shape", k)):
+        if len(shape) < 3 or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise ValueError(
+                f"{name} must be (B..., heads, length, E) with at least 3 non-negative "
+                f"ints, got {shape}"
+            )
+    if len(k) != len(q):
+        raise ValueError(f"key_shape must have the rank of query_shape ({len(q)}), got {k}")
+    if not isinstance(dtype, mx.Dtype):
+        raise TypeError(f"dtype must be an mx.Dtype, got {type(dtype).__name__}")
+    *batch, H_q, L, _ = q
+    S = k[-2]
+    n = H_q * L * S
+    for b in batch:
+        n *= b
+    return n * dtype.size
+
+
+def _arrays(x: Any) -> list[mx.array] | None:
+    """The arrays in `x` (an mx.array or a tuple / list of them), or None if it is neither."""
+    if isinstance(x, mx.array):
+        return [x]
+    if isinstance(x, (tuple, list)) and x and all(isinstance(a, mx.array) for a in x):
+        return list(x)
+    return None
+
+
+def profile(
+    fn: Callable[..., Any], *args: Any, warmup: int = 1, repeats: int = 5, **kwargs: Any
+) -> Profile:
+    """Time `fn(*args, **kwargs)` and measure its peak memory.
+
+    The array arguments are evaluated first, so the measurement sees only the call. Then
+    `warmup` untimed calls, one call for peak memory (mx.reset_peak_memory before it,
+    mx.get_peak_memory after), and `repeats` timed calls. Every call's result is evaluated
+    with mx.eval: MLX is lazy, and an unevaluated result costs nothing to build.
+
+    Args:
+        fn: a callable returning an mx.array or a tuple / list of mx.arrays.
+        *args, **kwargs: what fn is called with.
+        warmup: untimed calls first (>= 0).
+        repeats: timed calls (>= 1).
+
+    Returns:
+        A Profile.
+
+    Raises:
+        TypeError: fn is not callable, or returns something other than mx.arrays; warmup or
+            repeats is not an int.
+        ValueError: warmup < 0 or repeats < 1.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    for name, value, low in (("warmup", warmup, 0), ("repeats", repeats, 1)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if value < low:
+            raise ValueError(f"{name} must be at least {low}, got {value}")
+
+    inputs = [a for a in (*args, *kwargs.values()) if isinstance(a, mx.array)]
+    mx.eval(inputs)
+
+    def call() -> list[mx.array]:
+        out = fn(*args, **kwargs)
+        arrays = _arrays(out)
+        if arrays is None:
+            raise TypeError(
+                f"fn must return an mx.array or a tuple / list of them, got {type(out).__name__}"
+            )
+        mx.eval(arrays)
+        return arrays
+
+    for _ in range(warmup):
+        call()
+
+    mx.synchronize()
+    mx.clear_cache()  # cached buffers would hide allocations from the count
+    before = mx.get_active_memory()
+    mx.reset_peak_memory()
+    out = call()
+    mx.synchronize()
+    peak = max(mx.get_peak_memory() - before, 0)
+    output_bytes = sum(a.nbytes for a in out)
+    del out
+
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        mx.synchronize()
+        times.append(time.perf_counter() - start)
+    return Profile(
+        median_s=statistics.median(times),
+        times_s=tuple(times),
+        peak_bytes=int(peak),
+        output_bytes=int(output_bytes),
+    )
+
+
+def softmax_naive(x: mx.array, axis: int = -1) -> mx.array:
+    """The textbook softmax exp(x) / sum(exp(x)), in x's own dtype, with no max subtraction.
+
+    Kept to see it fail: in float16, exp(x) overflows to inf as soon as x > 11.09, and then
+    inf / inf = NaN.
+
+    Args:
+        x: a floating-point array.
+        axis: the axis to normalise over.
+
+    Returns:
+        An array of the shape and dtype of x.
+
+    Raises:
+        TypeError: x is not a floating-point mx.array, or axis is not an int.
+        ValueError: axis is out of range for x.
+    """
+    if not isinstance(x, mx.array):
+        raise TypeError(f"x must be an mx.array, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        got = _dtype_name(x.dtype)
+        raise TypeError(f"x must be float32, float16 or bfloat16, got {got}")
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise TypeError(f"axis must be an int, got {type(axis).__name__}")
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"axis must be in [{-x.ndim}, {x.ndim}) for x of shape {x.shape}")
+    e = mx.exp(x)
+    return e / mx.sum(e, axis=axis, keepdims=True)

@@ -1,0 +1,111 @@
+// The Python face of the extension: one nanobind function per op, with its docstring.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/variant.h>
+
+#include "src/flash_attention.h"
+#include "src/softmax_rows.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+NB_MODULE(_core, m) {
+  m.doc() = "tiny-attn's MLX C++ extension: softmax_rows and FlashAttention on the CPU.";
+
+  m.def(
+      "softmax_rows",
+      &tiny_attn::softmax_rows,
+      "x"_a,
+      nb::kw_only(),
+      "stream"_a = nb::none(),
+      R"(Softmax over the last axis of a float32 array.
+
+Args:
+    x (array): float32, any shape with at least one dimension.
+    stream (Stream or Device, optional): where to evaluate; the default device if None.
+
+Returns:
+    array: the shape of ``x``; every row (last axis) is non-negative and sums to 1.
+
+Raises:
+    ValueError: ``x`` is a scalar or not float32.)");
+
+  m.def(
+      "flash_attention",
+      [](const mx::array& query,
+         const mx::array& key,
+         const mx::array& value,
+         float scale,
+         const std::optional<mx::array>& mask,
+         bool causal,
+         mx::StreamOrDevice stream) {
+        return tiny_attn::flash_attention(
+            query, key, value, scale, mask, causal, tiny_attn::CpuKernel::Simple, 1, stream);
+      },
+      "query"_a,
+      "key"_a,
+      "value"_a,
+      "scale"_a,
+      "mask"_a = nb::none(),
+      "causal"_a = false,
+      nb::kw_only(),
+      "stream"_a = nb::none(),
+      R"(FlashAttention (Br = Bc = 32), day 4's single-threaded CPU kernel.
+
+Args:
+    query (array): float32, shape (N, H_q, L, E).
+    key (array): float32, shape (N, H, S, E); H_q must be a multiple of H.
+    value (array): float32, shape (N, H, S, E).
+    scale (float): multiplies Q K^T, usually 1 / sqrt(E).
+    mask (array, optional): bool (True = keep) or floating (added to the scores),
+        broadcastable to (N, H_q, L, S).
+    causal (bool): query i sees keys j <= i + S - L. Not together with ``mask``.
+    stream (Stream or Device, optional): where to evaluate.
+
+Returns:
+    array: float32, shape (N, H_q, L, E).
+
+Raises:
+    ValueError: a wrong rank, dtype or shape; the message names the argument.)");
+
+  m.def(
+      "flash_attention_fast",
+      [](const mx::array& query,
+         const mx::array& key,
+         const mx::array& value,
+         float scale,
+         const std::optional<mx::array>& mask,
+         bool causal,
+         int num_threads,
+         mx::StreamOrDevice stream) {
+        return tiny_attn::flash_attention(
+            query, key, value, scale, mask, causal, tiny_attn::CpuKernel::Fast, num_threads,
+            stream);
+      },
+      "query"_a,
+      "key"_a,
+      "value"_a,
+      "scale"_a,
+      "mask"_a = nb::none(),
+      "causal"_a = false,
+      nb::kw_only(),
+      "num_threads"_a = 0,
+      "stream"_a = nb::none(),
+      R"(FlashAttention (Br = Bc = 32), day 5's fast CPU kernel: vectorised, multi-threaded.
+
+The arguments and the result are those of :func:`flash_attention`, plus:
+
+Args:
+    num_threads (int): threads to use; 0 (the default) means one per hardware thread.)");
+
+  m.def(
+      "tiles_visited",
+      []() { return tiny_attn::tiles_visited().load(); },
+      R"(How many (Q tile, K/V tile) pairs the CPU kernels have computed since the last
+:func:`reset_tiles_visited`. Causal block skipping makes this about half of the unmasked count.)");
+
+  m.def(
+      "reset_tiles_visited",
+      []() { tiny_attn::tiles_visited() = 0; },
+      "Set the counter read by :func:`tiles_visited` to 0.");
+}

@@ -1,0 +1,75 @@
+// The C interface between the metalsim host library and a compiled kernel library.
+//
+// Every kernel library (.so) that metalsim JIT-compiles from .metal sources exports these
+// three functions. The host (host.cpp) fills a metalsim_dispatch_args and calls
+// metalsim_dispatch; errors come back as text plus a metalsim_status code, never as a crash.
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define METALSIM_ABI_VERSION 1
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Element type of a bound buffer, used to check a binding against the kernel's parameter type.
+enum metalsim_dtype {
+  METALSIM_UNTYPED = 0,  // raw bytes: matches any parameter type
+  METALSIM_BOOL,
+  METALSIM_UINT8,
+  METALSIM_UINT16,
+  METALSIM_UINT32,
+  METALSIM_UINT64,
+  METALSIM_INT8,
+  METALSIM_INT16,
+  METALSIM_INT32,
+  METALSIM_INT64,
+  METALSIM_FLOAT16,
+  METALSIM_BFLOAT16,
+  METALSIM_FLOAT32,
+  METALSIM_FLOAT64,
+  METALSIM_COMPLEX64,
+  METALSIM_DTYPE_COUNT
+};
+
+enum metalsim_status {
+  METALSIM_OK = 0,
+  METALSIM_ERR_KERNEL_NOT_FOUND = 1,
+  METALSIM_ERR_BINDING = 2,
+  METALSIM_ERR_LIMIT = 3,
+  METALSIM_ERR_DEADLOCK = 4,
+  METALSIM_ERR_RUNTIME = 5,
+  METALSIM_ERR_INVALID = 6
+};
+
+typedef struct metalsim_binding {
+  void* data;      // NULL: this index is not bound
+  uint64_t size;   // bytes visible to the kernel from data
+  int32_t dtype;   // enum metalsim_dtype
+  int32_t is_bytes;  // 1: set_bytes (a copy), 0: a buffer/array
+} metalsim_binding;
+
+typedef struct metalsim_dispatch_args {
+  uint32_t abi_version;          // METALSIM_ABI_VERSION
+  const char* kernel;            // kernel (function) name
+  uint64_t grid[3];              // threadgroups per grid, or threads per grid if grid_is_threads
+  uint64_t group[3];             // threads per threadgroup
+  int32_t grid_is_threads;       // 1: dispatch_threads (edge groups may be partial)
+  uint32_t n_buffers;            // bindings[i] is [[buffer(i)]]
+  const metalsim_binding* buffers;
+  uint32_t n_threadgroup;        // threadgroup_lengths[i] is [[threadgroup(i)]] (0 = unset)
+  const uint64_t* threadgroup_lengths;
+  int32_t n_workers;             // OS threads to spread threadgroups over (<= 0: automatic)
+} metalsim_dispatch_args;
+
+// Returns a metalsim_status; on error writes a NUL-terminated message into err.
+typedef int (*metalsim_dispatch_fn)(const metalsim_dispatch_args* args, char* err, size_t errlen);
+// Newline-separated kernel names of the library.
+typedef const char* (*metalsim_kernel_names_fn)(void);
+typedef int (*metalsim_abi_version_fn)(void);
+
+#ifdef __cplusplus
+}
+#endif

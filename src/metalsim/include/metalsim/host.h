@@ -1,0 +1,181 @@
+// metalsim host library: compile .metal sources into a kernel library and dispatch kernels.
+//
+//   auto lib = metalsim::Library::from_files({"softmax.metal"});
+//   metalsim::Bindings b;
+//   b.buffer(0, x_ptr, x_bytes, metalsim::Dtype::float32);
+//   b.buffer(1, out_ptr, out_bytes, metalsim::Dtype::float32);
+//   b.bytes(2, &n, sizeof(n), metalsim::Dtype::int32);
+//   b.threadgroup(0, 32 * sizeof(float));
+//   lib->dispatch("row_softmax", {rows, 1, 1}, {256, 1, 1}, b);  // threadgroups, like Metal
+//
+// A library is JIT-compiled like Metal compiles a library at run time: the .metal text is
+// rewritten into a C++ translation unit (with #line directives pointing back at the .metal
+// lines), compiled by the system C++ compiler ($METALSIM_CXX, $CXX, or the compiler metalsim
+// was built with) into a shared object cached under cache_dir(), and loaded with dlopen.
+// Every failure is a metalsim::Error subclass whose what() says what went wrong and where.
+//
+// Environment: METALSIM_HOME (the src/metalsim folder, to find the runtime headers),
+// METALSIM_CACHE_DIR (or TINY_ATTN_CACHE/metalsim, else ~/.cache/tiny-attn/metalsim),
+// METALSIM_THREADS (OS threads per dispatch), METALSIM_CXXFLAGS (extra compiler flags, e.g. -g),
+// METALSIM_STACK_KB (stack per simulated thread, default 256).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace metalsim {
+
+// Element types of bindings (the values of metalsim_dtype in abi.h).
+enum class Dtype : int32_t {
+  untyped = 0,
+  bool_,
+  uint8,
+  uint16,
+  uint32,
+  uint64,
+  int8,
+  int16,
+  int32,
+  int64,
+  float16,
+  bfloat16,
+  float32,
+  float64,
+  complex64,
+};
+
+// The dtype of a C++ scalar type (untyped for anything else, e.g. a struct).
+template <class T>
+constexpr Dtype dtype_of();
+
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+// The .metal source did not compile (message: the compiler's diagnostics, .metal file:line).
+class CompileError : public Error {
+ public:
+  using Error::Error;
+};
+// No kernel of that name in the library.
+class KernelNotFoundError : public Error {
+ public:
+  using Error::Error;
+};
+// A [[buffer(n)]] / [[threadgroup(n)]] parameter is unbound, or bound to the wrong type/size.
+class BindingError : public Error {
+ public:
+  using Error::Error;
+};
+// A hardware limit: > 1024 threads per threadgroup, > 32 KiB threadgroup memory.
+class LimitError : public Error {
+ public:
+  using Error::Error;
+};
+// A barrier that the live threads of a threadgroup cannot all reach.
+class DeadlockError : public Error {
+ public:
+  using Error::Error;
+};
+// Anything else about a dispatch (zero-sized threadgroup, exception in a kernel, ...).
+class DispatchError : public Error {
+ public:
+  using Error::Error;
+};
+
+struct Size3 {
+  uint64_t x = 1, y = 1, z = 1;
+};
+
+// What a dispatch binds: [[buffer(i)]] pointers/bytes and [[threadgroup(i)]] lengths.
+class Bindings {
+ public:
+  struct Buffer {
+    void* data = nullptr;
+    uint64_t size = 0;
+    Dtype dtype = Dtype::untyped;
+    bool is_bytes = false;
+    std::shared_ptr<std::vector<unsigned char>> copy;  // owned bytes for set_bytes
+  };
+  // A buffer the kernel reads/writes in place.
+  void buffer(int index, void* data, uint64_t size, Dtype dtype);
+  // A small constant: the bytes are copied now (like setBytes).
+  void bytes(int index, const void* data, uint64_t size, Dtype dtype);
+  // Length in bytes of [[threadgroup(index)]] memory (a multiple of 16).
+  void threadgroup(int index, uint64_t length);
+
+  const std::map<int, Buffer>& buffers() const { return buffers_; }
+  const std::map<int, uint64_t>& threadgroup_lengths() const { return threadgroup_; }
+
+ private:
+  std::map<int, Buffer> buffers_;
+  std::map<int, uint64_t> threadgroup_;
+};
+
+class Library {
+ public:
+  // Compiles (or takes from the cache) a library made of these .metal files.
+  // include_dirs are searched by #include "..." in addition to each file's folder.
+  static std::shared_ptr<Library> from_files(const std::vector<std::string>& paths,
+                                             const std::vector<std::string>& include_dirs = {});
+  // Same from source text; `name` is the file name diagnostics show.
+  static std::shared_ptr<Library> from_source(const std::string& source,
+                                              const std::string& name = "source.metal",
+                                              const std::vector<std::string>& include_dirs = {});
+  // A manifest written by the CMake function metalsim_build_library (<dir>/<title>.metalsim).
+  static std::shared_ptr<Library> from_manifest(const std::string& manifest_path);
+
+  const std::vector<std::string>& kernel_names() const { return kernel_names_; }
+  bool has_kernel(const std::string& name) const;
+  // The compiled shared object (in the cache).
+  const std::string& path() const { return so_path_; }
+
+  // Runs `kernel` over `grid` threadgroups of `group` threads (Metal's dispatchThreadgroups);
+  // with grid_is_threads, `grid` counts threads and edge threadgroups are cut to fit
+  // (dispatchThreads). Returns when every threadgroup has finished; throws an Error otherwise.
+  // workers <= 0: one OS thread per core (METALSIM_THREADS overrides).
+  void dispatch(const std::string& kernel, Size3 grid, Size3 group, const Bindings& bindings,
+                bool grid_is_threads = false, int workers = 0) const;
+
+  Library(const Library&) = delete;
+  Library& operator=(const Library&) = delete;
+  ~Library() = default;
+
+ private:
+  Library() = default;
+  static std::shared_ptr<Library> build(const std::vector<std::string>& paths,
+                                        const std::vector<std::string>& sources,
+                                        const std::vector<std::string>& include_dirs);
+  std::string so_path_;
+  void* handle_ = nullptr;
+  void* dispatch_fn_ = nullptr;
+  std::vector<std::string> kernel_names_;
+};
+
+// Where compiled libraries are cached.
+std::string cache_dir();
+// The folder with the simulated <metal_stdlib> and the runtime.
+std::string runtime_dir();
+// The C++ compiler used for kernels.
+std::string compiler();
+
+template <class T>
+constexpr Dtype dtype_of() {
+  if constexpr (std::is_same_v<T, bool>) return Dtype::bool_;
+  else if constexpr (std::is_same_v<T, float>) return Dtype::float32;
+  else if constexpr (std::is_same_v<T, double>) return Dtype::float64;
+  else if constexpr (std::is_integral_v<T> && std::is_signed_v<T>) {
+    return sizeof(T) == 1 ? Dtype::int8 : sizeof(T) == 2 ? Dtype::int16 : sizeof(T) == 4 ? Dtype::int32 : Dtype::int64;
+  } else if constexpr (std::is_integral_v<T> && std::is_unsigned_v<T>) {
+    return sizeof(T) == 1 ? Dtype::uint8 : sizeof(T) == 2 ? Dtype::uint16 : sizeof(T) == 4 ? Dtype::uint32 : Dtype::uint64;
+  } else {
+    return Dtype::untyped;
+  }
+}
+
+}  // namespace metalsim

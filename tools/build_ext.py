@@ -1,0 +1,179 @@
+"""Build the course's MLX C++ extensions: `pdm run build-ext` and `pdm run build-ext-ref`.
+
+  python tools/build_ext.py student     src/extensions         -> package tiny_attn_ext
+  python tools/build_ext.py ref         refsol/extensions_ref  -> package tiny_attn_ext_ref
+
+The first build configures CMake (Ninja, Release) in build/<package>/; later builds are
+incremental. The compiled module `_core.<suffix>` lands inside the package folder, next to its
+__init__.py. `ensure_built(which)` is what the tests call: it returns at once when nothing
+changed since the last successful build (a hash of the sources' names, sizes and mtimes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# which -> (source folder, Python package inside it)
+EXTENSIONS = {
+    "student": (ROOT / "src" / "extensions", "tiny_attn_ext"),
+    "ref": (ROOT / "refsol" / "extensions_ref", "tiny_attn_ext_ref"),
+}
+SOURCE_SUFFIXES = {".cpp", ".h", ".hpp", ".metal", ".txt", ".cmake"}
+JOBS = 2  # the course machines are small: keep the compiler from taking every core
+
+
+class BuildError(RuntimeError):
+    """The extension could not be built; the message says why and what to do."""
+
+
+def _paths(which: str) -> tuple[Path, str, Path, Path]:
+    if which not in EXTENSIONS:
+        raise ValueError(f"which must be one of {sorted(EXTENSIONS)}, got {which!r}")
+    source, package = EXTENSIONS[which]
+    build = ROOT / "build" / package
+    return source, package, build, build / "tiny_attn.stamp"
+
+
+def _sources(source: Path) -> list[Path]:
+    """Every file the build depends on: CMakeLists.txt, bindings.cpp, src/**."""
+    files = [p for p in source.rglob("*") if p.is_file() and p.suffix in SOURCE_SUFFIXES]
+    return sorted(p for p in files if "__pycache__" not in p.parts)
+
+
+def _fingerprint(which: str) -> str:
+    source, package, _, _ = _paths(which)
+    h = hashlib.sha256()
+    for p in _sources(source):
+        st = p.stat()
+        h.update(f"{p.relative_to(source)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    h.update(sys.version.encode())
+    import mlx.core as mx
+
+    h.update(mx.__version__.encode())
+    return h.hexdigest()
+
+
+def _module_file(which: str) -> Path:
+    source, package, _, _ = _paths(which)
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    return source / package / f"_core{suffix}"
+
+
+def is_up_to_date(which: str) -> bool:
+    _, _, _, stamp = _paths(which)
+    return (
+        _module_file(which).exists()
+        and stamp.exists()
+        and stamp.read_text().strip() == _fingerprint(which)
+    )
+
+
+def _tool(name: str) -> str:
+    """A build tool from the virtual environment first, then from PATH."""
+    venv_bin = Path(sys.executable).parent
+    for candidate in (venv_bin / name, shutil.which(name)):
+        if candidate and Path(candidate).exists():
+            return str(candidate)
+    raise BuildError(
+        f"`{name}` was not found. It comes with the course's environment: run any "
+        f"`pdm run ...` command once (it installs the locked packages), or `pip install {name}`."
+    )
+
+
+def _check_compiler() -> None:
+    if os.environ.get("CXX") or any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        return
+    if sys.platform == "darwin":
+        hint = "install Apple's command line tools: xcode-select --install"
+    else:
+        hint = (
+            "install a C++17 compiler, e.g. `sudo apt-get install g++` (Debian/Ubuntu) or "
+            "`sudo dnf install gcc-c++` (Fedora)"
+        )
+    raise BuildError(f"no C++ compiler found (looked for c++, g++, clang++): {hint}")
+
+
+def _run(cmd: list[str], what: str, cwd: Path) -> None:
+    print(f"[build-ext] {what}: {' '.join(cmd)}", flush=True)
+    result = subprocess.run(cmd, cwd=cwd)
+    if result.returncode != 0:
+        raise BuildError(f"{what} failed (exit code {result.returncode}); see the output above")
+
+
+def build(which: str, *, verbose: bool = True) -> Path:
+    """Configure (first time) and build the extension; return the compiled module's path."""
+    source, package, build_dir, stamp = _paths(which)
+    if not (source / "CMakeLists.txt").exists():
+        raise BuildError(f"{source / 'CMakeLists.txt'} is missing")
+    _check_compiler()
+    cmake, ninja = _tool("cmake"), _tool("ninja")
+    build_dir.mkdir(parents=True, exist_ok=True)
+    if not (build_dir / "CMakeCache.txt").exists():
+        _run(
+            [
+                cmake,
+                "-S",
+                str(source),
+                "-B",
+                str(build_dir),
+                "-G",
+                "Ninja",
+                f"-DCMAKE_MAKE_PROGRAM={ninja}",
+                "-DCMAKE_BUILD_TYPE=Release",
+                f"-DPython_EXECUTABLE={sys.executable}",
+            ],
+            f"configuring {package}",
+            ROOT,
+        )
+    _run([cmake, "--build", str(build_dir), "-j", str(JOBS)], f"building {package}", ROOT)
+    module = _module_file(which)
+    if not module.exists():
+        raise BuildError(f"the build finished but {module} is missing")
+    stamp.write_text(_fingerprint(which) + "\n")
+    if verbose:
+        print(f"[build-ext] ok: {module.relative_to(ROOT)}", flush=True)
+    return module
+
+
+def ensure_built(which: str) -> None:
+    """Build the extension if a source changed since the last build; otherwise do nothing."""
+    if is_up_to_date(which):
+        return
+    _, package, _, _ = _paths(which)
+    print(f"[build-ext] {package} is missing or out of date: building it ...", flush=True)
+    # Build in a child process and keep its output off the test report unless it fails.
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), which],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise BuildError(
+            f"building {package} failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
+        )
+    if package in sys.modules:
+        print(f"[build-ext] {package} was imported before this build: restart Python to load it")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or argv[0] not in EXTENSIONS:
+        print(f"usage: python tools/build_ext.py {{{'|'.join(EXTENSIONS)}}}", file=sys.stderr)
+        return 2
+    try:
+        build(argv[0])
+    except BuildError as e:
+        print(f"[build-ext] error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
