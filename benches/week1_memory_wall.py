@@ -2,7 +2,7 @@
 
     pdm run python benches/week1_memory_wall.py             # the reference solution
     pdm run python benches/week1_memory_wall.py --student   # your src/tiny_attn
-    pdm run python benches/week1_memory_wall.py --max-n 1024 --repeats 2   # quicker
+    pdm run python benches/week1_memory_wall.py --max-n 4096   # further up the wall
 
 For each sequence length N (L = S = N, one batch, H heads of E = 64, float32) it profiles
 three implementations with `profile` (median time, peak memory): the Day 1 attention, the
@@ -110,10 +110,10 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--student", action="store_true", help="profile src/tiny_attn")
     parser.add_argument("--min-n", type=int, default=256, help="smallest N (default 256)")
-    parser.add_argument("--max-n", type=int, default=4096, help="largest N (default 4096)")
+    parser.add_argument("--max-n", type=int, default=2048, help="largest N (default 2048)")
     parser.add_argument("--heads", type=int, default=4, help="H (default 4)")
     parser.add_argument("--head-dim", type=int, default=64, help="E (default 64)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per point")
+    parser.add_argument("--repeats", type=int, default=2, help="timed calls per point")
     parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT, help="where the PNG goes")
     parser.add_argument("--no-plot", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
@@ -142,9 +142,8 @@ def main(argv: list[str]) -> int:
     print_table(ta, ns, args.heads, args.head_dim, results)
     if not args.no_plot:
         plot(ta, ns, args.heads, args.head_dim, results, args.plot)
-        print(
-            f"\nplot written to {args.plot.relative_to(ROOT) if args.plot.is_relative_to(ROOT) else args.plot}"
-        )
+        shown = args.plot.relative_to(ROOT) if args.plot.is_relative_to(ROOT) else args.plot
+        print(f"\nplot written to {shown}")
     return 0
 
 
