@@ -1,0 +1,239 @@
+"""Week 2, Day 4: FlashAttention in C++ on the CPU (`ext.flash_attention`, the simple kernel)
+and its Python wrapper `ta.flash_attention`.
+
+Book: book/src/week2-04-flash-attention-cpp.md. Reference: mx.fast.scaled_dot_product_attention
+on the CPU (`mlx_sdpa`), and float64 NumPy (`numpy_attention`) where MLX needs 4-D inputs.
+Tolerance: TOL_F32_REORDERED (tiles change the order of the sums).
+"""
+
+import math
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from tiny_attn_base import *  # noqa: F403
+from tiny_attn_base import TOL_F32_REORDERED, assert_allclose, mlx_sdpa, qkv, rand, ta, to_numpy
+
+BR = BC = 32
+
+
+def call(ext, q, k, v, mask=None, scale=None):
+    """ext.flash_attention with the mask as mlx_sdpa takes it (None, "causal" or an array)."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if isinstance(mask, str):
+        return ext.flash_attention(q, k, v, scale, causal=True)
+    return ext.flash_attention(q, k, v, scale, mask)
+
+
+def tiles(L: int, S: int) -> int:
+    return math.ceil(L / BR) * math.ceil(S / BC)
+
+
+def causal_tiles(L: int, S: int) -> int:
+    """K/V tiles a causal kernel visits per head: up to the diagonal of each Q tile's last row;
+    a Q tile whose first row sees no key (L > S) visits every tile."""
+    total = 0
+    for i0 in range(0, L, BR):
+        first, last = i0 + S - L, min(i0 + BR, L) - 1 + S - L
+        total += math.ceil(S / BC) if first < 0 else math.ceil(min(S, last + 1) / BC)
+    return total
+
+
+# --- Task 1: the op: validation and the lazy array -------------------------------------------
+
+BAD_INPUTS = [
+    # (what, query shape, key shape, value shape, message)
+    ("rank", (2, 8, 4), (1, 2, 8, 4), (1, 2, 8, 4), r"query must have 4 dimensions"),
+    ("key rank", (1, 2, 8, 4), (2, 8, 4), (2, 8, 4), r"key must have 4 dimensions"),
+    ("heads", (1, 3, 8, 4), (1, 2, 8, 4), (1, 2, 8, 4), r"H_q = 3 .*multiple.* H = 2"),
+    ("E", (1, 2, 8, 4), (1, 2, 8, 5), (1, 2, 8, 5), r"head dimension E = 4"),
+    ("k/v", (1, 2, 8, 4), (1, 2, 8, 4), (1, 2, 9, 4), r"key and value must have the same shape"),
+    ("N", (2, 2, 8, 4), (1, 2, 8, 4), (1, 2, 8, 4), r"batch size N = 2"),
+    ("L = 0", (1, 2, 0, 4), (1, 2, 8, 4), (1, 2, 8, 4), r"at least 1"),
+    ("S = 0", (1, 2, 8, 4), (1, 2, 0, 4), (1, 2, 0, 4), r"at least 1"),
+]
+
+
+@pytest.mark.parametrize("what,qs,ks,vs,message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_task_1_flash_attention_rejects_bad_shapes(ext, what, qs, ks, vs, message):
+    q, k, v = mx.zeros(qs), mx.zeros(ks), mx.zeros(vs)
+    with pytest.raises(ValueError, match=message):
+        ext.flash_attention(q, k, v, 0.5)
+
+
+@pytest.mark.parametrize("arg", ["query", "key", "value"])
+def test_task_1_flash_attention_rejects_other_dtypes(ext, arg):
+    arrays = {"query": mx.zeros((1, 2, 8, 4)), "key": mx.zeros((1, 2, 8, 4))}
+    arrays["value"] = mx.zeros((1, 2, 8, 4))
+    arrays[arg] = arrays[arg].astype(mx.float16)
+    with pytest.raises(ValueError, match=rf"{arg} must be float32"):
+        ext.flash_attention(arrays["query"], arrays["key"], arrays["value"], 0.5)
+
+
+def test_task_1_flash_attention_rejects_bad_masks(ext):
+    q, k, v = qkv((1,), 2, 2, 8, 6, 4, seed=1)
+    with pytest.raises(ValueError, match=r"mask must broadcast to \(N, H_q, L, S\)"):
+        ext.flash_attention(q, k, v, 0.5, mx.zeros((8, 5)))
+    with pytest.raises(ValueError, match=r"mask must broadcast"):
+        ext.flash_attention(q, k, v, 0.5, mx.zeros((1, 1, 1, 8, 6)))
+    with pytest.raises(ValueError, match=r"mask must be bool .* or floating"):
+        ext.flash_attention(q, k, v, 0.5, mx.zeros((8, 6), dtype=mx.int32))
+    with pytest.raises(ValueError, match=r"either a mask array or causal=True"):
+        ext.flash_attention(q, k, v, 0.5, mx.zeros((8, 6)), True)
+
+
+def test_task_1_flash_attention_rejects_a_bad_scale(ext):
+    q, k, v = qkv((1,), 1, 1, 4, 4, 4, seed=2)
+    with pytest.raises(ValueError, match=r"scale must be a finite float"):
+        ext.flash_attention(q, k, v, float("nan"))
+
+
+def test_task_1_flash_attention_builds_a_lazy_array(ext):
+    q, k, v = qkv((2,), 4, 2, 40, 50, 8, seed=3)
+    out = ext.flash_attention(q, k, v, 0.3)
+    assert out.shape == (2, 4, 40, 8) and out.dtype == mx.float32
+
+
+# --- Task 2: the kernel, no mask -------------------------------------------------------------
+
+SHAPES = [
+    # (N, H_q, H, L, S, E)
+    (1, 1, 1, 1, 1, 1),
+    (1, 2, 2, 32, 32, 16),
+    (1, 1, 1, 33, 31, 8),
+    (2, 4, 2, 70, 45, 20),  # GQA: 2 query heads per key/value head
+    (1, 8, 1, 17, 100, 7),  # multi-query attention
+    (3, 2, 2, 5, 130, 64),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
+def test_task_2_flash_attention_matches_mlx(ext, shape):
+    N, h_q, h, L, S, E = shape
+    q, k, v = qkv((N,), h_q, h, L, S, E, seed=sum(shape))
+    out = call(ext, q, k, v)
+    assert_allclose(out, mlx_sdpa(q, k, v), **TOL_F32_REORDERED, what=f"shape {shape}")
+
+
+def test_task_2_flash_attention_scale_and_large_scores(ext):
+    q, k, v = qkv((1,), 2, 2, 40, 40, 16, seed=4, scale=6.0)  # scores in the hundreds
+    out = call(ext, q, k, v, scale=0.9)
+    assert np.isfinite(to_numpy(out)).all()
+    # Scores this large magnify float32 rounding inside exp(): a slightly looser atol.
+    assert_allclose(out, mlx_sdpa(q, k, v, scale=0.9), rtol=1e-4, atol=1e-4)
+
+
+def test_task_2_flash_attention_is_lazy_and_counts_tiles(ext):
+    q, k, v = qkv((2,), 3, 3, 70, 45, 8, seed=5)
+    mx.eval(q, k, v)
+    ext.reset_tiles_visited()
+    out = call(ext, q, k, v)
+    assert ext.tiles_visited() == 0, "the op must only build the graph; eval_cpu runs later"
+    mx.eval(out)
+    assert ext.tiles_visited() == 2 * 3 * tiles(70, 45)
+
+
+def test_task_2_flash_attention_noncontiguous_inputs(ext):
+    q, k, v = qkv((1,), 2, 2, 24, 36, 8, seed=6)
+    # (N, L, H, E) arrays seen as (N, H, L, E): transposed views, not row-contiguous.
+    qt = mx.transpose(mx.array(to_numpy(q, np.float32).transpose(0, 2, 1, 3)), (0, 2, 1, 3))
+    kt = mx.transpose(mx.array(to_numpy(k, np.float32).transpose(0, 2, 1, 3)), (0, 2, 1, 3))
+    out = call(ext, qt, kt, v[:, :, ::1])
+    assert_allclose(out, mlx_sdpa(q, k, v), **TOL_F32_REORDERED)
+
+
+# --- Task 3: masks and causal block skipping --------------------------------------------------
+
+MASK_CASES = ["causal", "additive", "additive_heads", "bool", "bool_batch"]
+
+
+def make_mask(kind: str, N: int, h_q: int, L: int, S: int, seed: int):
+    if kind == "causal":
+        return "causal"
+    if kind == "additive":
+        return rand((L, S), seed=seed)
+    if kind == "additive_heads":
+        return rand((1, h_q, L, S), seed=seed, scale=2.0)
+    if kind == "bool":
+        return rand((L, S), seed=seed) > -0.5
+    return rand((N, 1, L, S), seed=seed) > 0.0
+
+
+@pytest.mark.parametrize("kind", MASK_CASES)
+@pytest.mark.parametrize("L,S", [(32, 32), (45, 70), (70, 45), (1, 33)])
+def test_task_3_flash_attention_masks(ext, kind, L, S):
+    N, h_q, h, E = 2, 4, 2, 12
+    q, k, v = qkv((N,), h_q, h, L, S, E, seed=L * 100 + S)
+    mask = make_mask(kind, N, h_q, L, S, seed=L + S)
+    expected = mlx_sdpa(q, k, v, mask=mask)
+    assert_allclose(call(ext, q, k, v, mask), expected, **TOL_F32_REORDERED, what=kind)
+
+
+def test_task_3_fully_masked_rows_match_mlx(ext):
+    N, h_q, L, S, E = 1, 2, 40, 36, 8
+    q, k, v = qkv((N,), h_q, h_q, L, S, E, seed=7)
+    keep = np.ones((L, S), dtype=bool)
+    keep[3] = False  # a boolean row with nothing to keep: MLX averages every value
+    bias = np.zeros((L, S), dtype=np.float32)
+    bias[5] = -np.inf  # an additive row of -inf: MLX gives NaN
+    bias[6, :34] = -np.inf  # -inf over the first tile only: the row is still fine
+    for mask in (mx.array(keep), mx.array(bias)):
+        out, expected = call(ext, q, k, v, mask), mlx_sdpa(q, k, v, mask=mask)
+        np.testing.assert_allclose(to_numpy(out), to_numpy(expected), rtol=1e-4, atol=1e-5)
+    # causal with L > S: the first L - S query rows see no key at all
+    q, k, v = qkv((1,), 2, 2, 50, 20, 8, seed=8)
+    out, expected = call(ext, q, k, v, "causal"), mlx_sdpa(q, k, v, mask="causal")
+    np.testing.assert_allclose(to_numpy(out), to_numpy(expected), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("L,S", [(256, 256), (100, 300), (300, 100)])
+def test_task_3_causal_block_skipping(ext, L, S):
+    q, k, v = qkv((1,), 2, 1, L, S, 4, seed=9)
+    mx.eval(q, k, v)
+    ext.reset_tiles_visited()
+    mx.eval(call(ext, q, k, v, "causal"))
+    assert ext.tiles_visited() == 2 * causal_tiles(L, S)
+    if L == S:  # about half the tiles of the unmasked run: 36 of 64 for 8 x 8 tiles
+        assert ext.tiles_visited() == 2 * 36
+
+
+# --- Task 4: the Python wrapper -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch", [(), (3,), (2, 3)])
+@pytest.mark.parametrize("mask", [None, "causal", "bool", "additive_batch"])
+def test_task_4_flash_attention_wrapper(batch, mask):
+    h_q, h, L, S, E = 4, 2, 37, 50, 16
+    q, k, v = qkv(batch, h_q, h, L, S, E, seed=len(batch) + 11)
+    m = mask
+    if mask == "bool":
+        m = rand((L, S), seed=12) > -0.3
+    elif mask == "additive_batch":
+        m = rand((*batch, 1, L, S), seed=13)
+    out = ta.flash_attention(q, k, v, mask=m, kernel="simple")
+    assert out.shape == (*batch, h_q, L, E)
+    # mx.fast.scaled_dot_product_attention takes 4-D arrays: compare batch-flattened.
+    n = math.prod(batch)
+    m4 = m.reshape(n, 1, L, S) if mask == "additive_batch" else m
+    expected = mlx_sdpa(
+        q.reshape(n, h_q, L, E), k.reshape(n, h, S, E), v.reshape(n, h, S, E), mask=m4
+    )
+    assert_allclose(out.reshape(n, h_q, L, E), expected, **TOL_F32_REORDERED)
+
+
+def test_task_4_flash_attention_wrapper_scale(ext):
+    q, k, v = qkv((2,), 2, 2, 20, 20, 8, seed=14)
+    out = ta.flash_attention(q, k, v, scale=0.7, kernel="simple")
+    assert_allclose(out, mlx_sdpa(q, k, v, scale=0.7), **TOL_F32_REORDERED)
+
+
+def test_task_4_flash_attention_wrapper_rejects_bad_input():
+    q, k, v = qkv((2,), 2, 2, 8, 8, 4, seed=15)
+    with pytest.raises(ValueError, match=r"mask must be None, \"causal\" or an mx.array"):
+        ta.flash_attention(q, k, v, mask="upper", kernel="simple")
+    with pytest.raises(ValueError, match=r"key must have the batch dimensions"):
+        ta.flash_attention(q, k[:1], v, kernel="simple")
+    with pytest.raises(ValueError, match=r"mask must broadcast"):
+        ta.flash_attention(q, k, v, mask=mx.zeros((3, 2, 8, 8)), kernel="simple")
+    with pytest.raises(ValueError, match=r"query must"):
+        ta.flash_attention(q[0, 0], k, v, kernel="simple")

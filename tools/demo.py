@@ -1,0 +1,102 @@
+"""`pdm run demo`: the course in one minute.
+
+Runs every reference implementation of the course on one input (grouped-query attention with a
+causal mask), checks each against mx.fast.scaled_dot_product_attention, and prints how long each
+took and how much memory it needed at its peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Callable
+
+import mlx.core as mx
+import numpy as np
+import tiny_attn_ref as ta
+from tiny_attn_testing import attention_flops, numpy_attention, qkv, to_numpy
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:8.1f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="pdm run demo", description=__doc__)
+    parser.add_argument("--heads", type=int, default=8, help="query heads H_q (default 8)")
+    parser.add_argument("--kv-heads", type=int, default=2, help="key/value heads H (default 2)")
+    parser.add_argument("--length", type=int, default=512, help="L = S (default 512)")
+    parser.add_argument("--dim", type=int, default=64, help="head dimension E (default 64)")
+    args = parser.parse_args()
+    h_q, h, n, e = args.heads, args.kv_heads, args.length, args.dim
+    if min(h_q, h, n, e) < 1 or h_q % h:
+        parser.error("--heads, --kv-heads, --length, --dim must be positive, heads % kv-heads == 0")
+
+    gpu = "Metal" if mx.metal.is_available() else "metalsim, the CPU simulator"
+    print(f"tiny-attn demo: query (1, {h_q}, {n}, {e}), key/value (1, {h}, {n}, {e}), "
+          f"float32, causal mask; MLX {mx.__version__}, GPU kernels on {gpu}\n", flush=True)
+    q, k, v = qkv((1,), h_q, h, n, n, e, seed=0)
+    scale = 1.0 / math.sqrt(e)
+    expected = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
+    mx.eval(expected)
+    exact = numpy_attention(q, k, v, mask="causal")
+    flops = attention_flops(1, h_q, n, n, e, causal=True)
+
+    def tiled() -> mx.array:
+        return ta.flash_attention_tiled(q, k, v, mask="causal")[0]
+
+    # (week, name, function). Each runs the whole attention and returns the output.
+    rows: list[tuple[str, str, Callable[[], mx.array]]] = [
+        ("-", "mx.fast.scaled_dot_product_attention",
+         lambda: mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")),
+        ("1", "scaled_dot_product_attention (naive)",
+         lambda: ta.scaled_dot_product_attention(q, k, v, mask="causal")),
+        ("2", "flash_attention_tiled (Python, MLX ops)", tiled),
+        ("2", "flash_attention, C++ simple kernel",
+         lambda: ta.flash_attention(q, k, v, mask="causal", kernel="simple")),
+        ("2", "flash_attention, C++ fast kernel",
+         lambda: ta.flash_attention(q, k, v, mask="causal", kernel="fast")),
+    ]
+    rows += gpu_rows(q, k, v)
+
+    print(f"{'week':<5}{'implementation':<46}{'max |err|':>10}{'time ms':>10}{'GFLOP/s':>9}"
+          f"{'peak MiB':>10}")
+    worst = 0.0
+    for week, name, fn in rows:
+        print(f"{week:<5}{name:<46}", end="", flush=True)
+        out = fn()
+        mx.eval(out)  # the first call builds extensions / compiles kernels: not timed
+        del out
+        mx.synchronize()
+        mx.clear_cache()
+        before = mx.get_active_memory()
+        mx.reset_peak_memory()
+        start = time.perf_counter()
+        out = fn()
+        mx.eval(out)
+        mx.synchronize()
+        seconds = time.perf_counter() - start
+        peak = max(mx.get_peak_memory() - before, 0)
+        err = float(np.max(np.abs(to_numpy(out) - exact)))
+        worst = max(worst, err) if week != "-" else worst
+        note = "  (simulated: not a GPU timing)" if "metalsim" in name else ""
+        print(f"{err:>10.1e}{seconds * 1e3:>10.1f}{flops / seconds / 1e9:>9.2f}{mib(peak):>10}"
+              f"{note}")
+    print("\nmax |err| is against float64 NumPy; the naive path's peak memory holds the whole "
+          f"{h_q}x{n}x{n} score matrix ({mib(4 * h_q * n * n).strip()} MiB), FlashAttention's never does.")
+    if worst > 1e-4:
+        print(f"FAILED: an implementation differs from the exact answer by {worst:.1e}")
+        return 1
+    print("All implementations agree with mx.fast.scaled_dot_product_attention.")
+    return 0
+
+
+def gpu_rows(q: mx.array, k: mx.array, v: mx.array) -> list[tuple[str, str, Callable[[], mx.array]]]:
+    """Week 3: the Metal kernels, on the GPU or on metalsim."""
+    return []
+
+
+if __name__ == "__main__":
+    sys.exit(main())
