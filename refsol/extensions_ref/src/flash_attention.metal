@@ -258,6 +258,9 @@ void flash_attention_e128_impl(
 // ============================================================================================
 constant constexpr int SG_ROWS = 8; // query rows per SIMD group
 constant constexpr int SG_COUNT = Br / SG_ROWS; // 4 SIMD groups, 128 threads
+constant constexpr int TILE_SIZE = Br * E_MAX; // floats of `tile`: Q, then K, then V
+constant constexpr int SCORES_SIZE = SG_ROWS * Bc; // floats of one SIMD group's S_g / P_g
+constant constexpr int BLOCK_SIZE = SG_ROWS * SG_ROWS; // floats of one 8x8 block
 
 // Copies rows [first, first + 32) of a (rows, E) array into `tile` as float, with float4
 // loads (E is a multiple of 8); rows past `rows` become zeros. `scale` multiplies on the way.
@@ -292,8 +295,8 @@ void flash_attention_simdgroup_impl(
     device const bool* mask_keep,
     constant AttentionParams& p,
     threadgroup float* tile,
-    threadgroup float (*scores)[SG_ROWS * Bc],
-    threadgroup float (*spill)[SG_ROWS * SG_ROWS],
+    threadgroup float (*scores)[SCORES_SIZE],
+    threadgroup float (*spill)[BLOCK_SIZE],
     threadgroup float (*row_alpha)[SG_ROWS],
     uint2 group,
     uint g,
@@ -438,9 +441,9 @@ void flash_attention_simdgroup_impl(
     uint g [[simdgroup_index_in_threadgroup]],
     uint lane [[thread_index_in_simdgroup]],
     uint tid [[thread_index_in_threadgroup]]) {
-  threadgroup float tile[Br * E_MAX];
-  threadgroup float scores[SG_COUNT][SG_ROWS * Bc];
-  threadgroup float spill[SG_COUNT][SG_ROWS * SG_ROWS];
+  threadgroup float tile[TILE_SIZE];
+  threadgroup float scores[SG_COUNT][SCORES_SIZE];
+  threadgroup float spill[SG_COUNT][BLOCK_SIZE];
   threadgroup float row_alpha[SG_COUNT][SG_ROWS];
   flash_attention_simdgroup_impl<float>(
       q, k, v, out, mask_add, mask_keep, p, tile, scores, spill, row_alpha, group, g, lane, tid);
@@ -458,9 +461,9 @@ void flash_attention_simdgroup_impl(
     uint g [[simdgroup_index_in_threadgroup]],
     uint lane [[thread_index_in_simdgroup]],
     uint tid [[thread_index_in_threadgroup]]) {
-  threadgroup float tile[Br * E_MAX];
-  threadgroup float scores[SG_COUNT][SG_ROWS * Bc];
-  threadgroup float spill[SG_COUNT][SG_ROWS * SG_ROWS];
+  threadgroup float tile[TILE_SIZE];
+  threadgroup float scores[SG_COUNT][SCORES_SIZE];
+  threadgroup float spill[SG_COUNT][BLOCK_SIZE];
   threadgroup float row_alpha[SG_COUNT][SG_ROWS];
   flash_attention_simdgroup_impl<half>(
       q, k, v, out, mask_add, mask_keep, p, tile, scores, spill, row_alpha, group, g, lane, tid);
@@ -478,9 +481,9 @@ void flash_attention_simdgroup_impl(
     uint g [[simdgroup_index_in_threadgroup]],
     uint lane [[thread_index_in_simdgroup]],
     uint tid [[thread_index_in_threadgroup]]) {
-  threadgroup float tile[Br * E_MAX];
-  threadgroup float scores[SG_COUNT][SG_ROWS * Bc];
-  threadgroup float spill[SG_COUNT][SG_ROWS * SG_ROWS];
+  threadgroup float tile[TILE_SIZE];
+  threadgroup float scores[SG_COUNT][SCORES_SIZE];
+  threadgroup float spill[SG_COUNT][BLOCK_SIZE];
   threadgroup float row_alpha[SG_COUNT][SG_ROWS];
   flash_attention_simdgroup_impl<bfloat>(
       q, k, v, out, mask_add, mask_keep, p, tile, scores, spill, row_alpha, group, g, lane, tid);

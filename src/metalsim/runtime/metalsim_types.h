@@ -191,19 +191,19 @@ struct vec : vec_storage<T, N, Packed> {
   vec(U s) {
     for (int i = 0; i < N; ++i) elems[i] = T(s);
   }
-  template <class A, class B, std::enable_if_t<N == 2, int> = 0>
+  template <class A, class B, int M = N, std::enable_if_t<M == 2, int> = 0>
   vec(A a, B b) {
     elems[0] = T(a);
     elems[1] = T(b);
   }
-  template <class A, class B, class C, std::enable_if_t<N == 3, int> = 0,
+  template <class A, class B, class C, int M = N, std::enable_if_t<M == 3, int> = 0,
             std::enable_if_t<is_scalar_v<A> || is_soft16<A>::value, int> = 0>
   vec(A a, B b, C c) {
     elems[0] = T(a);
     elems[1] = T(b);
     elems[2] = T(c);
   }
-  template <class A, class B, class C, class D, std::enable_if_t<N == 4, int> = 0>
+  template <class A, class B, class C, class D, int M = N, std::enable_if_t<M == 4, int> = 0>
   vec(A a, B b, C c, D d) {
     elems[0] = T(a);
     elems[1] = T(b);
@@ -211,19 +211,19 @@ struct vec : vec_storage<T, N, Packed> {
     elems[3] = T(d);
   }
   // Concatenations: float4(float2, float2), float4(float3, w), float3(float2, z), ...
-  template <class U, bool P1, class V, bool P2, std::enable_if_t<N == 4, int> = 0>
+  template <class U, bool P1, class V, bool P2, int M = N, std::enable_if_t<M == 4, int> = 0>
   vec(vec<U, 2, P1> a, vec<V, 2, P2> b) {
     elems[0] = T(a.elems[0]);
     elems[1] = T(a.elems[1]);
     elems[2] = T(b.elems[0]);
     elems[3] = T(b.elems[1]);
   }
-  template <class U, bool P1, class S, std::enable_if_t<N == 4 && is_scalar_v<S>, int> = 0>
+  template <class U, bool P1, class S, int M = N, std::enable_if_t<M == 4 && is_scalar_v<S>, int> = 0>
   vec(vec<U, 3, P1> a, S s) {
     for (int i = 0; i < 3; ++i) elems[i] = T(a.elems[i]);
     elems[3] = T(s);
   }
-  template <class U, bool P1, class S, std::enable_if_t<N == 3 && is_scalar_v<S>, int> = 0>
+  template <class U, bool P1, class S, int M = N, std::enable_if_t<M == 3 && is_scalar_v<S>, int> = 0>
   vec(vec<U, 2, P1> a, S s) {
     elems[0] = T(a.elems[0]);
     elems[1] = T(a.elems[1]);

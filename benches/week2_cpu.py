@@ -1,0 +1,228 @@
+"""Week 2 benchmark: attention on the CPU, naive against FlashAttention.
+
+One run, one machine, the same inputs (B = 1, float32, L = S = N) for every path:
+  numpy-naive    NumPy float32, scores materialised, OpenBLAS matmuls
+  mlx-naive      the Week 1 reference scaled_dot_product_attention (MLX ops)
+  mlx-fast       mx.fast.scaled_dot_product_attention on the CPU
+  python-tiled   flash_attention_tiled (Week 2 day 2, MLX ops tile by tile)
+  cpp-simple     the extension's day 4 kernel (one thread, plain loops)
+  cpp-fast       the extension's day 5 kernel (vectorised, threads); also with a causal mask
+Columns: time, GFLOP/s (4·B·H·L·S·E, halved for causal) and the extra peak memory of the call
+beyond its inputs: MLX's allocator peak for the MLX paths, tracemalloc's peak for NumPy (NumPy
+reports its buffers to tracemalloc). Plots go to book/src/images/week2-bench-*.png.
+
+  python benches/week2_cpu.py [--quick] [--student]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+IMAGES = ROOT / "book" / "src" / "images"
+
+# Past these sizes a path is skipped: too slow (minutes) or too big for the machine.
+LIMITS = {"python-tiled": 1024, "cpp-simple": 2048, "mlx-naive": 4096, "mlx-fast": 4096}
+MiB = 1024 * 1024
+
+
+def flops(H: int, N: int, E: int, causal: bool) -> float:
+    f = 4.0 * H * N * N * E
+    return f / 2 if causal else f
+
+
+def numpy_naive(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float) -> np.ndarray:
+    s = (q * np.float32(scale)) @ np.swapaxes(k, -1, -2)
+    s -= s.max(axis=-1, keepdims=True)
+    np.exp(s, out=s)
+    s /= s.sum(axis=-1, keepdims=True)
+    return s @ v
+
+
+def time_mlx(fn: Callable[[], mx.array], repeats: int) -> tuple[float, float]:
+    """Best wall time of `repeats` evaluated calls, and the extra MLX peak memory."""
+    best = math.inf
+    mx.synchronize()
+    base = mx.get_active_memory()
+    mx.reset_peak_memory()
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        mx.eval(out)
+        best = min(best, time.perf_counter() - t)
+        del out
+    return best, (mx.get_peak_memory() - base) / MiB
+
+
+def time_numpy(fn: Callable[[], np.ndarray], repeats: int) -> tuple[float, float]:
+    best, peak = math.inf, 0
+    for _ in range(repeats):
+        tracemalloc.start()
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+        peak = max(peak, tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        del out
+    return best, peak / MiB
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    import build_ext
+
+    ta = importlib.import_module("tiny_attn" if args.student else "tiny_attn_ref")
+    ext_name = "tiny_attn_ext" if args.student else "tiny_attn_ext_ref"
+    build_ext.ensure_built("student" if args.student else "ref")
+    ext = importlib.import_module(ext_name)
+    tiled = getattr(ta, "flash_attention_tiled", None)
+    if tiled is None:
+        print("[bench] flash_attention_tiled is not in the package yet: python-tiled skipped")
+
+    H, E = args.heads, args.head_dim
+    scale = 1.0 / math.sqrt(E)
+    paths: dict[str, Callable] = {
+        "mlx-naive": lambda q, k, v, c: ta.scaled_dot_product_attention(
+            q, k, v, scale, "causal" if c else None
+        ),
+        "mlx-fast": lambda q, k, v, c: mx.fast.scaled_dot_product_attention(
+            q, k, v, scale=scale, mask="causal" if c else None
+        ),
+        "cpp-simple": lambda q, k, v, c: ext.flash_attention(q, k, v, scale, causal=c),
+        "cpp-fast": lambda q, k, v, c: ext.flash_attention_fast(q, k, v, scale, causal=c),
+    }
+    if tiled is not None:
+        paths["python-tiled"] = lambda q, k, v, c: tiled(q, k, v, scale, "causal" if c else None)[0]
+
+    rows: list[dict] = []
+
+    def record(name: str, N: int, h: int, causal: bool, seconds: float, mib: float) -> None:
+        gflops = flops(h, N, E, causal) / seconds / 1e9
+        rows.append(dict(path=name, N=N, H=h, causal=causal, s=seconds, gflops=gflops, mib=mib))
+        label = name + (" causal" if causal else "")
+        print(
+            f"  {label:<18} N={N:<6} H={h:<2} {seconds * 1e3:10.1f} ms {gflops:8.1f} GFLOP/s "
+            f"{mib:10.1f} MiB",
+            flush=True,
+        )
+
+    with mx.stream(mx.cpu):
+        for N in args.sizes:
+            print(f"[bench] N = {N} (B=1, H={H}, E={E})", flush=True)
+            rng = np.random.default_rng(N)
+            qn, kn, vn = (rng.standard_normal((1, H, N, E), dtype=np.float32) for _ in range(3))
+            q, k, v = mx.array(qn), mx.array(kn), mx.array(vn)
+            mx.eval(q, k, v)
+            repeats = 1 if N >= 2048 else 2
+            record(
+                "numpy-naive",
+                N,
+                H,
+                False,
+                *time_numpy(partial(numpy_naive, qn, kn, vn, scale), repeats),
+            )
+            for name, fn in paths.items():
+                if N > LIMITS.get(name, math.inf):
+                    continue
+                record(name, N, H, False, *time_mlx(partial(fn, q, k, v, False), repeats))
+            record(
+                "cpp-fast",
+                N,
+                H,
+                True,
+                *time_mlx(partial(paths["cpp-fast"], q, k, v, True), repeats),
+            )
+            del q, k, v
+
+        for N in args.long:
+            # One head of a long sequence: the naive paths would need N * N * 4 bytes of scores.
+            print(
+                f"[bench] N = {N} (B=1, H=1, E={E}): naive scores would take "
+                f"{N * N * 4 / 2**30:.1f} GiB; only the C++ kernel runs",
+                flush=True,
+            )
+            q, k, v = (mx.random.normal((1, 1, N, E), key=mx.random.key(i)) for i in range(3))
+            mx.eval(q, k, v)
+            for causal in (False, True):
+                record(
+                    "cpp-fast",
+                    N,
+                    1,
+                    causal,
+                    *time_mlx(partial(paths["cpp-fast"], q, k, v, causal), 1),
+                )
+    return rows
+
+
+def plot(rows: list[dict], H: int) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    written = []
+    for key, ylabel, fname in [
+        ("s", "time (s)", "week2-bench-time.png"),
+        ("mib", "extra peak memory (MiB)", "week2-bench-memory.png"),
+    ]:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        series: dict[str, list[tuple[int, float]]] = {}
+        for r in rows:
+            if r["H"] != H:
+                continue
+            label = r["path"] + (" (causal)" if r["causal"] else "")
+            series.setdefault(label, []).append((r["N"], max(r[key], 1e-3)))
+        for label, pts in series.items():
+            xs, ys = zip(*sorted(pts), strict=True)
+            ax.plot(xs, ys, marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length N (L = S)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"Attention on the CPU, B=1, H={H}, float32")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = IMAGES / fname
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
+    parser.add_argument("--student", action="store_true", help="bench src/ instead of refsol/")
+    parser.add_argument("--heads", type=int, default=None, help="H (default 8; quick: 4)")
+    parser.add_argument("--head-dim", type=int, default=128, help="E (default 128)")
+    parser.add_argument("--no-plots", action="store_true", help="do not write the PNGs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.long, args.heads = [256, 512, 1024], [], args.heads or 4
+    else:
+        args.sizes, args.long, args.heads = [512, 1024, 2048, 4096], [32768], args.heads or 8
+    print(f"[bench] week 2: CPU attention, {mx.__version__=}, numpy {np.__version__}", flush=True)
+    t0 = time.perf_counter()
+    rows = run(args)
+    if not args.no_plots and not args.quick:
+        for p in plot(rows, args.heads):
+            print(f"[bench] wrote {p.relative_to(ROOT)}")
+    print(f"[bench] week 2 done in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+// Week 3: FlashAttention::eval_gpu, the dispatch of the Metal kernels in flash_attention.metal.
+//
+//   flash_attention       -> flash_attention_<t>_e128       days 2-3, 1024 threads per group
+//   flash_attention_fast  -> flash_attention_simdgroup_<t>  day 4,    128 threads per group
+//   <t> = f32, f16, bf16 by the dtype of the inputs (day 5)
+//
+// The same code drives a real Metal device and metalsim (see kernels_gpu.h).
+#include <stdexcept>
+#include <string>
+
+#include "src/flash_attention.h"
+#include "src/flash_attention_gpu.h"
+#include "src/kernels_gpu.h"
+
+namespace tiny_attn {
+
+void FlashAttention::eval_gpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  // inputs: query (N, H_q, L, E), key and value (N, H, S, E), all row-contiguous, and, if
+  // has_mask_, the mask as a (N, H_q, L, S) view (stride 0 on broadcast axes). outputs[0]:
+  // (N, H_q, L, E). kernel_ == CpuKernel::Fast selects the day 4 kernel.
+  //
+  // TODO(Task 1): check every limit before encoding anything, throwing std::invalid_argument
+  //   with a message that names the argument: E <= kMaxHeadDim; query, key and value float32
+  //   (day 5: float16 / bfloat16 too, all the same dtype) and row-contiguous; the mask float32
+  //   or bool. Day 4: the fast kernel also needs E % 8 == 0.
+  // TODO(Task 1): allocate the output (out.set_data(mx::allocator::malloc(out.nbytes()))).
+  // TODO(Task 1): fill an AttentionParams (flash_attention_gpu.h), mask strides included.
+  // TODO(Task 1): get the kernel (gpu::metal::device(stream().device).get_kernel(name,
+  //   gpu::kernel_library(device))) and the encoder (gpu::metal::get_command_encoder(stream()));
+  //   bind buffers 0..5 as the kernel declares them (a placeholder array where there is no
+  //   mask), set_bytes the params at 6, and dispatch (N * H_q, Tr) threadgroups of
+  //   kSimpleKernelThreads (or kSimdgroupKernelThreads for the fast kernel).
+  throw std::runtime_error(
+      "FlashAttention::eval_gpu is not implemented yet: see "
+      "book/src/week3-02-flash-attention-metal.md, Task 1");
+}
+
+} // namespace tiny_attn

@@ -1,0 +1,277 @@
+"""metalsim: run Metal compute kernels on the CPU, with the semantics of an Apple GPU.
+
+    import numpy as np
+    import metalsim
+
+    lib = metalsim.Library.from_source('''
+        #include <metal_stdlib>
+        using namespace metal;
+        kernel void add_one(device float* x [[buffer(0)]],
+                            uint i [[thread_position_in_grid]]) {
+            x[i] += 1.0f;
+        }
+    ''')
+    x = np.zeros(64, dtype=np.float32)
+    lib.dispatch("add_one", grid=(2, 1, 1), threadgroup=(32, 1, 1), buffers={0: x})
+    # x is now all ones: NumPy arrays are read and written in place.
+
+`grid` counts threadgroups (Metal's dispatchThreadgroups); `dispatch_threads` takes a grid of
+threads instead (dispatchThreads: edge threadgroups are cut to the grid). Every failure is a
+`metalsim.Error` subclass naming the kernel and what went wrong. See book/src/metalsim.md.
+
+The compiled Python module (`metalsim._core`) is built on first import with CMake and Ninja from
+the course environment (`python -m metalsim build` does the same explicitly).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HOME = Path(__file__).resolve().parent
+os.environ.setdefault("METALSIM_HOME", str(HOME))
+
+__all__ = [
+    "BindingError",
+    "CompileError",
+    "DeadlockError",
+    "DispatchError",
+    "Error",
+    "KernelNotFoundError",
+    "Library",
+    "LimitError",
+    "cache_dir",
+    "cmake_build",
+    "ensure_built",
+]
+
+_BUILD_INPUTS = [
+    "CMakeLists.txt",
+    "src/host.cpp",
+    "src/python.cpp",
+    "include/metalsim/host.h",
+    "include/metalsim/abi.h",
+]
+
+
+def _built_module() -> Path | None:
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    p = HOME / f"_core{suffix}"
+    return p if p.exists() else None
+
+
+def _tool(name: str) -> str:
+    """A build tool from the environment's bin folder if it is there, else from PATH."""
+    cand = Path(sys.executable).parent / name
+    return str(cand) if cand.exists() else name
+
+
+def cmake_build(source_dir: Path, build_dir: Path, *, what: str, verbose: bool = False) -> None:
+    """Configure (once) and build a CMake project with Ninja from the course environment.
+
+    Used for metalsim._core and for extensions that embed metalsim (e.g. the example in
+    src/metalsim/examples/row_softmax). Incremental: Ninja rebuilds only what changed.
+    """
+    build_dir.mkdir(parents=True, exist_ok=True)
+    import nanobind
+
+    configure = [
+        _tool("cmake"), "-S", str(source_dir), "-B", str(build_dir), "-G", "Ninja",
+        f"-DCMAKE_MAKE_PROGRAM={_tool('ninja')}",
+        "-DCMAKE_BUILD_TYPE=Release",
+        f"-DPython_EXECUTABLE={sys.executable}",
+        f"-Dnanobind_ROOT={nanobind.cmake_dir()}",
+    ]
+    steps = [configure] if not (build_dir / "build.ninja").exists() else []
+    steps.append([_tool("cmake"), "--build", str(build_dir), "-j", "2"])
+    for cmd in steps:
+        r = subprocess.run(cmd, capture_output=not verbose, text=True)
+        if r.returncode != 0:
+            out = (r.stdout or "") + (r.stderr or "")
+            raise RuntimeError(f"metalsim: building {what} failed:\n$ {' '.join(cmd)}\n{out}")
+
+
+def _core_is_fresh() -> bool:
+    mod = _built_module()
+    if mod is None:
+        return False
+    return mod.stat().st_mtime >= max((HOME / f).stat().st_mtime for f in _BUILD_INPUTS)
+
+
+def ensure_built(verbose: bool = False) -> None:
+    """Build metalsim._core (CMake + Ninja) if it is missing or older than its sources."""
+    if _core_is_fresh():
+        return
+    build_dir = HOME / "build"
+    build_dir.mkdir(exist_ok=True)
+    import fcntl
+
+    with open(build_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time across processes
+        if _core_is_fresh():
+            return
+        print("[metalsim] building the Python module metalsim._core (first use, ~30 s) ...",
+              file=sys.stderr, flush=True)
+        cmake_build(HOME, build_dir, what="metalsim._core", verbose=verbose)
+        print("[metalsim] built.", file=sys.stderr, flush=True)
+
+
+ensure_built()
+
+from . import _core  # noqa: E402
+
+Error = _core.Error
+CompileError = _core.CompileError
+KernelNotFoundError = _core.KernelNotFoundError
+BindingError = _core.BindingError
+LimitError = _core.LimitError
+DeadlockError = _core.DeadlockError
+DispatchError = _core.DispatchError
+
+_DTYPE_CODES = {
+    np.dtype(np.bool_): 1,
+    np.dtype(np.uint8): 2,
+    np.dtype(np.uint16): 3,
+    np.dtype(np.uint32): 4,
+    np.dtype(np.uint64): 5,
+    np.dtype(np.int8): 6,
+    np.dtype(np.int16): 7,
+    np.dtype(np.int32): 8,
+    np.dtype(np.int64): 9,
+    np.dtype(np.float16): 10,
+    np.dtype(np.float32): 12,
+    np.dtype(np.float64): 13,
+    np.dtype(np.complex64): 14,
+}
+
+
+def cache_dir() -> str:
+    """Where compiled kernel libraries are cached."""
+    return _core.cache_dir()
+
+
+def _size3(value: int | Sequence[int], what: str) -> tuple[int, int, int]:
+    if isinstance(value, (int, np.integer)):
+        dims = [int(value)]
+    else:
+        try:
+            dims = [int(v) for v in value]
+        except TypeError:
+            raise TypeError(f"{what} must be an int or a tuple of 1 to 3 ints, got {value!r}") from None
+    if not 1 <= len(dims) <= 3 or any(d < 0 for d in dims):
+        raise ValueError(f"{what} must be 1 to 3 non-negative ints, got {value!r}")
+    dims += [1] * (3 - len(dims))
+    return dims[0], dims[1], dims[2]
+
+
+def _binding(index: int, value: Any) -> tuple[tuple[int, int, int, int, bool], Any]:
+    """(index, address, size, dtype code, is_bytes) for one buffer, plus the object to keep alive."""
+    if not isinstance(index, (int, np.integer)) or not 0 <= int(index) <= 30:
+        raise ValueError(f"buffers: index {index!r} is not a buffer index (0 to 30)")
+    if isinstance(value, np.ndarray):
+        if not value.flags.c_contiguous:
+            raise ValueError(
+                f"buffers[{index}]: the array must be C-contiguous (use np.ascontiguousarray)"
+            )
+        code = _DTYPE_CODES.get(value.dtype)
+        if code is None and value.dtype.name == "bfloat16":
+            code = 11
+        if code is None:
+            code = 0
+        addr = value.__array_interface__["data"][0]
+        return (int(index), addr, value.nbytes, code, False), value
+    if isinstance(value, np.generic):
+        arr = np.array(value)
+        code = _DTYPE_CODES.get(arr.dtype, 0)
+        return (int(index), arr.__array_interface__["data"][0], arr.nbytes, code, True), arr
+    if isinstance(value, (bytes, bytearray)):
+        arr = np.frombuffer(bytes(value), dtype=np.uint8)
+        return (int(index), arr.__array_interface__["data"][0], arr.nbytes, 0, True), arr
+    raise TypeError(
+        f"buffers[{index}]: expected a NumPy array, a NumPy scalar (e.g. np.uint32(n)) or bytes, "
+        f"got {type(value).__name__} (a Python int/float has no Metal type: say which one)"
+    )
+
+
+class Library:
+    """A kernel library compiled from .metal sources (cached on disk between runs)."""
+
+    def __init__(self, core: Any) -> None:
+        self._core = core
+
+    @classmethod
+    def from_source(cls, source: str, name: str = "source.metal",
+                    include_dirs: Sequence[str | os.PathLike[str]] = ()) -> Library:
+        """Compile `source`; diagnostics call it `name`."""
+        if not isinstance(source, str):
+            raise TypeError(f"source must be a str of Metal code, got {type(source).__name__}")
+        return cls(_core.Library.from_source(source, name, [str(d) for d in include_dirs]))
+
+    @classmethod
+    def from_files(cls, paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+                   include_dirs: Sequence[str | os.PathLike[str]] = ()) -> Library:
+        """Compile one or several .metal files into one library."""
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        return cls(_core.Library.from_files([str(p) for p in paths],
+                                            [str(d) for d in include_dirs]))
+
+    @property
+    def kernel_names(self) -> list[str]:
+        return list(self._core.kernel_names)
+
+    @property
+    def path(self) -> str:
+        """The compiled shared object."""
+        return self._core.path
+
+    def dispatch(self, kernel: str, grid: int | Sequence[int], threadgroup: int | Sequence[int],
+                 buffers: Mapping[int, Any] | None = None,
+                 threadgroup_memory: Mapping[int, int] | None = None,
+                 workers: int = 0) -> None:
+        """Run `kernel` on `grid` threadgroups of `threadgroup` threads (dispatchThreadgroups).
+
+        buffers: {index: array | NumPy scalar | bytes} for [[buffer(index)]]; arrays are used in
+        place (outputs appear in them), scalars and bytes are copied like setBytes.
+        threadgroup_memory: {index: bytes} for [[threadgroup(index)]] (multiples of 16).
+        workers: OS threads for the threadgroups (0: one per core, METALSIM_THREADS overrides).
+        """
+        self._run(kernel, grid, threadgroup, buffers, threadgroup_memory, False, workers)
+
+    def dispatch_threads(self, kernel: str, threads: int | Sequence[int],
+                         threadgroup: int | Sequence[int],
+                         buffers: Mapping[int, Any] | None = None,
+                         threadgroup_memory: Mapping[int, int] | None = None,
+                         workers: int = 0) -> None:
+        """Run `kernel` on a grid of `threads` threads (dispatchThreads): the threadgroups at
+        the edges are cut to the grid, and threads_per_threadgroup says how big each one is."""
+        self._run(kernel, threads, threadgroup, buffers, threadgroup_memory, True, workers)
+
+    def _run(self, kernel: str, grid: Any, group: Any, buffers: Mapping[int, Any] | None,
+             tg: Mapping[int, int] | None, grid_is_threads: bool, workers: int) -> None:
+        if not isinstance(kernel, str):
+            raise TypeError(f"kernel must be a kernel name (str), got {type(kernel).__name__}")
+        g = _size3(grid, "threads" if grid_is_threads else "grid")
+        t = _size3(group, "threadgroup")
+        keep = []
+        specs = []
+        for index, value in (buffers or {}).items():
+            spec, obj = _binding(index, value)
+            specs.append(spec)
+            keep.append(obj)
+        tgs = []
+        for index, length in (tg or {}).items():
+            if not isinstance(index, (int, np.integer)) or not 0 <= int(index) <= 30:
+                raise ValueError(f"threadgroup_memory: index {index!r} is not 0 to 30")
+            if not isinstance(length, (int, np.integer)) or int(length) < 0:
+                raise ValueError(f"threadgroup_memory[{index}]: expected a byte count, got {length!r}")
+            tgs.append((int(index), int(length)))
+        self._core.dispatch(kernel, g, t, specs, tgs, grid_is_threads, int(workers))
+        del keep

@@ -1,0 +1,61 @@
+// metalsim._core: the Python face of the host library (wrapped by metalsim/__init__.py).
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/shared_ptr.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
+#include "metalsim/host.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+NB_MODULE(_core, m) {
+  m.doc() = "metalsim core: compile .metal sources and run compute dispatches on the CPU";
+
+  auto base = nb::exception<metalsim::Error>(m, "Error", PyExc_RuntimeError);
+  nb::exception<metalsim::CompileError>(m, "CompileError", base);
+  nb::exception<metalsim::KernelNotFoundError>(m, "KernelNotFoundError", base);
+  nb::exception<metalsim::BindingError>(m, "BindingError", base);
+  nb::exception<metalsim::LimitError>(m, "LimitError", base);
+  nb::exception<metalsim::DeadlockError>(m, "DeadlockError", base);
+  nb::exception<metalsim::DispatchError>(m, "DispatchError", base);
+
+  nb::class_<metalsim::Library>(m, "Library")
+      .def_static("from_files", &metalsim::Library::from_files, "paths"_a, "include_dirs"_a,
+                  nb::call_guard<nb::gil_scoped_release>())
+      .def_static("from_source", &metalsim::Library::from_source, "source"_a, "name"_a,
+                  "include_dirs"_a, nb::call_guard<nb::gil_scoped_release>())
+      .def_static("from_manifest", &metalsim::Library::from_manifest, "path"_a,
+                  nb::call_guard<nb::gil_scoped_release>())
+      .def_prop_ro("kernel_names", &metalsim::Library::kernel_names)
+      .def_prop_ro("path", &metalsim::Library::path)
+      // buffers: (index, address, size, dtype code, is_bytes); threadgroup: (index, length)
+      .def(
+          "dispatch",
+          [](const metalsim::Library& lib, const std::string& kernel,
+             std::tuple<uint64_t, uint64_t, uint64_t> grid,
+             std::tuple<uint64_t, uint64_t, uint64_t> group,
+             const std::vector<std::tuple<int, uintptr_t, uint64_t, int, bool>>& buffers,
+             const std::vector<std::tuple<int, uint64_t>>& threadgroup, bool grid_is_threads,
+             int workers) {
+            metalsim::Bindings b;
+            for (auto& [idx, addr, size, dtype, is_bytes] : buffers) {
+              if (is_bytes)
+                b.bytes(idx, reinterpret_cast<void*>(addr), size, metalsim::Dtype(dtype));
+              else
+                b.buffer(idx, reinterpret_cast<void*>(addr), size, metalsim::Dtype(dtype));
+            }
+            for (auto& [idx, len] : threadgroup) b.threadgroup(idx, len);
+            nb::gil_scoped_release release;
+            lib.dispatch(kernel, {std::get<0>(grid), std::get<1>(grid), std::get<2>(grid)},
+                         {std::get<0>(group), std::get<1>(group), std::get<2>(group)}, b,
+                         grid_is_threads, workers);
+          },
+          "kernel"_a, "grid"_a, "group"_a, "buffers"_a, "threadgroup"_a, "grid_is_threads"_a,
+          "workers"_a);
+
+  m.def("cache_dir", &metalsim::cache_dir);
+  m.def("runtime_dir", &metalsim::runtime_dir);
+  m.def("compiler", &metalsim::compiler);
+}
