@@ -52,8 +52,10 @@ def main() -> int:
     stamp = Path(sys.prefix) / ".tiny-attn-synced"
     want = _fingerprint()
     if not stamp.exists() or stamp.read_text().strip() != want:
-        print("[tiny-attn] installing the course's packages from pdm.lock (first run only) ...",
-              flush=True)
+        print(
+            "[tiny-attn] installing the course's packages from pdm.lock (first run only) ...",
+            flush=True,
+        )
         rc = subprocess.call(_pdm_command() + ["sync", "--clean", "--no-self"], cwd=ROOT)
         if rc != 0:
             print("[tiny-attn] `pdm sync` failed; see the messages above.", file=sys.stderr)

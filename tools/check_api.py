@@ -41,8 +41,9 @@ def describe(obj: Any) -> dict[str, str]:
             if name.startswith("_") and name not in ("__init__", "__call__"):
                 continue
             if callable(member) or isinstance(member, (property, staticmethod, classmethod)):
-                target = member.__func__ if isinstance(member, (staticmethod, classmethod)) \
-                    else member
+                target = (
+                    member.__func__ if isinstance(member, (staticmethod, classmethod)) else member
+                )
                 out[name] = signature_of(target) if callable(target) else "(property)"
         return out
     if callable(obj):
@@ -66,8 +67,9 @@ def compare(student_name: str, ref_name: str, problems: list[str]) -> int:
                 s_sig = s.get(member, "(missing)").replace(student_name, "<pkg>")
                 r_sig = r.get(member, "(missing)").replace(ref_name, "<pkg>")
                 if s_sig != r_sig:
-                    problems.append(f"`{label}` differs:\n    {student_name}: {s_sig}\n"
-                                    f"    {ref_name}: {r_sig}")
+                    problems.append(
+                        f"`{label}` differs:\n    {student_name}: {s_sig}\n    {ref_name}: {r_sig}"
+                    )
     return len(set(s_names) & set(r_names))
 
 

@@ -122,8 +122,9 @@ def main() -> int:
     summary = (BOOK / "src" / "SUMMARY.md").read_text()
     for md in chapters:
         problems += check_chapter(md, words, scripts)
-        if md.name != "SUMMARY.md" and f"({md.relative_to(BOOK / 'src')})" not in \
-                summary.replace("(./", "("):
+        if md.name != "SUMMARY.md" and f"({md.relative_to(BOOK / 'src')})" not in summary.replace(
+            "(./", "("
+        ):
             problems.append(f"{md.relative_to(ROOT)}: not listed in book/src/SUMMARY.md")
     if problems:
         print(f"[check-book] FAILED: {len(problems)} problem(s)")

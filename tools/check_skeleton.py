@@ -14,8 +14,9 @@ import course
 
 def main() -> int:
     days = course.available_days()
-    print(f"[check-skeleton] running {len(days)} graded test files against the stubs ...",
-          flush=True)
+    print(
+        f"[check-skeleton] running {len(days)} graded test files against the stubs ...", flush=True
+    )
     outcomes = course.run_graded_against_student(days, timeout=120)
     bad = []
     for o in outcomes:

@@ -115,8 +115,16 @@ def run_graded_against_student(days: list[tuple[int, int]], timeout: int = 120) 
         report = work / "report.xml"
         cmd = pytest_command(
             files,
-            ["-q", "-p", "no:cacheprovider", f"--timeout={timeout}", f"--junitxml={report}",
-             "-o", "junit_family=xunit1", "--tb=line"],
+            [
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                f"--timeout={timeout}",
+                f"--junitxml={report}",
+                "-o",
+                "junit_family=xunit1",
+                "--tb=line",
+            ],
         )
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
         subprocess.run(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -142,6 +150,14 @@ def parse_junit(report: Path) -> list[Outcome]:
                 status = {"failure": "failed"}.get(tag, tag)
                 message = (node.get("message") or "") + "\n" + (node.text or "")
                 break
-        outcomes.append(Outcome(int(m.group(1)), int(m.group(2)),
-                                int(t.group(1)) if t else None, name, status, message))
+        outcomes.append(
+            Outcome(
+                int(m.group(1)),
+                int(m.group(2)),
+                int(t.group(1)) if t else None,
+                name,
+                status,
+                message,
+            )
+        )
     return outcomes

@@ -35,8 +35,11 @@ def main() -> int:
         parser.error("--heads, --kv-heads, --length, --dim must be positive, heads % kv-heads == 0")
 
     gpu = "Metal" if mx.metal.is_available() else "metalsim, the CPU simulator"
-    print(f"tiny-attn demo: query (1, {h_q}, {n}, {e}), key/value (1, {h}, {n}, {e}), "
-          f"float32, causal mask; MLX {mx.__version__}, GPU kernels on {gpu}\n", flush=True)
+    print(
+        f"tiny-attn demo: query (1, {h_q}, {n}, {e}), key/value (1, {h}, {n}, {e}), "
+        f"float32, causal mask; MLX {mx.__version__}, GPU kernels on {gpu}\n",
+        flush=True,
+    )
     q, k, v = qkv((1,), h_q, h, n, n, e, seed=0)
     scale = 1.0 / math.sqrt(e)
     expected = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
@@ -49,20 +52,34 @@ def main() -> int:
 
     # (week, name, function). Each runs the whole attention and returns the output.
     rows: list[tuple[str, str, Callable[[], mx.array]]] = [
-        ("-", "mx.fast.scaled_dot_product_attention",
-         lambda: mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")),
-        ("1", "scaled_dot_product_attention (naive)",
-         lambda: ta.scaled_dot_product_attention(q, k, v, mask="causal")),
+        (
+            "-",
+            "mx.fast.scaled_dot_product_attention",
+            lambda: mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal"),
+        ),
+        (
+            "1",
+            "scaled_dot_product_attention (naive)",
+            lambda: ta.scaled_dot_product_attention(q, k, v, mask="causal"),
+        ),
         ("2", "flash_attention_tiled (Python, MLX ops)", tiled),
-        ("2", "flash_attention, C++ simple kernel",
-         lambda: ta.flash_attention(q, k, v, mask="causal", kernel="simple")),
-        ("2", "flash_attention, C++ fast kernel",
-         lambda: ta.flash_attention(q, k, v, mask="causal", kernel="fast")),
+        (
+            "2",
+            "flash_attention, C++ simple kernel",
+            lambda: ta.flash_attention(q, k, v, mask="causal", kernel="simple"),
+        ),
+        (
+            "2",
+            "flash_attention, C++ fast kernel",
+            lambda: ta.flash_attention(q, k, v, mask="causal", kernel="fast"),
+        ),
     ]
     rows += gpu_rows(q, k, v)
 
-    print(f"{'week':<5}{'implementation':<46}{'max |err|':>10}{'time ms':>10}{'GFLOP/s':>9}"
-          f"{'peak MiB':>10}")
+    print(
+        f"{'week':<5}{'implementation':<46}{'max |err|':>10}{'time ms':>10}{'GFLOP/s':>9}"
+        f"{'peak MiB':>10}"
+    )
     worst = 0.0
     for week, name, fn in rows:
         print(f"{week:<5}{name:<46}", end="", flush=True)
@@ -82,10 +99,14 @@ def main() -> int:
         err = float(np.max(np.abs(to_numpy(out) - exact)))
         worst = max(worst, err) if week != "-" else worst
         note = "  (simulated: not a GPU timing)" if "metalsim" in name else ""
-        print(f"{err:>10.1e}{seconds * 1e3:>10.1f}{flops / seconds / 1e9:>9.2f}{mib(peak):>10}"
-              f"{note}")
-    print("\nmax |err| is against float64 NumPy; the naive path's peak memory holds the whole "
-          f"{h_q}x{n}x{n} score matrix ({mib(4 * h_q * n * n).strip()} MiB), FlashAttention's never does.")
+        print(
+            f"{err:>10.1e}{seconds * 1e3:>10.1f}{flops / seconds / 1e9:>9.2f}{mib(peak):>10}{note}"
+        )
+    print(
+        "\nmax |err| is against float64 NumPy; the naive path's peak memory holds the whole "
+        f"{h_q}x{n}x{n} score matrix ({mib(4 * h_q * n * n).strip()} MiB); "
+        "FlashAttention's never does."
+    )
     if worst > 1e-4:
         print(f"FAILED: an implementation differs from the exact answer by {worst:.1e}")
         return 1
@@ -93,7 +114,9 @@ def main() -> int:
     return 0
 
 
-def gpu_rows(q: mx.array, k: mx.array, v: mx.array) -> list[tuple[str, str, Callable[[], mx.array]]]:
+def gpu_rows(
+    q: mx.array, k: mx.array, v: mx.array
+) -> list[tuple[str, str, Callable[[], mx.array]]]:
     """Week 3: the Metal kernels, on the GPU or on metalsim."""
     return []
 

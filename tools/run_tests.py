@@ -1,8 +1,8 @@
 """`pdm run test` and `pdm run test-refsol`: run the graded tests of a week/day.
 
-  pdm run test --week 1 --day 1                 your code (copies the day's test into tests/)
-  pdm run test --week 2 --day 4 -- -k task_2    extra pytest arguments after `--`
-  pdm run test-refsol                           every day, against the reference solution
+pdm run test --week 1 --day 1                 your code (copies the day's test into tests/)
+pdm run test --week 2 --day 4 -- -k task_2    extra pytest arguments after `--`
+pdm run test-refsol                           every day, against the reference solution
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ def main(argv: list[str]) -> int:
     if "--" in argv:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1 :]
-    parser = argparse.ArgumentParser(prog="pdm run test", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="pdm run test",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--student", action="store_true", help="test src/ (tests/)")
     who.add_argument("--refsol", action="store_true", help="test refsol/ (tests_refsol/)")

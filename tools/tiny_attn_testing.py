@@ -32,7 +32,9 @@ def to_numpy(x: Any, dtype: Any = np.float64) -> np.ndarray:
     return np.asarray(x, dtype=dtype)
 
 
-def assert_allclose(actual: Any, expected: Any, *, rtol: float, atol: float, what: str = "") -> None:
+def assert_allclose(
+    actual: Any, expected: Any, *, rtol: float, atol: float, what: str = ""
+) -> None:
     """Compare two arrays (mx or NumPy) with a message that says where they differ most."""
     a = to_numpy(actual)
     e = to_numpy(expected)
@@ -41,15 +43,26 @@ def assert_allclose(actual: Any, expected: Any, *, rtol: float, atol: float, wha
     np.testing.assert_allclose(a, e, rtol=rtol, atol=atol, err_msg=f"values differ{label}")
 
 
-def rand(shape: Sequence[int], *, seed: int, dtype: mx.Dtype = mx.float32,
-         scale: float = 1.0) -> mx.array:
+def rand(
+    shape: Sequence[int], *, seed: int, dtype: mx.Dtype = mx.float32, scale: float = 1.0
+) -> mx.array:
     """Standard-normal values times `scale`, reproducible from `seed`, as an mx.array."""
     values = np.random.default_rng(seed).standard_normal(tuple(shape)) * scale
     return mx.array(values.astype(np.float32)).astype(dtype)
 
 
-def qkv(batch: Sequence[int], h_q: int, h: int, L: int, S: int, E: int, *, seed: int,
-        dtype: mx.Dtype = mx.float32, scale: float = 1.0) -> tuple[mx.array, mx.array, mx.array]:
+def qkv(
+    batch: Sequence[int],
+    h_q: int,
+    h: int,
+    L: int,
+    S: int,
+    E: int,
+    *,
+    seed: int,
+    dtype: mx.Dtype = mx.float32,
+    scale: float = 1.0,
+) -> tuple[mx.array, mx.array, mx.array]:
     """query (batch..., h_q, L, E), key and value (batch..., h, S, E), seeded."""
     b = tuple(batch)
     q = rand((*b, h_q, L, E), seed=seed, dtype=dtype, scale=scale)
@@ -58,8 +71,9 @@ def qkv(batch: Sequence[int], h_q: int, h: int, L: int, S: int, E: int, *, seed:
     return q, k, v
 
 
-def mlx_sdpa(q: mx.array, k: mx.array, v: mx.array, *, scale: float | None = None,
-             mask: Any = None) -> mx.array:
+def mlx_sdpa(
+    q: mx.array, k: mx.array, v: mx.array, *, scale: float | None = None, mask: Any = None
+) -> mx.array:
     """The course's reference answer: `mx.fast.scaled_dot_product_attention` on the CPU."""
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
@@ -69,8 +83,9 @@ def mlx_sdpa(q: mx.array, k: mx.array, v: mx.array, *, scale: float | None = Non
     return out
 
 
-def numpy_attention(q: Any, k: Any, v: Any, *, scale: float | None = None,
-                    mask: Any = None) -> np.ndarray:
+def numpy_attention(
+    q: Any, k: Any, v: Any, *, scale: float | None = None, mask: Any = None
+) -> np.ndarray:
     """Attention in float64 NumPy, independent of MLX: GQA by repeating heads, masks as MLX."""
     qn, kn, vn = to_numpy(q), to_numpy(k), to_numpy(v)
     E = qn.shape[-1]

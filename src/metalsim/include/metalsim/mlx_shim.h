@@ -114,10 +114,10 @@ class CommandEncoder {
   void set_compute_pipeline_state(MTL::ComputePipelineState* kernel) { kernel_ = kernel; }
 
   void set_input_array(const mlx::core::array& a, int idx, int64_t offset = 0) {
-    args_[idx] = Arg{true, a, offset, {}, Dtype::untyped};
+    args_.insert_or_assign(idx, Arg{true, a, offset, {}, Dtype::untyped});
   }
   void set_output_array(mlx::core::array& a, int idx, int64_t offset = 0) {
-    args_[idx] = Arg{true, a, offset, {}, Dtype::untyped};
+    args_.insert_or_assign(idx, Arg{true, a, offset, {}, Dtype::untyped});
   }
   void register_output_array(const mlx::core::array&) {}
 
@@ -173,7 +173,7 @@ class CommandEncoder {
   void set_raw_bytes(const void* p, size_t n, Dtype dt, int idx) {
     Arg a{false, mlx::core::array(0), 0, std::vector<unsigned char>(n), dt};
     if (n) std::memcpy(a.bytes.data(), p, n);
-    args_[idx] = std::move(a);
+    args_.insert_or_assign(idx, std::move(a));
   }
 
   void enqueue(MTL::Size grid, MTL::Size group, bool grid_is_threads) {
