@@ -46,6 +46,7 @@ __all__ = [
     "Error",
     "KernelNotFoundError",
     "Library",
+    "bfloat16",
     "LimitError",
     "cache_dir",
     "cmake_build",
@@ -83,7 +84,13 @@ def cmake_build(source_dir: Path, build_dir: Path, *, what: str, verbose: bool =
     import nanobind
 
     configure = [
-        _tool("cmake"), "-S", str(source_dir), "-B", str(build_dir), "-G", "Ninja",
+        _tool("cmake"),
+        "-S",
+        str(source_dir),
+        "-B",
+        str(build_dir),
+        "-G",
+        "Ninja",
         f"-DCMAKE_MAKE_PROGRAM={_tool('ninja')}",
         "-DCMAKE_BUILD_TYPE=Release",
         f"-DPython_EXECUTABLE={sys.executable}",
@@ -117,8 +124,11 @@ def ensure_built(verbose: bool = False) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time across processes
         if _core_is_fresh():
             return
-        print("[metalsim] building the Python module metalsim._core (first use, ~30 s) ...",
-              file=sys.stderr, flush=True)
+        print(
+            "[metalsim] building the Python module metalsim._core (first use, ~30 s) ...",
+            file=sys.stderr,
+            flush=True,
+        )
         cmake_build(HOME, build_dir, what="metalsim._core", verbose=verbose)
         print("[metalsim] built.", file=sys.stderr, flush=True)
 
@@ -164,27 +174,41 @@ def _size3(value: int | Sequence[int], what: str) -> tuple[int, int, int]:
         try:
             dims = [int(v) for v in value]
         except TypeError:
-            raise TypeError(f"{what} must be an int or a tuple of 1 to 3 ints, got {value!r}") from None
+            raise TypeError(
+                f"{what} must be an int or a tuple of 1 to 3 ints, got {value!r}"
+            ) from None
     if not 1 <= len(dims) <= 3 or any(d < 0 for d in dims):
         raise ValueError(f"{what} must be 1 to 3 non-negative ints, got {value!r}")
     dims += [1] * (3 - len(dims))
     return dims[0], dims[1], dims[2]
 
 
+class bfloat16:  # noqa: N801  (named after the Metal type it stands for)
+    """A uint16 NumPy array holding bfloat16 bit patterns, bound as Metal `bfloat` elements.
+
+    NumPy has no bfloat16: `buffers={0: metalsim.bfloat16(bits)}` where `bits` is a uint16 array
+    (e.g. `(f32.view(np.uint32) >> 16).astype(np.uint16)`, which truncates).
+    """
+
+    def __init__(self, bits: np.ndarray) -> None:
+        if not isinstance(bits, np.ndarray) or bits.dtype != np.uint16:
+            raise TypeError("metalsim.bfloat16 takes a uint16 NumPy array of bfloat16 bit patterns")
+        self.bits = bits
+
+
 def _binding(index: int, value: Any) -> tuple[tuple[int, int, int, int, bool], Any]:
-    """(index, address, size, dtype code, is_bytes) for one buffer, plus the object to keep alive."""
+    """(index, address, size, dtype code, is_bytes) of one buffer, and the object to keep alive."""
     if not isinstance(index, (int, np.integer)) or not 0 <= int(index) <= 30:
         raise ValueError(f"buffers: index {index!r} is not a buffer index (0 to 30)")
+    if isinstance(value, bfloat16):
+        spec, obj = _binding(index, value.bits)
+        return (spec[0], spec[1], spec[2], 11, False), obj
     if isinstance(value, np.ndarray):
         if not value.flags.c_contiguous:
             raise ValueError(
                 f"buffers[{index}]: the array must be C-contiguous (use np.ascontiguousarray)"
             )
-        code = _DTYPE_CODES.get(value.dtype)
-        if code is None and value.dtype.name == "bfloat16":
-            code = 11
-        if code is None:
-            code = 0
+        code = _DTYPE_CODES.get(value.dtype, 0)
         addr = value.__array_interface__["data"][0]
         return (int(index), addr, value.nbytes, code, False), value
     if isinstance(value, np.generic):
@@ -207,21 +231,29 @@ class Library:
         self._core = core
 
     @classmethod
-    def from_source(cls, source: str, name: str = "source.metal",
-                    include_dirs: Sequence[str | os.PathLike[str]] = ()) -> Library:
+    def from_source(
+        cls,
+        source: str,
+        name: str = "source.metal",
+        include_dirs: Sequence[str | os.PathLike[str]] = (),
+    ) -> Library:
         """Compile `source`; diagnostics call it `name`."""
         if not isinstance(source, str):
             raise TypeError(f"source must be a str of Metal code, got {type(source).__name__}")
         return cls(_core.Library.from_source(source, name, [str(d) for d in include_dirs]))
 
     @classmethod
-    def from_files(cls, paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
-                   include_dirs: Sequence[str | os.PathLike[str]] = ()) -> Library:
+    def from_files(
+        cls,
+        paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+        include_dirs: Sequence[str | os.PathLike[str]] = (),
+    ) -> Library:
         """Compile one or several .metal files into one library."""
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
-        return cls(_core.Library.from_files([str(p) for p in paths],
-                                            [str(d) for d in include_dirs]))
+        return cls(
+            _core.Library.from_files([str(p) for p in paths], [str(d) for d in include_dirs])
+        )
 
     @property
     def kernel_names(self) -> list[str]:
@@ -232,10 +264,15 @@ class Library:
         """The compiled shared object."""
         return self._core.path
 
-    def dispatch(self, kernel: str, grid: int | Sequence[int], threadgroup: int | Sequence[int],
-                 buffers: Mapping[int, Any] | None = None,
-                 threadgroup_memory: Mapping[int, int] | None = None,
-                 workers: int = 0) -> None:
+    def dispatch(
+        self,
+        kernel: str,
+        grid: int | Sequence[int],
+        threadgroup: int | Sequence[int],
+        buffers: Mapping[int, Any] | None = None,
+        threadgroup_memory: Mapping[int, int] | None = None,
+        workers: int = 0,
+    ) -> None:
         """Run `kernel` on `grid` threadgroups of `threadgroup` threads (dispatchThreadgroups).
 
         buffers: {index: array | NumPy scalar | bytes} for [[buffer(index)]]; arrays are used in
@@ -245,17 +282,29 @@ class Library:
         """
         self._run(kernel, grid, threadgroup, buffers, threadgroup_memory, False, workers)
 
-    def dispatch_threads(self, kernel: str, threads: int | Sequence[int],
-                         threadgroup: int | Sequence[int],
-                         buffers: Mapping[int, Any] | None = None,
-                         threadgroup_memory: Mapping[int, int] | None = None,
-                         workers: int = 0) -> None:
+    def dispatch_threads(
+        self,
+        kernel: str,
+        threads: int | Sequence[int],
+        threadgroup: int | Sequence[int],
+        buffers: Mapping[int, Any] | None = None,
+        threadgroup_memory: Mapping[int, int] | None = None,
+        workers: int = 0,
+    ) -> None:
         """Run `kernel` on a grid of `threads` threads (dispatchThreads): the threadgroups at
         the edges are cut to the grid, and threads_per_threadgroup says how big each one is."""
         self._run(kernel, threads, threadgroup, buffers, threadgroup_memory, True, workers)
 
-    def _run(self, kernel: str, grid: Any, group: Any, buffers: Mapping[int, Any] | None,
-             tg: Mapping[int, int] | None, grid_is_threads: bool, workers: int) -> None:
+    def _run(
+        self,
+        kernel: str,
+        grid: Any,
+        group: Any,
+        buffers: Mapping[int, Any] | None,
+        tg: Mapping[int, int] | None,
+        grid_is_threads: bool,
+        workers: int,
+    ) -> None:
         if not isinstance(kernel, str):
             raise TypeError(f"kernel must be a kernel name (str), got {type(kernel).__name__}")
         g = _size3(grid, "threads" if grid_is_threads else "grid")
@@ -271,7 +320,9 @@ class Library:
             if not isinstance(index, (int, np.integer)) or not 0 <= int(index) <= 30:
                 raise ValueError(f"threadgroup_memory: index {index!r} is not 0 to 30")
             if not isinstance(length, (int, np.integer)) or int(length) < 0:
-                raise ValueError(f"threadgroup_memory[{index}]: expected a byte count, got {length!r}")
+                raise ValueError(
+                    f"threadgroup_memory[{index}]: expected a byte count, got {length!r}"
+                )
             tgs.append((int(index), int(length)))
         self._core.dispatch(kernel, g, t, specs, tgs, grid_is_threads, int(workers))
         del keep

@@ -1,4 +1,4 @@
-"""`python -m metalsim build`: build the Python module; `python -m metalsim info`: where things are."""
+"""`python -m metalsim build` builds metalsim._core; `python -m metalsim info` shows its paths."""
 
 from __future__ import annotations
 

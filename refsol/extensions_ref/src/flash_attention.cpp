@@ -7,6 +7,7 @@
 #include <string>
 
 #include "mlx/backend/cpu/encoder.h"
+#include "src/kernels_gpu.h"
 
 namespace tiny_attn {
 
@@ -26,14 +27,20 @@ namespace {
   throw std::invalid_argument("[flash_attention] " + message);
 }
 
-void check_operand(const mx::array& x, const char* name, const char* layout) {
+// float32 everywhere; float16 and bfloat16 too on the GPU (Week 3, day 5), whose kernels read
+// 16-bit values and compute in float32.
+void check_operand(const mx::array& x, const char* name, const char* layout, bool on_gpu) {
   if (x.ndim() != 4) {
     fail(std::string(name) + " must have 4 dimensions " + layout + ", got shape " +
          shape_str(x.shape()));
   }
-  if (x.dtype() != mx::float32) {
+  const bool half = x.dtype() == mx::float16 || x.dtype() == mx::bfloat16;
+  if (x.dtype() != mx::float32 && !(on_gpu && half)) {
     std::ostringstream os;
-    os << name << " must be float32, got " << x.dtype() << " (use .astype(mx.float32))";
+    os << name << " must be float32" << (on_gpu ? ", float16 or bfloat16" : "") << ", got "
+       << x.dtype()
+       << (half ? " (16-bit inputs run on the GPU only: pass stream=mx.gpu)"
+                : " (use .astype(mx.float32))");
     fail(os.str());
   }
 }
@@ -56,9 +63,18 @@ mx::array flash_attention(
     CpuKernel kernel,
     int num_threads,
     mx::StreamOrDevice s) {
-  check_operand(query, "query", "(N, H_q, L, E)");
-  check_operand(key, "key", "(N, H, S, E)");
-  check_operand(value, "value", "(N, H, S, E)");
+  // Where the op runs: mx::to_stream(s), or, for a GPU call without Metal, a CPU stream whose
+  // primitive runs the Metal kernels on metalsim (Week 3, kernels_gpu.h).
+  const OpPlacement place = place_op(s);
+  check_operand(query, "query", "(N, H_q, L, E)", place.on_gpu());
+  check_operand(key, "key", "(N, H, S, E)", place.on_gpu());
+  check_operand(value, "value", "(N, H, S, E)", place.on_gpu());
+  if (key.dtype() != query.dtype() || value.dtype() != query.dtype()) {
+    std::ostringstream os;
+    os << "query, key and value must have the same dtype, got " << query.dtype() << ", "
+       << key.dtype() << " and " << value.dtype();
+    fail(os.str());
+  }
   const int N = query.shape(0), H_q = query.shape(1), L = query.shape(2), E = query.shape(3);
   const int H = key.shape(1), S = key.shape(2);
   if (key.shape() != value.shape()) {
@@ -91,7 +107,7 @@ mx::array flash_attention(
     fail("pass either a mask array or causal=True, not both");
   }
 
-  auto stream = mx::to_stream(s);
+  auto stream = place.stream;
   // The kernels index q, k, v as dense row-major arrays. mx::contiguous costs nothing for
   // an input that already is, and copies a transposed or sliced one at evaluation time.
   std::vector<mx::array> inputs = {
@@ -125,9 +141,9 @@ mx::array flash_attention(
 
   return mx::array(
       query.shape(),
-      mx::float32,
+      query.dtype(),
       std::make_shared<FlashAttention>(
-          stream, scale, causal, mask.has_value(), kernel, num_threads),
+          stream, scale, causal, mask.has_value(), kernel, num_threads, place.simulated),
       std::move(inputs));
 }
 
@@ -135,6 +151,9 @@ mx::array flash_attention(
 void FlashAttention::eval_cpu(
     const std::vector<mx::array>& inputs,
     std::vector<mx::array>& outputs) {
+  if (simulated_) {
+    return eval_gpu(inputs, outputs); // Week 3: a GPU call, run on metalsim
+  }
   const mx::array& q = inputs[0];
   const mx::array& k = inputs[1];
   const mx::array& v = inputs[2];
@@ -186,12 +205,6 @@ bool FlashAttention::is_equivalent(const mx::Primitive& other) const {
       kernel_ == o.kernel_ && num_threads_ == o.num_threads_;
 }
 
-// ---------------------------------------------------------------- GPU: Week 3
-void FlashAttention::eval_gpu(
-    const std::vector<mx::array>& inputs,
-    std::vector<mx::array>& outputs) {
-  throw std::runtime_error(
-      "[flash_attention] no GPU path in Week 2: Week 3 gives this primitive its Metal kernel");
-}
+// eval_gpu (Week 3) is in src/flash_attention_gpu.cpp.
 
 } // namespace tiny_attn

@@ -90,9 +90,8 @@ void FlashAttention::eval_gpu(
 
   const std::string name = fast ? std::string("flash_attention_simdgroup_") + suffix
                                 : std::string("flash_attention_") + suffix + "_e128";
-  auto& device = gpu::metal::device(stream().device);
-  auto* kernel = device.get_kernel(name, gpu::kernel_library(device));
-  auto& enc = gpu::metal::get_command_encoder(stream());
+  auto* kernel = gpu::device(stream().device).get_kernel(name, kernel_library(stream().device));
+  auto& enc = gpu::get_command_encoder(stream());
   enc.set_compute_pipeline_state(kernel);
   enc.set_input_array(q, 0);
   enc.set_input_array(k, 1);

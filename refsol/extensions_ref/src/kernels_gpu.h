@@ -1,32 +1,39 @@
-// Week 3: what every eval_gpu of the extension needs: the device, the library that holds the
-// course's kernels, and the command encoder of a stream.
+// Week 3: what every GPU path of the extension shares.
 //
-// On a Mac whose MLX has Metal (TINY_ATTN_METAL), these are MLX's own Metal objects and the
-// library is <package>/tiny_attn.metallib, built by CMake from src/*.metal. Everywhere else
-// they come from metalsim's mlx_shim.h, which offers the same calls and runs the same .metal
-// sources on the CPU. eval_gpu code is written once, against the names below.
+// `gpu::` is MLX's Metal backend (mlx::core::metal) on a Mac whose MLX has Metal, and
+// metalsim's stand-in with the same calls (metalsim::shim) everywhere else; see
+// src/metalsim/include/metalsim/gpu_backend.h. eval_gpu is written once, against `gpu::`.
 #pragma once
 
 #include <string>
 
-#ifdef TINY_ATTN_METAL
-#include "mlx/backend/metal/device.h"
-namespace tiny_attn::gpu {
-namespace metal = mlx::core::metal;
-} // namespace tiny_attn::gpu
-#else
-#include "metalsim/mlx_shim.h"
-namespace tiny_attn::gpu {
-namespace metal = metalsim::mlx::metal;
-} // namespace tiny_attn::gpu
-#endif
+#include "metalsim/gpu_backend.h"
+#include "mlx/array.h"
+#include "mlx/stream.h"
+#include "mlx/utils.h"
 
-namespace tiny_attn::gpu {
+namespace mx = mlx::core;
 
-// The folder of the extension's compiled module: tiny_attn.metallib sits next to it.
+namespace tiny_attn {
+
+// Where an op of the extension runs, for the stream or device `s` its caller passed.
+// With Metal: mx::to_stream(s), simulated = false. Without Metal, a call that asks for the
+// GPU (stream=mx.gpu) gets a CPU stream and simulated = true: the primitive's eval_cpu then
+// hands over to eval_gpu, which runs the very same Metal kernels on metalsim.
+struct OpPlacement {
+  mx::Stream stream;
+  bool simulated;
+  bool on_gpu() const {
+    return simulated || stream.device == mx::Device::gpu;
+  }
+};
+OpPlacement place_op(mx::StreamOrDevice s);
+
+// The library of the course's kernels (src/*.metal), built next to the extension's module:
+// tiny_attn.metallib on Metal, tiny_attn.metalsim (the simulator's manifest) elsewhere.
+MTL::Library* kernel_library(mx::Device device);
+
+// The folder of the extension's compiled module.
 std::string extension_dir();
 
-// The library of the course's kernels on the device of `stream`.
-MTL::Library* kernel_library(metal::Device& device);
-
-} // namespace tiny_attn::gpu
+} // namespace tiny_attn

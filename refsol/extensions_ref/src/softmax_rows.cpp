@@ -8,6 +8,7 @@
 #include <string>
 
 #include "mlx/backend/cpu/encoder.h"
+#include "src/kernels_gpu.h"
 
 namespace tiny_attn {
 
@@ -27,15 +28,21 @@ mx::array softmax_rows(const mx::array& x, mx::StreamOrDevice s) {
   }
   // The eval_cpu below reads rows as contiguous runs of memory. mx::contiguous is free for
   // an array that already is row-contiguous and copies otherwise (a transpose, a slice ...).
-  auto stream = mx::to_stream(s);
+  // place_op (kernels_gpu.h) is mx::to_stream(s), except for a GPU call on a machine without
+  // Metal (Week 3): then the primitive sits on a CPU stream and runs its GPU kernel on metalsim.
+  auto [stream, simulated] = place_op(s);
   auto input = mx::contiguous(x, /* allow_col_major = */ false, stream);
   // The output has x's shape and dtype. Nothing runs now: the array only records
   // "SoftmaxRows applied to input", to be evaluated when someone needs its values.
-  return mx::array(x.shape(), mx::float32, std::make_shared<SoftmaxRows>(stream), {input});
+  return mx::array(
+      x.shape(), mx::float32, std::make_shared<SoftmaxRows>(stream, simulated), {input});
 }
 
 // ---------------------------------------------------------------- Task 2: eval_cpu
 void SoftmaxRows::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
+  if (simulated_) {
+    return eval_gpu(inputs, out); // Week 3: a GPU call, run on metalsim
+  }
   const mx::array& x = inputs[0];
   // eval_cpu owns the output's memory: allocate it (row-contiguous, like x).
   out.set_data(mx::allocator::malloc(out.nbytes()));
@@ -70,10 +77,6 @@ void SoftmaxRows::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out)
   });
 }
 
-// ---------------------------------------------------------------- GPU: Week 3
-void SoftmaxRows::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
-  throw std::runtime_error(
-      "[softmax_rows] no GPU path in Week 2: Week 3 gives this primitive its Metal kernel");
-}
+// eval_gpu (Week 3) is in src/softmax_rows_gpu.cpp.
 
 } // namespace tiny_attn

@@ -19,9 +19,9 @@ void SoftmaxRows::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out)
   // at most 1024 (longer rows: each thread strides over several columns).
   const int threads = std::min(1024, (n + 31) / 32 * 32);
 
-  auto& device = gpu::metal::device(stream().device);
-  auto* kernel = device.get_kernel("softmax_rows_f32", gpu::kernel_library(device));
-  auto& enc = gpu::metal::get_command_encoder(stream());
+  auto* kernel =
+      gpu::device(stream().device).get_kernel("softmax_rows_f32", kernel_library(stream().device));
+  auto& enc = gpu::get_command_encoder(stream());
   enc.set_compute_pipeline_state(kernel);
   enc.set_input_array(x, 0);
   enc.set_output_array(out, 1);

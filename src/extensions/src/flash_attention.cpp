@@ -7,6 +7,7 @@
 #include <string>
 
 #include "mlx/backend/cpu/encoder.h"
+#include "src/kernels_gpu.h"
 
 namespace tiny_attn {
 
@@ -50,6 +51,9 @@ mx::array flash_attention(
   // expected. Then make query, key and value row-contiguous, cast a floating mask to
   // float32 and broadcast it to (N, H_q, L, S), and return the lazy array built around a
   // FlashAttention primitive (inputs: query, key, value[, mask]).
+  // Place it with `const OpPlacement place = place_op(s);` (kernels_gpu.h), not mx::to_stream:
+  // use place.stream, pass place.simulated to FlashAttention. Week 3 runs GPU calls through it
+  // (and, on day 5, accepts float16 / bfloat16 inputs when place.on_gpu()).
   throw std::runtime_error(
       "flash_attention is not implemented yet: see "
       "book/src/week2-04-flash-attention-cpp.md, Task 1");
@@ -59,6 +63,9 @@ mx::array flash_attention(
 void FlashAttention::eval_cpu(
     const std::vector<mx::array>& inputs,
     std::vector<mx::array>& outputs) {
+  if (simulated_) {
+    return eval_gpu(inputs, outputs); // Week 3: a GPU call, run on metalsim
+  }
   const mx::array& q = inputs[0];
   const mx::array& k = inputs[1];
   const mx::array& v = inputs[2];
@@ -110,12 +117,6 @@ bool FlashAttention::is_equivalent(const mx::Primitive& other) const {
       kernel_ == o.kernel_ && num_threads_ == o.num_threads_;
 }
 
-// ---------------------------------------------------------------- GPU: Week 3
-void FlashAttention::eval_gpu(
-    const std::vector<mx::array>& inputs,
-    std::vector<mx::array>& outputs) {
-  throw std::runtime_error(
-      "[flash_attention] no GPU path in Week 2: Week 3 gives this primitive its Metal kernel");
-}
+// eval_gpu (Week 3) is in src/flash_attention_gpu.cpp.
 
 } // namespace tiny_attn

@@ -79,13 +79,15 @@ class FlashAttention : public mx::Primitive {
       bool causal,
       bool has_mask,
       CpuKernel kernel,
-      int num_threads)
+      int num_threads,
+      bool simulated = false)
       : mx::Primitive(stream),
         scale_(scale),
         causal_(causal),
         has_mask_(has_mask),
         kernel_(kernel),
-        num_threads_(num_threads) {}
+        num_threads_(num_threads),
+        simulated_(simulated) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs)
       override;
@@ -106,6 +108,9 @@ class FlashAttention : public mx::Primitive {
   bool has_mask_;
   CpuKernel kernel_;
   int num_threads_;
+  // Week 3: a GPU call on a machine without Metal. The primitive sits on a CPU stream and
+  // eval_cpu hands over to eval_gpu, which runs the Metal kernels on metalsim (kernels_gpu.h).
+  bool simulated_;
 };
 
 } // namespace tiny_attn

@@ -27,8 +27,8 @@ void FlashAttention::eval_gpu(
   //   or bool. Day 4: the fast kernel also needs E % 8 == 0.
   // TODO(Task 1): allocate the output (out.set_data(mx::allocator::malloc(out.nbytes()))).
   // TODO(Task 1): fill an AttentionParams (flash_attention_gpu.h), mask strides included.
-  // TODO(Task 1): get the kernel (gpu::metal::device(stream().device).get_kernel(name,
-  //   gpu::kernel_library(device))) and the encoder (gpu::metal::get_command_encoder(stream()));
+  // TODO(Task 1): get the kernel (gpu::device(stream().device).get_kernel(name,
+  //   kernel_library(stream().device))) and the encoder (gpu::get_command_encoder(stream()));
   //   bind buffers 0..5 as the kernel declares them (a placeholder array where there is no
   //   mask), set_bytes the params at 6, and dispatch (N * H_q, Tr) threadgroups of
   //   kSimpleKernelThreads (or kSimdgroupKernelThreads for the fast kernel).

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "mlx/backend/cpu/encoder.h"
+#include "src/kernels_gpu.h"
 
 namespace tiny_attn {
 
@@ -16,12 +17,17 @@ mx::array softmax_rows(const mx::array& x, mx::StreamOrDevice s) {
   // TODO(Task 1): validate x (at least 1 dimension, float32: throw std::invalid_argument
   // with a message naming x and what was expected), make it row-contiguous with
   // mx::contiguous, and return the lazy array built around a SoftmaxRows primitive.
+  // Build it on the stream `auto [stream, simulated] = place_op(s);` gives (kernels_gpu.h),
+  // passing `simulated` to SoftmaxRows: Week 3 uses it to run GPU calls without Metal.
   throw std::runtime_error(
       "softmax_rows is not implemented yet: see book/src/week2-03-first-extension.md, Task 1");
 }
 
 // ---------------------------------------------------------------- Task 2: eval_cpu
 void SoftmaxRows::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
+  if (simulated_) {
+    return eval_gpu(inputs, out); // Week 3: a GPU call, run on metalsim
+  }
   // TODO(Task 2): allocate out, then dispatch on the stream's CPU command encoder a lambda
   // that computes the numerically stable softmax of every row (the last axis).
   throw std::runtime_error(
@@ -29,10 +35,6 @@ void SoftmaxRows::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out)
       "book/src/week2-03-first-extension.md, Task 2");
 }
 
-// ---------------------------------------------------------------- GPU: Week 3
-void SoftmaxRows::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
-  throw std::runtime_error(
-      "[softmax_rows] no GPU path in Week 2: Week 3 gives this primitive its Metal kernel");
-}
+// eval_gpu (Week 3) is in src/softmax_rows_gpu.cpp.
 
 } // namespace tiny_attn

@@ -16,7 +16,8 @@ mx::array softmax_rows(const mx::array& x, mx::StreamOrDevice s = {});
 // the device of the stream it was created on) once its input has been evaluated.
 class SoftmaxRows : public mx::UnaryPrimitive {
  public:
-  explicit SoftmaxRows(mx::Stream stream) : mx::UnaryPrimitive(stream) {}
+  explicit SoftmaxRows(mx::Stream stream, bool simulated = false)
+      : mx::UnaryPrimitive(stream), simulated_(simulated) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override;
   void eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) override;
@@ -30,6 +31,11 @@ class SoftmaxRows : public mx::UnaryPrimitive {
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
     return {inputs[0].shape()};
   }
+
+ private:
+  // Week 3: a GPU call on a machine without Metal. The primitive sits on a CPU stream and
+  // eval_cpu hands over to eval_gpu, which runs the Metal kernel on metalsim (kernels_gpu.h).
+  bool simulated_;
 };
 
 } // namespace tiny_attn

@@ -211,8 +211,9 @@ struct Worker {
     void* p = mmap(nullptr, stacks_len, PROT_READ | PROT_WRITE, flags, -1, 0);
     if (p == MAP_FAILED) throw std::bad_alloc();
     stacks = static_cast<char*>(p);
-    // A guard page under every stack turns an overflow into a fault at the right place.
-    for (size_t i = 0; i < kMaxThreadsPerGroup; ++i) mprotect(stacks + i * stack_size, size_t(page), PROT_NONE);
+    // One guard page under the lowest stack. (A guard page per stack would split the mapping
+    // into 2048 regions per worker and can exhaust the kernel's map count on many cores.)
+    mprotect(stacks, size_t(page), PROT_NONE);
   }
   ~Worker() {
     if (stacks) munmap(stacks, stacks_len);

@@ -20,13 +20,13 @@ static std::string binary_dir() {
   return std::filesystem::path(info.dli_fname).parent_path().string();
 }
 
-mx::array row_softmax(const mx::array& x, mx::StreamOrDevice s) {
+mx::array row_softmax(const mx::array& x, int threads, mx::StreamOrDevice s) {
   if (x.ndim() != 2) throw std::invalid_argument("row_softmax: x must be 2-D (rows, cols)");
   if (x.dtype() != mx::float32) throw std::invalid_argument("row_softmax: x must be float32");
   bool sim = metalsim::use_simulator(s);
   mx::Stream stream = sim ? metalsim::simulator_stream() : mx::to_stream(s);
   mx::array xc = mx::contiguous(x, false, stream);
-  return mx::array(x.shape(), mx::float32, std::make_shared<RowSoftmax>(stream, sim), {xc});
+  return mx::array(x.shape(), mx::float32, std::make_shared<RowSoftmax>(stream, sim, threads), {xc});
 }
 
 void RowSoftmax::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
@@ -59,7 +59,8 @@ void RowSoftmax::eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::
   auto& enc = gpu::get_command_encoder(s);
   enc.set_compute_pipeline_state(kernel);
   int n_cols = x.shape(1);
-  size_t n_threads = std::min<size_t>(1024, (size_t(n_cols) + 31) / 32 * 32);
+  size_t n_threads = threads_ > 0 ? size_t(threads_)
+                                   : std::min<size_t>(1024, (size_t(n_cols) + 31) / 32 * 32);
   enc.set_input_array(x, 0);
   enc.set_output_array(out, 1);
   enc.set_bytes(n_cols, 2);
