@@ -4,6 +4,7 @@
 #include <nanobind/stl/variant.h>
 
 #include "src/flash_attention.h"
+#include "src/kernels_gpu.h"
 #include "src/softmax_rows.h"
 
 namespace nb = nanobind;
@@ -14,7 +15,9 @@ NB_MODULE(_core, m) {
 
   m.def(
       "softmax_rows",
-      &tiny_attn::softmax_rows,
+      [](const mx::array& x, const tiny_attn::DeviceOrStream& stream) {
+        return tiny_attn::softmax_rows(x, tiny_attn::to_stream_or_device(stream));
+      },
       "x"_a,
       nb::kw_only(),
       "stream"_a = nb::none(),
@@ -38,9 +41,10 @@ Raises:
          float scale,
          const std::optional<mx::array>& mask,
          bool causal,
-         mx::StreamOrDevice stream) {
+         const tiny_attn::DeviceOrStream& stream) {
         return tiny_attn::flash_attention(
-            query, key, value, scale, mask, causal, tiny_attn::CpuKernel::Simple, 1, stream);
+            query, key, value, scale, mask, causal, tiny_attn::CpuKernel::Simple, 1,
+            tiny_attn::to_stream_or_device(stream));
       },
       "query"_a,
       "key"_a,
@@ -77,10 +81,10 @@ Raises:
          const std::optional<mx::array>& mask,
          bool causal,
          int num_threads,
-         mx::StreamOrDevice stream) {
+         const tiny_attn::DeviceOrStream& stream) {
         return tiny_attn::flash_attention(
             query, key, value, scale, mask, causal, tiny_attn::CpuKernel::Fast, num_threads,
-            stream);
+            tiny_attn::to_stream_or_device(stream));
       },
       "query"_a,
       "key"_a,

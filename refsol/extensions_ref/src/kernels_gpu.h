@@ -6,6 +6,7 @@
 #pragma once
 
 #include <string>
+#include <variant>
 
 #include "metalsim/gpu_backend.h"
 #include "mlx/array.h"
@@ -28,6 +29,20 @@ struct OpPlacement {
   }
 };
 OpPlacement place_op(mx::StreamOrDevice s);
+
+// The type of the `stream` argument of the Python functions: Device before Stream. With
+// mx::StreamOrDevice, nanobind tries Stream first, and MLX's implicit Device -> Stream conversion
+// asks for a GPU stream, which fails without a GPU backend before place_op can pick metalsim.
+using DeviceOrStream = std::variant<std::monostate, mx::Device, mx::Stream>;
+inline mx::StreamOrDevice to_stream_or_device(const DeviceOrStream& s) {
+  if (const auto* d = std::get_if<mx::Device>(&s)) {
+    return *d;
+  }
+  if (const auto* st = std::get_if<mx::Stream>(&s)) {
+    return *st;
+  }
+  return {};
+}
 
 // The library of the course's kernels (src/*.metal), built next to the extension's module:
 // tiny_attn.metallib on Metal, tiny_attn.metalsim (the simulator's manifest) elsewhere.
