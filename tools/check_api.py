@@ -25,7 +25,8 @@ def signature_of(obj: Any) -> str:
     """A comparable signature: Python's own, or a nanobind function's first docstring line."""
     nb_sig = getattr(obj, "__nb_signature__", None)
     if nb_sig:
-        return " | ".join(str(s[0]) for s in nb_sig)
+        # (signature with \0, \1 ... for defaults, docstring, default values' reprs)
+        return " | ".join(f"{s[0]} defaults={s[2]!r}" for s in nb_sig)
     try:
         return str(inspect.signature(obj))
     except (TypeError, ValueError):

@@ -262,8 +262,27 @@ constant constexpr int TILE_SIZE = Br * E_MAX; // floats of `tile`: Q, then K, t
 constant constexpr int SCORES_SIZE = SG_ROWS * Bc; // floats of one SIMD group's S_g / P_g
 constant constexpr int BLOCK_SIZE = SG_ROWS * SG_ROWS; // floats of one 8x8 block
 
-// Copies rows [first, first + 32) of a (rows, E) array into `tile` as float, with float4
-// loads (E is a multiple of 8); rows past `rows` become zeros. `scale` multiplies on the way.
+// The 4-wide vector of T as stored in device memory. packed_ vectors only need the alignment of
+// their scalar: an MLX array may start at any multiple of its itemsize into its buffer (the CPU
+// allocator, which metalsim uses, returns 8-byte aligned memory), while a float4 is 16-byte
+// aligned. The load is still one 16-byte (8-byte for 16-bit types) access.
+template <typename T>
+struct packed4;
+template <>
+struct packed4<float> {
+  using type = packed_float4;
+};
+template <>
+struct packed4<half> {
+  using type = packed_half4;
+};
+template <>
+struct packed4<bfloat> {
+  using type = packed_bfloat4;
+};
+
+// Copies rows [first, first + 32) of a (rows, E) array into `tile` as float, 4 values per load
+// (E is a multiple of 8); rows past `rows` become zeros. `scale` multiplies on the way.
 template <typename T>
 inline void load_tile(
     threadgroup float* tile,
@@ -279,8 +298,10 @@ inline void load_tile(
     const int c = (idx % vecs_per_row) * 4;
     float4 x = 0.0f;
     if (first + r < rows) {
-      x = float4(*reinterpret_cast<device const vec<T, 4>*>(src + size_t(first + r) * E + c));
+      using T4 = typename packed4<T>::type;
+      x = float4(*reinterpret_cast<device const T4*>(src + size_t(first + r) * E + c));
     }
+    // tile rows are E floats, E a multiple of 8: this store is 16-byte aligned.
     *reinterpret_cast<threadgroup float4*>(tile + r * E + c) = x * scale;
   }
 }
