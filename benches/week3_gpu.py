@@ -4,7 +4,8 @@ On a Mac with Metal: time, GFLOP/s and peak memory of
   simple    flash_attention_<t>_e128       (ext.flash_attention on mx.gpu)
   simdgroup flash_attention_simdgroup_<t>  (ext.flash_attention_fast on mx.gpu)
   mlx       mx.fast.scaled_dot_product_attention on mx.gpu
-for float32 and float16 as the sequence length grows.
+for float32 and float16 as the sequence length grows, with plots of time and peak memory into
+book/src/images/week3-gpu-time.png and week3-gpu-memory.png (not with --quick).
 
 Everywhere else there is no GPU to time: the script says so and runs every kernel once on the
 simulator (metalsim) against MLX's CPU attention, a correctness check with no timings.
@@ -15,6 +16,7 @@ simulator (metalsim) against MLX's CPU attention, a correctness check with no ti
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 import time
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))  # tiny_attn_testing
 
 from tiny_attn_testing import (  # noqa: E402
     TOL_BF16,
@@ -36,8 +38,13 @@ from tiny_attn_testing import (  # noqa: E402
     to_numpy,
 )
 
-DTYPES = {"float32": (mx.float32, TOL_F32_REORDERED), "float16": (mx.float16, TOL_F16),
-          "bfloat16": (mx.bfloat16, TOL_BF16)}
+ROOT = Path(__file__).resolve().parent.parent
+IMAGES = ROOT / "book" / "src" / "images"
+DTYPES = {
+    "float32": (mx.float32, TOL_F32_REORDERED),
+    "float16": (mx.float16, TOL_F16),
+    "bfloat16": (mx.bfloat16, TOL_BF16),
+}
 
 
 def kernels(ext) -> dict[str, Callable[..., mx.array]]:
@@ -45,9 +52,11 @@ def kernels(ext) -> dict[str, Callable[..., mx.array]]:
     return {
         "simple": lambda q, k, v, s, c: ext.flash_attention(q, k, v, s, None, c, stream=mx.gpu),
         "simdgroup": lambda q, k, v, s, c: ext.flash_attention_fast(
-            q, k, v, s, None, c, stream=mx.gpu),
+            q, k, v, s, None, c, stream=mx.gpu
+        ),
         "mlx": lambda q, k, v, s, c: mx.fast.scaled_dot_product_attention(
-            q, k, v, scale=s, mask="causal" if c else None, stream=mx.gpu),
+            q, k, v, scale=s, mask="causal" if c else None, stream=mx.gpu
+        ),
     }
 
 
@@ -69,8 +78,12 @@ def bench_metal(ext, quick: bool) -> None:
     lengths = [256, 512, 1024] if quick else [256, 512, 1024, 2048, 4096, 8192]
     B, H, E = 1, 8, 64
     print(f"Metal: {mx.metal.device_info().get('device_name', 'Apple GPU')}, B={B}, H={H}, E={E}")
-    print(f"{'dtype':>8} {'causal':>6} {'N':>6} {'kernel':>10} {'ms':>9} {'GFLOP/s':>9} "
-          f"{'peak MiB':>9}")
+    print(
+        f"{'dtype':>8} {'causal':>6} {'N':>6} {'kernel':>10} {'ms':>9} {'GFLOP/s':>9} "
+        f"{'peak MiB':>9}"
+    )
+    # (dtype, causal, kernel) -> [(N, seconds, peak bytes)]
+    results: dict[tuple[str, bool, str], list[tuple[int, float, int]]] = {}
     for dtype_name in ("float32", "float16"):
         dtype = DTYPES[dtype_name][0]
         for causal in (False, True):
@@ -81,11 +94,48 @@ def bench_metal(ext, quick: bool) -> None:
                 for name, fn in kernels(ext).items():
                     if name == "simple" and N > 2048:
                         continue  # minutes of GPU time for a point the plot does not need
-                    seconds, peak = time_gpu(lambda fn=fn: fn(q, k, v, 1 / math.sqrt(E), causal),
-                                             repeats=3 if quick else 10)
-                    print(f"{dtype_name:>8} {causal!s:>6} {N:>6} {name:>10} "
-                          f"{seconds * 1e3:>9.3f} {flops / seconds / 1e9:>9.1f} "
-                          f"{peak / 2**20:>9.1f}")
+                    seconds, peak = time_gpu(
+                        functools.partial(fn, q, k, v, 1 / math.sqrt(E), causal),
+                        repeats=3 if quick else 10,
+                    )
+                    results.setdefault((dtype_name, causal, name), []).append((N, seconds, peak))
+                    print(
+                        f"{dtype_name:>8} {causal!s:>6} {N:>6} {name:>10} "
+                        f"{seconds * 1e3:>9.3f} {flops / seconds / 1e9:>9.1f} "
+                        f"{peak / 2**20:>9.1f}"
+                    )
+    if not quick:
+        plot(results, B, H, E)
+
+
+def plot(results: dict, B: int, H: int, E: int) -> None:
+    """Time and peak memory against N (no causal mask) into book/src/images/week3-gpu-*.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for what, column, label in (("time", 1, "ms per call"), ("memory", 2, "peak MiB")):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+        for ax, dtype_name in zip(axes, ("float32", "float16"), strict=True):
+            for name in ("simple", "simdgroup", "mlx"):
+                points = results.get((dtype_name, False, name), [])
+                scale = 1e3 if column == 1 else 1 / 2**20
+                ax.plot(
+                    [p[0] for p in points], [p[column] * scale for p in points], "o-", label=name
+                )
+            ax.set(xscale="log", yscale="log", xlabel="N = L = S", title=dtype_name)
+            ax.legend()
+        axes[0].set_ylabel(label)
+        fig.suptitle(
+            f"Week 3 kernels on {mx.metal.device_info().get('device_name', 'Metal')}"
+            f" (B={B}, H={H}, E={E})"
+        )
+        fig.tight_layout()
+        path = IMAGES / f"week3-gpu-{what}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        print(f"[week3] wrote {path.relative_to(ROOT)}")
 
 
 def check_on_simulator(ext) -> bool:
@@ -96,8 +146,11 @@ def check_on_simulator(ext) -> bool:
     for dtype_name, (dtype, tol) in DTYPES.items():
         for causal in (False, True):
             q, k, v = qkv((1,), 2, 1, 40, 70, 64, seed=3, dtype=dtype)
-            expected = to_numpy(mlx_sdpa(*(x.astype(mx.float32) for x in (q, k, v)),
-                                         mask="causal" if causal else None))
+            expected = to_numpy(
+                mlx_sdpa(
+                    *(x.astype(mx.float32) for x in (q, k, v)), mask="causal" if causal else None
+                )
+            )
             for name, fn in kernels(ext).items():
                 if name == "mlx":
                     continue  # MLX's own Metal kernel does not run on the simulator
@@ -105,16 +158,22 @@ def check_on_simulator(ext) -> bool:
                 err = float(abs(got - expected).max())
                 good = err <= tol["atol"] + tol["rtol"] * float(abs(expected).max())
                 ok &= good
-                print(f"  {name:>10} {dtype_name:>9} causal={causal!s:<5} max abs error "
-                      f"{err:.2e}  {'ok' if good else 'WRONG'}")
+                print(
+                    f"  {name:>10} {dtype_name:>9} causal={causal!s:<5} max abs error "
+                    f"{err:.2e}  {'ok' if good else 'WRONG'}"
+                )
     return ok
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--student", action="store_true",
-                        help="benchmark your extension (tiny_attn_ext) instead of the reference")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--student",
+        action="store_true",
+        help="benchmark your extension (tiny_attn_ext) instead of the reference",
+    )
     parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
     args = parser.parse_args(argv)
     ext = load_extension("tiny_attn_ext" if args.student else "tiny_attn_ext_ref")

@@ -92,5 +92,9 @@ def test_task_2_flash_attention_gpu_noncontiguous(ext):
     q_t = mx.swapaxes(mx.swapaxes(q, 1, 2), 1, 2)  # same values, strided through a view
     q_view = mx.swapaxes(mx.array(to_numpy(q, np.float32).transpose(0, 2, 1, 3)), 1, 2)
     for query in (q_t, q_view):
-        assert_allclose(gpu_attention(ext, query, k, v), mlx_sdpa(q, k, v),
-                        **TOL_F32_REORDERED, what="non-contiguous query")
+        assert_allclose(
+            gpu_attention(ext, query, k, v),
+            mlx_sdpa(q, k, v),
+            **TOL_F32_REORDERED,
+            what="non-contiguous query",
+        )

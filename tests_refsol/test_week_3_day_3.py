@@ -11,6 +11,8 @@ import math
 import mlx.core as mx
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tiny_attn_base import *  # noqa: F403
 
 GPU = device_for("gpu")
@@ -37,14 +39,15 @@ def test_task_1_gqa_gpu(ext, N, H_q, H):
 
 @pytest.mark.parametrize(
     "L,S",
-    [(40, 40), (8, 70), (33, 65), (70, 20)],
-    ids=["L=S", "L<S", "L<S-two-tiles", "L>S-fully-masked-rows"],
+    [(40, 40), (8, 70), (33, 65), (70, 20), (100, 130)],
+    ids=["L=S", "L<S", "L<S-two-tiles", "L>S-fully-masked-rows", "many-tiles"],
 )
 def test_task_2_causal_gpu(ext, L, S):
     q, k, v = qkv((1,), 2, 2, L, S, 64, seed=L + S)
     out = gpu_attention(ext, q, k, v, causal=True)
-    assert_allclose(out, mlx_sdpa(q, k, v, mask="causal"), **TOL_F32_REORDERED,
-                    what=f"causal, L={L}, S={S}")
+    assert_allclose(
+        out, mlx_sdpa(q, k, v, mask="causal"), **TOL_F32_REORDERED, what=f"causal, L={L}, S={S}"
+    )
 
 
 def test_task_2_causal_gpu_ignores_future_keys(ext):
@@ -52,11 +55,13 @@ def test_task_2_causal_gpu_ignores_future_keys(ext):
     L = S = 48
     q, k, v = qkv((1,), 1, 1, L, S, 64, seed=21)
     before = to_numpy(gpu_attention(ext, q, k, v, causal=True))
+    assert_allclose(before, mlx_sdpa(q, k, v, mask="causal"), **TOL_F32_REORDERED, what="causal")
     k2 = mx.concatenate([k[:, :, :20], k[:, :, 20:] * 5.0 + 3.0], axis=2)
     v2 = mx.concatenate([v[:, :, :20], v[:, :, 20:] - 7.0], axis=2)
     after = to_numpy(gpu_attention(ext, q, k2, v2, causal=True))
-    assert_allclose(after[:, :, :20], before[:, :, :20], **TOL_F32,
-                    what="rows 0..19 see keys 0..19 only")
+    assert_allclose(
+        after[:, :, :20], before[:, :, :20], **TOL_F32, what="rows 0..19 see keys 0..19 only"
+    )
 
 
 # --------------------------------------------------------------------- Task 3: mask arrays
@@ -75,18 +80,21 @@ def test_task_3_additive_mask_gpu(ext, mask_shape):
     q, k, v = qkv((2,), 4, 2, 20, 45, 64, seed=31)
     mask = rand(mask_shape, seed=32, scale=2.0)
     out = gpu_attention(ext, q, k, v, mask=mask)
-    assert_allclose(out, mlx_sdpa(q, k, v, mask=mask), **TOL_F32_REORDERED,
-                    what=f"additive mask {mask_shape}")
+    assert_allclose(
+        out, mlx_sdpa(q, k, v, mask=mask), **TOL_F32_REORDERED, what=f"additive mask {mask_shape}"
+    )
 
 
-@pytest.mark.parametrize("mask_shape", [(20, 45), (2, 4, 20, 45), (2, 1, 1, 45)],
-                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(
+    "mask_shape", [(20, 45), (2, 4, 20, 45), (2, 1, 1, 45)], ids=lambda s: "x".join(map(str, s))
+)
 def test_task_3_boolean_mask_gpu(ext, mask_shape):
     q, k, v = qkv((2,), 4, 4, 20, 45, 80, seed=41)
     mask = bool_mask(mask_shape, seed=42)
     out = gpu_attention(ext, q, k, v, mask=mask)
-    assert_allclose(out, mlx_sdpa(q, k, v, mask=mask), **TOL_F32_REORDERED,
-                    what=f"boolean mask {mask_shape}")
+    assert_allclose(
+        out, mlx_sdpa(q, k, v, mask=mask), **TOL_F32_REORDERED, what=f"boolean mask {mask_shape}"
+    )
 
 
 def test_task_3_strided_mask_gpu(ext):
@@ -94,8 +102,9 @@ def test_task_3_strided_mask_gpu(ext):
     q, k, v = qkv((1,), 2, 2, 36, 40, 64, seed=51)
     mask = mx.swapaxes(rand((40, 36), seed=52), 0, 1)
     out = gpu_attention(ext, q, k, v, mask=mask)
-    assert_allclose(out, mlx_sdpa(q, k, v, mask=mask), **TOL_F32_REORDERED,
-                    what="transposed additive mask")
+    assert_allclose(
+        out, mlx_sdpa(q, k, v, mask=mask), **TOL_F32_REORDERED, what="transposed additive mask"
+    )
 
 
 def test_task_3_fully_masked_rows_gpu(ext):
@@ -104,16 +113,23 @@ def test_task_3_fully_masked_rows_gpu(ext):
     keep[2, :] = False  # a row that sees nothing: MLX gives uniform weights
     keep[4, :] = False
     mask = mx.array(keep)
-    assert_allclose(gpu_attention(ext, q, k, v, mask=mask), mlx_sdpa(q, k, v, mask=mask),
-                    **TOL_F32_REORDERED, what="boolean mask with fully masked rows")
+    assert_allclose(
+        gpu_attention(ext, q, k, v, mask=mask),
+        mlx_sdpa(q, k, v, mask=mask),
+        **TOL_F32_REORDERED,
+        what="boolean mask with fully masked rows",
+    )
 
     additive = np.where(keep, 0.0, -np.inf).astype(np.float32)
     additive[0, 35:] = -np.inf  # partly -inf, in the last tile
+    additive[1, :] = 0.0
+    additive[1, :34] = -np.inf  # the whole first K tile is -inf, the second is not
     mask = mx.array(additive)
     out = gpu_attention(ext, q, k, v, mask=mask)
     expected = mlx_sdpa(q, k, v, mask=mask)  # NaN in the rows of -inf only
-    assert np.array_equal(np.isnan(to_numpy(out)), np.isnan(to_numpy(expected))), \
+    assert np.array_equal(np.isnan(to_numpy(out)), np.isnan(to_numpy(expected))), (
         "NaN exactly where MLX has NaN (rows whose every score is -inf)"
+    )
     assert_allclose(out, expected, **TOL_F32_REORDERED, what="additive -inf mask")
 
 
@@ -121,5 +137,53 @@ def test_task_3_mask_and_gqa_gpu(ext):
     q, k, v = qkv((2,), 6, 2, 33, 70, 128, seed=71)
     mask = bool_mask((2, 6, 33, 70), seed=72, p_keep=0.8)
     out = gpu_attention(ext, q, k, v, mask=mask)
-    assert_allclose(out, mlx_sdpa(q, k, v, mask=mask), **TOL_F32_REORDERED,
-                    what="GQA with a full boolean mask")
+    assert_allclose(
+        out, mlx_sdpa(q, k, v, mask=mask), **TOL_F32_REORDERED, what="GQA with a full boolean mask"
+    )
+
+
+def test_task_3_python_wrapper_on_gpu(ext):
+    # ta.flash_attention (Week 2) flattens batch dimensions and passes stream=mx.gpu through:
+    # the same kernels, for any number of batch dimensions (MLX's own op takes rank 4 only).
+    q, k, v = qkv((2, 3), 4, 2, 18, 37, 64, seed=81)
+    mask = bool_mask((3, 1, 18, 37), seed=82)
+    for kernel in ("simple", "fast"):
+        out = ta.flash_attention(q, k, v, mask=mask, kernel=kernel, stream=GPU)
+        assert_allclose(
+            out,
+            numpy_attention(q, k, v, mask=mask),
+            **TOL_F32_REORDERED,
+            what=f"ta.flash_attention(kernel={kernel!r}) on the GPU",
+        )
+        out = ta.flash_attention(q, k, v, mask="causal", kernel=kernel, stream=GPU)
+        assert_allclose(
+            out,
+            numpy_attention(q, k, v, mask="causal"),
+            **TOL_F32_REORDERED,
+            what=f"causal, kernel={kernel!r}",
+        )
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    L=st.integers(1, 70),
+    S=st.integers(1, 70),
+    E=st.sampled_from([8, 24, 64, 128]),
+    group=st.sampled_from([(1, 1), (2, 1), (3, 3), (4, 2)]),
+    kind=st.sampled_from(["none", "causal", "additive", "boolean"]),
+    kernel=st.sampled_from(["simple", "fast"]),
+    seed=st.integers(0, 10_000),
+)
+def test_task_3_random_problems_gpu(ext, L, S, E, group, kind, kernel, seed):
+    # Any shape, head grouping and mask, for both kernels: the edges hand-picked cases miss.
+    H_q, H = group
+    q, k, v = qkv((1,), H_q, H, L, S, E, seed=seed)
+    mask = None
+    if kind == "additive":
+        mask = rand((L, S), seed=seed + 3)
+    elif kind == "boolean":
+        mask = bool_mask((1, H_q, L, S), seed=seed + 4)
+    op = ext.flash_attention if kernel == "simple" else ext.flash_attention_fast
+    out = op(q, k, v, 1.0 / math.sqrt(E), mask, kind == "causal", stream=GPU)
+    expected = mlx_sdpa(q, k, v, mask="causal" if kind == "causal" else mask)
+    assert_allclose(out, expected, **TOL_F32_REORDERED, what=f"{kernel}, {kind}, {q.shape}")

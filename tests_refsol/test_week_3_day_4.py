@@ -57,6 +57,7 @@ def test_task_1_simdgroup_kernel_matches_simple_kernel(ext):
     scale = 0.2
     simple = ext.flash_attention(q, k, v, scale, stream=GPU)
     fast = fast_gpu(ext, q, k, v, scale=scale)
+    assert_allclose(fast, mlx_sdpa(q, k, v, scale=scale), **TOL_F32_REORDERED, what="MLX")
     assert_allclose(fast, simple, **TOL_F32_REORDERED, what="day 4 kernel against day 2's")
 
 
@@ -71,21 +72,41 @@ def test_task_1_simdgroup_kernel_rejects_head_dim(ext, E):
 # --------------------------------------------------------------------- Task 2: masks and GQA
 
 
-@pytest.mark.parametrize("L,S", [(40, 40), (8, 70), (70, 20)], ids=["L=S", "L<S", "L>S"])
+@pytest.mark.parametrize(
+    "L,S", [(40, 40), (8, 70), (70, 20), (100, 130)], ids=["L=S", "L<S", "L>S", "many-tiles"]
+)
 def test_task_2_simdgroup_kernel_causal(ext, L, S):
     q, k, v = qkv((1,), 2, 1, L, S, 64, seed=L * S)
     out = fast_gpu(ext, q, k, v, causal=True)
-    assert_allclose(out, mlx_sdpa(q, k, v, mask="causal"), **TOL_F32_REORDERED,
-                    what=f"causal, L={L}, S={S}")
+    assert_allclose(
+        out, mlx_sdpa(q, k, v, mask="causal"), **TOL_F32_REORDERED, what=f"causal, L={L}, S={S}"
+    )
 
 
 def test_task_2_simdgroup_kernel_masks(ext):
     q, k, v = qkv((2,), 4, 2, 20, 45, 64, seed=31)
     additive = rand((2, 1, 20, 45), seed=32, scale=2.0)
-    assert_allclose(fast_gpu(ext, q, k, v, mask=additive), mlx_sdpa(q, k, v, mask=additive),
-                    **TOL_F32_REORDERED, what="additive (2, 1, L, S) mask")
+    assert_allclose(
+        fast_gpu(ext, q, k, v, mask=additive),
+        mlx_sdpa(q, k, v, mask=additive),
+        **TOL_F32_REORDERED,
+        what="additive (2, 1, L, S) mask",
+    )
+    first_tile_masked = np.zeros((20, 45), np.float32)
+    first_tile_masked[::3, :33] = -np.inf  # every third row: its whole first K tile is -inf
+    first_tile_masked = mx.array(first_tile_masked)
+    assert_allclose(
+        fast_gpu(ext, q, k, v, mask=first_tile_masked),
+        mlx_sdpa(q, k, v, mask=first_tile_masked),
+        **TOL_F32_REORDERED,
+        what="a first K tile of -inf, then valid keys",
+    )
     keep = np.random.default_rng(33).random((20, 45)) < 0.6
     keep[3, :] = False  # fully masked row
     keep_mx = mx.array(keep)
-    assert_allclose(fast_gpu(ext, q, k, v, mask=keep_mx), mlx_sdpa(q, k, v, mask=keep_mx),
-                    **TOL_F32_REORDERED, what="boolean (L, S) mask with a fully masked row")
+    assert_allclose(
+        fast_gpu(ext, q, k, v, mask=keep_mx),
+        mlx_sdpa(q, k, v, mask=keep_mx),
+        **TOL_F32_REORDERED,
+        what="boolean (L, S) mask with a fully masked row",
+    )

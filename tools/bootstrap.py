@@ -56,7 +56,7 @@ def main() -> int:
             "[tiny-attn] installing the course's packages from pdm.lock (first run only) ...",
             flush=True,
         )
-        rc = subprocess.call(_pdm_command() + ["sync", "--clean", "--no-self"], cwd=ROOT)
+        rc = subprocess.call(_pdm_command() + ["sync", "--no-self"], cwd=ROOT)
         if rc != 0:
             print("[tiny-attn] `pdm sync` failed; see the messages above.", file=sys.stderr)
             return rc

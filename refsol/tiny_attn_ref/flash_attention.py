@@ -47,12 +47,16 @@ def flash_attention(
         scale: multiplies Q K^T; None means 1 / sqrt(E).
         mask: None, "causal" (bottom-right aligned when L != S), or a bool (True = keep) or
             floating (additive) array broadcastable to (B..., H_q, L, S).
-        kernel: "simple" (day 4, one thread) or "fast" (day 5).
+        kernel: "simple" (day 4, one thread) or "fast" (day 5). On the GPU (Week 3):
+            "simple" runs the Metal kernel flash_attention_<t>_e128, "fast" the
+            simdgroup_matrix kernel flash_attention_simdgroup_<t>.
         num_threads: threads of the fast kernel; 0 means one per hardware thread.
-        stream: the stream or device to evaluate on (None: the default one).
+        stream: the stream or device to evaluate on (None: the default one). mx.gpu runs the
+            Metal kernels: on the Metal device, or on metalsim where there is none. On the
+            GPU, query, key and value may also be float16 or bfloat16 (all the same dtype).
 
     Returns:
-        float32 (B..., H_q, L, E), lazy like every MLX result.
+        (B..., H_q, L, E) in the dtype of query, lazy like every MLX result.
     """
     for name, x in (("query", query), ("key", key), ("value", value)):
         if not isinstance(x, mx.array) or x.ndim < 3:

@@ -11,7 +11,8 @@ namespace nb = nanobind;
 using namespace nb::literals;
 
 NB_MODULE(_core, m) {
-  m.doc() = "tiny-attn's MLX C++ extension: softmax_rows and FlashAttention on the CPU.";
+  m.doc() =
+      "tiny-attn's MLX C++ extension: softmax_rows and FlashAttention on the CPU and the GPU.";
 
   m.def(
       "softmax_rows",
@@ -26,6 +27,7 @@ NB_MODULE(_core, m) {
 Args:
     x (array): float32, any shape with at least one dimension.
     stream (Stream or Device, optional): where to evaluate; the default device if None.
+        mx.gpu runs the Metal kernel softmax_rows_f32 (Week 3), on metalsim without Metal.
 
 Returns:
     array: the shape of ``x``; every row (last axis) is non-negative and sums to 1.
@@ -54,7 +56,8 @@ Raises:
       "causal"_a = false,
       nb::kw_only(),
       "stream"_a = nb::none(),
-      R"(FlashAttention (Br = Bc = 32), day 4's single-threaded CPU kernel.
+      R"(FlashAttention (Br = Bc = 32): day 4's single-threaded CPU kernel, or on the GPU
+Week 3's Metal kernel flash_attention_<t>_e128 (one score per thread, E <= 128).
 
 Args:
     query (array): float32, shape (N, H_q, L, E).
@@ -64,13 +67,16 @@ Args:
     mask (array, optional): bool (True = keep) or floating (added to the scores),
         broadcastable to (N, H_q, L, S).
     causal (bool): query i sees keys j <= i + S - L. Not together with ``mask``.
-    stream (Stream or Device, optional): where to evaluate.
+    stream (Stream or Device, optional): where to evaluate. mx.gpu runs the Metal kernel
+        (on metalsim where there is no Metal device); there, query, key and value may also
+        be float16 or bfloat16, all of one dtype.
 
 Returns:
-    array: float32, shape (N, H_q, L, E).
+    array: shape (N, H_q, L, E), the dtype of ``query``.
 
 Raises:
-    ValueError: a wrong rank, dtype or shape; the message names the argument.)");
+    ValueError: a wrong rank, dtype or shape; on the GPU, E > 128. The message names the
+        argument.)");
 
   m.def(
       "flash_attention_fast",
@@ -95,7 +101,9 @@ Raises:
       nb::kw_only(),
       "num_threads"_a = 0,
       "stream"_a = nb::none(),
-      R"(FlashAttention (Br = Bc = 32), day 5's fast CPU kernel: vectorised, multi-threaded.
+      R"(FlashAttention (Br = Bc = 32), day 5's fast CPU kernel: vectorised, multi-threaded;
+on the GPU, Week 3's Metal kernel flash_attention_simdgroup_<t> (8x8 simdgroup_matrix
+products; E a multiple of 8, at most 128).
 
 The arguments and the result are those of :func:`flash_attention`, plus:
 

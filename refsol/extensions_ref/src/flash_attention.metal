@@ -151,7 +151,7 @@ void flash_attention_e128_impl(
       for (int e = 0; e < E; ++e) {
         dot += Q_tile[a][e] * float(k_row[e]);
       }
-      // A causal tile that every row of the block sees whole needs no comparison.
+      // A causal tile that row a sees whole needs no comparison (nor a mask read).
       const bool whole = p.mask_kind == MASK_CAUSAL && (j + 1) * Bc - 1 <= last_key;
       s = whole ? dot * p.scale
                 : mask_score(dot * p.scale, col, last_key, mask_add_row, mask_keep_row, p);
@@ -203,7 +203,8 @@ void flash_attention_e128_impl(
     uint b [[thread_index_in_simdgroup]]) {
   threadgroup float Q_tile[Br][E_MAX]; // 16 KiB
   threadgroup float O_acc[Br][E_MAX]; // 16 KiB: with Q_tile, the whole 32 KiB
-  flash_attention_e128_impl<float>(q, k, v, out, mask_add, mask_keep, p, Q_tile, O_acc, group, a, b);
+  flash_attention_e128_impl<float>(
+      q, k, v, out, mask_add, mask_keep, p, Q_tile, O_acc, group, a, b);
 }
 
 [[kernel]] void flash_attention_f16_e128(
@@ -219,9 +220,11 @@ void flash_attention_e128_impl(
     uint b [[thread_index_in_simdgroup]]) {
   threadgroup float Q_tile[Br][E_MAX]; // 16 KiB
   threadgroup float O_acc[Br][E_MAX]; // 16 KiB: with Q_tile, the whole 32 KiB
-  flash_attention_e128_impl<half>(q, k, v, out, mask_add, mask_keep, p, Q_tile, O_acc, group, a, b);
+  flash_attention_e128_impl<half>(
+      q, k, v, out, mask_add, mask_keep, p, Q_tile, O_acc, group, a, b);
 }
 
+#if __METAL_VERSION__ >= 310 // bfloat needs Metal 3.1 (macOS 14)
 [[kernel]] void flash_attention_bf16_e128(
     device const bfloat* q [[buffer(0)]],
     device const bfloat* k [[buffer(1)]],
@@ -235,8 +238,10 @@ void flash_attention_e128_impl(
     uint b [[thread_index_in_simdgroup]]) {
   threadgroup float Q_tile[Br][E_MAX]; // 16 KiB
   threadgroup float O_acc[Br][E_MAX]; // 16 KiB: with Q_tile, the whole 32 KiB
-  flash_attention_e128_impl<bfloat>(q, k, v, out, mask_add, mask_keep, p, Q_tile, O_acc, group, a, b);
+  flash_attention_e128_impl<bfloat>(
+      q, k, v, out, mask_add, mask_keep, p, Q_tile, O_acc, group, a, b);
 }
+#endif
 
 
 // ============================================================================================
@@ -276,10 +281,12 @@ template <>
 struct packed4<half> {
   using type = packed_half4;
 };
+#if __METAL_VERSION__ >= 310 // bfloat needs Metal 3.1 (macOS 14)
 template <>
 struct packed4<bfloat> {
   using type = packed_bfloat4;
 };
+#endif
 
 // Copies rows [first, first + 32) of a (rows, E) array into `tile` as float, 4 values per load
 // (E is a multiple of 8); rows past `rows` become zeros. `scale` multiplies on the way.
@@ -384,8 +391,8 @@ void flash_attention_simdgroup_impl(
     for (int r = 0; r < SG_ROWS; ++r) {
       const int row = my_first_row + r;
       const int last_key = row + p.S - p.L;
-      float s = -INFINITY;
-      if (col < p.S) {
+      float s = -INFINITY; // keys past S, and rows past L (never written out, no mask row)
+      if (col < p.S && row < p.L) {
         const long off = mask_offset + row * p.mask_strides[2];
         s = mask_score(S_g[r * Bc + lane], col, last_key, mask_add + off, mask_keep + off, p);
       }
@@ -490,6 +497,7 @@ void flash_attention_simdgroup_impl(
       q, k, v, out, mask_add, mask_keep, p, tile, scores, spill, row_alpha, group, g, lane, tid);
 }
 
+#if __METAL_VERSION__ >= 310 // bfloat needs Metal 3.1 (macOS 14)
 [[kernel]] void flash_attention_simdgroup_bf16(
     device const bfloat* q [[buffer(0)]],
     device const bfloat* k [[buffer(1)]],
@@ -509,4 +517,5 @@ void flash_attention_simdgroup_impl(
   flash_attention_simdgroup_impl<bfloat>(
       q, k, v, out, mask_add, mask_keep, p, tile, scores, spill, row_alpha, group, g, lane, tid);
 }
+#endif
 

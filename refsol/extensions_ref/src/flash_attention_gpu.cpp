@@ -91,6 +91,15 @@ void FlashAttention::eval_gpu(
   const std::string name = fast ? std::string("flash_attention_simdgroup_") + suffix
                                 : std::string("flash_attention_") + suffix + "_e128";
   auto* kernel = gpu::device(stream().device).get_kernel(name, kernel_library(stream().device));
+  const int threads = fast ? kSimdgroupKernelThreads : kSimpleKernelThreads;
+  // A pipeline may allow fewer threads per threadgroup than 1024 (if it needs many registers):
+  // the kernel's mapping assumes all of them, so refuse rather than compute half the rows.
+  if (kernel->maxTotalThreadsPerThreadgroup() < static_cast<size_t>(threads)) {
+    throw std::runtime_error(
+        "[flash_attention on the GPU] " + name + " allows only " +
+        std::to_string(kernel->maxTotalThreadsPerThreadgroup()) +
+        " threads per threadgroup on this device; it needs " + std::to_string(threads));
+  }
   auto& enc = gpu::get_command_encoder(stream());
   enc.set_compute_pipeline_state(kernel);
   enc.set_input_array(q, 0);
@@ -107,7 +116,6 @@ void FlashAttention::eval_gpu(
   enc.set_bytes(p, 6);
 
   const int Tr = (L + kBr - 1) / kBr;
-  const int threads = fast ? kSimdgroupKernelThreads : kSimpleKernelThreads;
   enc.dispatch_threadgroups(MTL::Size(N * H_q, Tr, 1), MTL::Size(threads, 1, 1));
 }
 

@@ -134,10 +134,12 @@ void flash_attention_e128_impl(
     uint b [[thread_index_in_simdgroup]]) {
   threadgroup float Q_tile[Br][E_MAX]; // 16 KiB
   threadgroup float O_acc[Br][E_MAX]; // 16 KiB: with Q_tile, the whole 32 KiB
-  flash_attention_e128_impl<float>(q, k, v, out, mask_add, mask_keep, p, Q_tile, O_acc, group, a, b);
+  flash_attention_e128_impl<float>(
+      q, k, v, out, mask_add, mask_keep, p, Q_tile, O_acc, group, a, b);
 }
 
-// TODO(day 5, Task 1): flash_attention_f16_e128 (half) and flash_attention_bf16_e128 (bfloat).
+// TODO(day 5, Task 1): flash_attention_f16_e128 (half) and flash_attention_bf16_e128 (bfloat,
+//   inside `#if __METAL_VERSION__ >= 310`: bfloat needs Metal 3.1).
 
 // ============================================================================================
 // Day 4: flash_attention_simdgroup_<t>
