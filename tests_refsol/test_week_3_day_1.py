@@ -55,6 +55,15 @@ def test_task_1_softmax_rows_gpu_noncontiguous(ext):
     assert_allclose(y, softmax_numpy(x), **TOL_F32, what="transposed input")
 
 
+def test_task_1_softmax_rows_gpu_empty(ext):
+    # No rows: nothing to launch (Metal's API validation rejects a grid with a zero extent).
+    y = ext.softmax_rows(mx.zeros((0, 7)), stream=GPU)
+    mx.eval(y)
+    assert y.shape == (0, 7)
+    x = rand((2, 5), seed=1)  # and the next call still works
+    assert_allclose(ext.softmax_rows(x, stream=GPU), softmax_numpy(x), **TOL_F32)
+
+
 @pytest.mark.parametrize("n", [1025, 3000])
 def test_task_2_softmax_rows_gpu_long_rows(ext, n):
     # More columns than threads in a threadgroup: every thread must loop.

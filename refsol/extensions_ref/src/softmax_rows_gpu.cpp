@@ -12,7 +12,7 @@ void SoftmaxRows::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out)
   const int n = x.shape(-1);
   const size_t rows = n == 0 ? 0 : x.size() / n;
   if (rows == 0) {
-    return; // an empty array: nothing to launch (a grid of 0 threadgroups is an error)
+    return; // an empty array: nothing to launch (Metal rejects a grid with a zero extent)
   }
 
   // One threadgroup per row; as many threads as columns, rounded up to whole SIMD groups,
