@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # week -> (module in benches/, extra arguments for --quick)
 BENCHES = {
-    1: ("week1_memory_wall", ["--max-n", "1024"]),
+    1: ("week1_memory_wall", ["--max-n", "1024", "--no-plot"]),
     2: ("week2_cpu", ["--quick"]),
     3: ("week3_gpu", ["--quick"]),
 }
