@@ -11,6 +11,8 @@ import math
 import mlx.core as mx
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tiny_attn_base import *  # noqa: F403
 from tiny_attn_base import TOL_F32_REORDERED, assert_allclose, mlx_sdpa, qkv, rand, ta, to_numpy
 
@@ -195,6 +197,55 @@ def test_task_3_causal_block_skipping(ext, L, S):
     assert ext.tiles_visited() == 2 * causal_tiles(L, S)
     if L == S:  # about half the tiles of the unmasked run: 36 of 64 for 8 x 8 tiles
         assert ext.tiles_visited() == 2 * 36
+
+
+# Random problems: the sizes around the tile edges (1, 31, 32, 33, ...), head groupings and mask
+# broadcast shapes that hand-picked cases miss. Seeded: the same examples on every run.
+TILE_EDGES = [1, 2, 31, 32, 33, 63, 64, 65]
+MASK_KINDS = ["none", "causal", "additive", "bool"]
+
+
+@st.composite
+def attention_problems(draw: st.DrawFn) -> dict:
+    """Sizes, a scale and a mask for ext.flash_attention. The mask's shape broadcasts to
+    (N, H_q, L, S): the last 1 to 4 of those axes, each either full or 1."""
+    N, H, group = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    L = draw(st.one_of(st.sampled_from(TILE_EDGES), st.integers(1, 100)))
+    S = draw(st.one_of(st.sampled_from(TILE_EDGES), st.integers(1, 100)))
+    full = (N, H * group, L, S)
+    rank = draw(st.integers(1, 4))
+    kept = draw(st.lists(st.booleans(), min_size=rank, max_size=rank))
+    return {
+        "N": N,
+        "H_q": H * group,
+        "H": H,
+        "L": L,
+        "S": S,
+        "E": draw(st.integers(1, 40)),
+        "kind": draw(st.sampled_from(MASK_KINDS)),
+        "mask_shape": tuple(
+            d if keep else 1 for d, keep in zip(full[4 - rank :], kept, strict=True)
+        ),
+        "scale": draw(st.floats(0.05, 1.0)),
+        "seed": draw(st.integers(0, 2**16)),
+    }
+
+
+@settings(max_examples=20, deadline=None, derandomize=True, database=None)
+@given(problem=attention_problems())
+def test_task_3_flash_attention_matches_mlx_on_random_problems(ext, problem):
+    p = problem
+    q, k, v = qkv((p["N"],), p["H_q"], p["H"], p["L"], p["S"], p["E"], seed=p["seed"])
+    mask = None
+    if p["kind"] == "causal":
+        mask = "causal"
+    elif p["kind"] == "additive":
+        mask = rand(p["mask_shape"], seed=p["seed"] + 3, scale=2.0)
+    elif p["kind"] == "bool":  # some rows may keep no key at all: MLX averages V there
+        mask = mx.array(np.random.default_rng(p["seed"] + 4).random(p["mask_shape"]) < 0.7)
+    out = call(ext, q, k, v, mask, scale=p["scale"])
+    expected = mlx_sdpa(q, k, v, scale=p["scale"], mask=mask)
+    assert_allclose(out, expected, **TOL_F32_REORDERED, what=str(p))
 
 
 # --- Task 4: the Python wrapper -------------------------------------------------------------

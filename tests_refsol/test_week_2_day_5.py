@@ -11,6 +11,8 @@ import math
 import mlx.core as mx
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tiny_attn_base import *  # noqa: F403
 from tiny_attn_base import TOL_F32_REORDERED, assert_allclose, mlx_sdpa, qkv, rand, ta, to_numpy
 
@@ -123,3 +125,34 @@ def test_task_2_longer_sequence(ext):
     q, k, v = qkv((1,), 2, 2, 1024, 1024, 64, seed=10)
     out = fast(ext, q, k, v, "causal", num_threads=0)
     assert_allclose(out, mlx_sdpa(q, k, v, mask="causal"), **TOL_F32_REORDERED)
+
+
+@settings(max_examples=20, deadline=None, derandomize=True, database=None)
+@given(
+    N=st.integers(1, 2),
+    H=st.integers(1, 2),
+    group=st.integers(1, 3),
+    L=st.one_of(st.sampled_from([1, 8, 31, 32, 33, 64, 65]), st.integers(1, 130)),
+    S=st.one_of(st.sampled_from([1, 8, 31, 32, 33, 64, 65]), st.integers(1, 130)),
+    E=st.one_of(st.sampled_from([1, 7, 8, 9, 16, 64, 128]), st.integers(1, 80)),
+    kind=st.sampled_from(["none", "causal", "additive", "bool"]),
+    num_threads=st.sampled_from([1, 2, 3, 0]),
+    seed=st.integers(0, 2**16),
+)
+def test_task_2_fast_kernel_matches_mlx_on_random_problems(
+    ext, N, H, group, L, S, E, kind, num_threads, seed
+):
+    # Random sizes around the tile and vector widths (8 rows per f32x8, 32 per tile), any head
+    # grouping, every mask kind and any number of threads: the cases hand-picked shapes miss.
+    q, k, v = qkv((N,), H * group, H, L, S, E, seed=seed)
+    mask = None
+    if kind == "causal":
+        mask = "causal"
+    elif kind == "additive":
+        mask = rand((1, H * group, L, S), seed=seed + 3, scale=2.0)
+    elif kind == "bool":
+        mask = mx.array(np.random.default_rng(seed + 4).random((N, 1, L, S)) < 0.7)
+    out = fast(ext, q, k, v, mask, num_threads=num_threads)
+    expected = mlx_sdpa(q, k, v, mask=mask)
+    what = f"N={N}, H_q={H * group}, H={H}, L={L}, S={S}, E={E}, {kind}, {num_threads} threads"
+    assert_allclose(out, expected, **TOL_F32_REORDERED, what=what)

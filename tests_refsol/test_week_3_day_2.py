@@ -32,15 +32,6 @@ def test_task_1_gpu_rejects_head_dim_over_128(ext, E):
         gpu_attention(ext, q, k, v)
 
 
-def test_task_1_gpu_error_leaves_extension_usable(ext):
-    # A refused call must not poison the stream: the next good call works.
-    q, k, v = qkv((1,), 1, 1, 4, 4, 130, seed=2)
-    with pytest.raises(ValueError):
-        gpu_attention(ext, q, k, v)
-    q, k, v = qkv((1,), 1, 1, 4, 4, 8, seed=3)
-    assert_allclose(gpu_attention(ext, q, k, v), mlx_sdpa(q, k, v), **TOL_F32_REORDERED)
-
-
 # --------------------------------------------------------------------- Task 2: the kernel
 
 SHAPES = [
@@ -98,3 +89,13 @@ def test_task_2_flash_attention_gpu_noncontiguous(ext):
             **TOL_F32_REORDERED,
             what="non-contiguous query",
         )
+
+
+def test_task_2_gpu_error_leaves_extension_usable(ext):
+    # A refused call (Task 1) must not poison the stream: the next good call works, which
+    # needs the kernel of Task 2.
+    q, k, v = qkv((1,), 1, 1, 4, 4, 130, seed=2)
+    with pytest.raises(ValueError):
+        gpu_attention(ext, q, k, v)
+    q, k, v = qkv((1,), 1, 1, 4, 4, 8, seed=3)
+    assert_allclose(gpu_attention(ext, q, k, v), mlx_sdpa(q, k, v), **TOL_F32_REORDERED)

@@ -9,6 +9,8 @@ import math
 import mlx.core as mx
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tiny_attn_base import *  # noqa: F403
 
 GPU = device_for("gpu")
@@ -110,3 +112,41 @@ def test_task_2_simdgroup_kernel_masks(ext):
         **TOL_F32_REORDERED,
         what="boolean (L, S) mask with a fully masked row",
     )
+
+
+def test_task_2_python_wrapper_fast_on_gpu(ext):
+    # ta.flash_attention(kernel="fast") (Week 2) with stream=mx.gpu reaches this kernel, for
+    # any number of batch dimensions.
+    q, k, v = qkv((2, 3), 4, 2, 18, 37, 64, seed=81)
+    mask = mx.array(np.random.default_rng(82).random((3, 1, 18, 37)) < 0.7)
+    for m in (mask, "causal"):
+        out = ta.flash_attention(q, k, v, mask=m, kernel="fast", stream=GPU)
+        assert_allclose(
+            out,
+            numpy_attention(q, k, v, mask=m),
+            **TOL_F32_REORDERED,
+            what=f"ta.flash_attention(kernel='fast'), mask {'causal' if m is not mask else 'bool'}",
+        )
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    L=st.integers(1, 70),
+    S=st.integers(1, 70),
+    E=st.sampled_from([8, 24, 64, 128]),
+    group=st.sampled_from([(1, 1), (2, 1), (3, 3), (4, 2)]),
+    kind=st.sampled_from(["none", "causal", "additive", "boolean"]),
+    seed=st.integers(0, 10_000),
+)
+def test_task_2_random_problems_fast_gpu(ext, L, S, E, group, kind, seed):
+    # Day 3's sweep of shapes, head groupings and masks, on the simdgroup kernel.
+    H_q, H = group
+    q, k, v = qkv((1,), H_q, H, L, S, E, seed=seed)
+    mask = None
+    if kind == "additive":
+        mask = rand((L, S), seed=seed + 3)
+    elif kind == "boolean":
+        mask = mx.array(np.random.default_rng(seed + 4).random((1, H_q, L, S)) < 0.7)
+    out = fast_gpu(ext, q, k, v, mask=mask, causal=kind == "causal")
+    expected = mlx_sdpa(q, k, v, mask="causal" if kind == "causal" else mask)
+    assert_allclose(out, expected, **TOL_F32_REORDERED, what=f"fast, {kind}, {q.shape}")

@@ -27,6 +27,13 @@ EXTENSIONS = {
     "ref": (ROOT / "refsol" / "extensions_ref", "tiny_attn_ext_ref"),
 }
 SOURCE_SUFFIXES = {".cpp", ".h", ".hpp", ".metal", ".txt", ".cmake"}
+# What both extensions' builds share: the CMake function that builds them and the simulator
+# (its headers, its host library, its CMakeLists.txt). An edit there rebuilds them too.
+SHARED_SOURCES = (
+    ROOT / "cmake",
+    ROOT / "src" / "metalsim" / "include",
+    ROOT / "src" / "metalsim" / "src",
+)
 JOBS = 2  # the course machines are small: keep the compiler from taking every core
 
 
@@ -50,10 +57,12 @@ def _sources(source: Path) -> list[Path]:
 
 def _fingerprint(which: str) -> str:
     source, package, _, _ = _paths(which)
+    shared = [p for folder in SHARED_SOURCES for p in _sources(folder)]
+    shared.append(ROOT / "src" / "metalsim" / "CMakeLists.txt")
     h = hashlib.sha256()
-    for p in _sources(source):
+    for p in _sources(source) + shared:
         st = p.stat()
-        h.update(f"{p.relative_to(source)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        h.update(f"{p.relative_to(ROOT)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     h.update(sys.version.encode())
     import mlx.core as mx
 

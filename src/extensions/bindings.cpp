@@ -3,8 +3,8 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/variant.h>
 
+#include "metalsim/mlx_extension.h"
 #include "src/flash_attention.h"
-#include "src/kernels_gpu.h"
 #include "src/softmax_rows.h"
 
 namespace nb = nanobind;
@@ -16,8 +16,8 @@ NB_MODULE(_core, m) {
 
   m.def(
       "softmax_rows",
-      [](const mx::array& x, const tiny_attn::DeviceOrStream& stream) {
-        return tiny_attn::softmax_rows(x, tiny_attn::to_stream_or_device(stream));
+      [](const mx::array& x, const metalsim::DeviceOrStream& stream) {
+        return tiny_attn::softmax_rows(x, metalsim::to_stream_or_device(stream));
       },
       "x"_a,
       nb::kw_only(),
@@ -43,10 +43,10 @@ Raises:
          float scale,
          const std::optional<mx::array>& mask,
          bool causal,
-         const tiny_attn::DeviceOrStream& stream) {
+         const metalsim::DeviceOrStream& stream) {
         return tiny_attn::flash_attention(
             query, key, value, scale, mask, causal, tiny_attn::CpuKernel::Simple, 1,
-            tiny_attn::to_stream_or_device(stream));
+            metalsim::to_stream_or_device(stream));
       },
       "query"_a,
       "key"_a,
@@ -87,10 +87,10 @@ Raises:
          const std::optional<mx::array>& mask,
          bool causal,
          int num_threads,
-         const tiny_attn::DeviceOrStream& stream) {
+         const metalsim::DeviceOrStream& stream) {
         return tiny_attn::flash_attention(
             query, key, value, scale, mask, causal, tiny_attn::CpuKernel::Fast, num_threads,
-            tiny_attn::to_stream_or_device(stream));
+            metalsim::to_stream_or_device(stream));
       },
       "query"_a,
       "key"_a,

@@ -276,7 +276,9 @@ class Library:
         """Run `kernel` on `grid` threadgroups of `threadgroup` threads (dispatchThreadgroups).
 
         buffers: {index: array | NumPy scalar | bytes} for [[buffer(index)]]; arrays are used in
-        place (outputs appear in them), scalars and bytes are copied like setBytes.
+        place (outputs appear in them; an array whose data is not 16-byte aligned, as Metal
+        buffers always are, runs on an aligned copy that is written back), scalars and bytes are
+        copied like setBytes.
         threadgroup_memory: {index: bytes} for [[threadgroup(index)]] (multiples of 16).
         workers: OS threads for the threadgroups (0: one per core, METALSIM_THREADS overrides).
         """

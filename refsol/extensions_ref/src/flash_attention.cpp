@@ -6,8 +6,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "metalsim/mlx_extension.h"
 #include "mlx/backend/cpu/encoder.h"
-#include "src/kernels_gpu.h"
 
 namespace tiny_attn {
 
@@ -64,8 +64,8 @@ mx::array flash_attention(
     int num_threads,
     mx::StreamOrDevice s) {
   // Where the op runs: mx::to_stream(s), or, for a GPU call without Metal, a CPU stream whose
-  // primitive runs the Metal kernels on metalsim (Week 3, kernels_gpu.h).
-  const OpPlacement place = place_op(s);
+  // primitive runs the Metal kernels on metalsim (Week 3).
+  const metalsim::OpPlacement place = metalsim::place_op(s);
   check_operand(query, "query", "(N, H_q, L, E)", place.on_gpu());
   check_operand(key, "key", "(N, H, S, E)", place.on_gpu());
   check_operand(value, "value", "(N, H, S, E)", place.on_gpu());

@@ -109,7 +109,8 @@ class FlashAttention : public mx::Primitive {
   CpuKernel kernel_;
   int num_threads_;
   // Week 3: a GPU call on a machine without Metal. The primitive sits on a CPU stream and
-  // eval_cpu hands over to eval_gpu, which runs the Metal kernels on metalsim (kernels_gpu.h).
+  // eval_cpu hands over to eval_gpu, which runs the Metal kernels on metalsim
+  // (metalsim::place_op, src/metalsim/include/metalsim/mlx_extension.h).
   bool simulated_;
 };
 

@@ -4,13 +4,13 @@
 //   flash_attention_fast  -> flash_attention_simdgroup_<t>  day 4,    128 threads per group
 //   <t> = f32, f16, bf16 by the dtype of the inputs (day 5)
 //
-// The same code drives a real Metal device and metalsim (see kernels_gpu.h).
+// The same code drives a real Metal device and metalsim (see metalsim/gpu_backend.h).
 #include <stdexcept>
 #include <string>
 
+#include "metalsim/mlx_extension.h"
 #include "src/flash_attention.h"
 #include "src/flash_attention_gpu.h"
-#include "src/kernels_gpu.h"
 
 namespace tiny_attn {
 
@@ -90,7 +90,8 @@ void FlashAttention::eval_gpu(
 
   const std::string name = fast ? std::string("flash_attention_simdgroup_") + suffix
                                 : std::string("flash_attention_") + suffix + "_e128";
-  auto* kernel = gpu::device(stream().device).get_kernel(name, kernel_library(stream().device));
+  auto& d = gpu::device(stream().device);
+  auto* kernel = d.get_kernel(name, metalsim::extension_library(d));
   const int threads = fast ? kSimdgroupKernelThreads : kSimpleKernelThreads;
   // A pipeline may allow fewer threads per threadgroup than 1024 (if it needs many registers):
   // the kernel's mapping assumes all of them, so refuse rather than compute half the rows.

@@ -7,8 +7,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "metalsim/mlx_extension.h"
 #include "mlx/backend/cpu/encoder.h"
-#include "src/kernels_gpu.h"
 
 namespace tiny_attn {
 
@@ -28,9 +28,9 @@ mx::array softmax_rows(const mx::array& x, mx::StreamOrDevice s) {
   }
   // The eval_cpu below reads rows as contiguous runs of memory. mx::contiguous is free for
   // an array that already is row-contiguous and copies otherwise (a transpose, a slice ...).
-  // place_op (kernels_gpu.h) is mx::to_stream(s), except for a GPU call on a machine without
-  // Metal (Week 3): then the primitive sits on a CPU stream and runs its GPU kernel on metalsim.
-  auto [stream, simulated] = place_op(s);
+  // metalsim::place_op is mx::to_stream(s), except for a GPU call on a machine without Metal
+  // (Week 3): then the primitive sits on a CPU stream and runs its GPU kernel on metalsim.
+  auto [stream, simulated] = metalsim::place_op(s);
   auto input = mx::contiguous(x, /* allow_col_major = */ false, stream);
   // The output has x's shape and dtype. Nothing runs now: the array only records
   // "SoftmaxRows applied to input", to be evaluated when someone needs its values.

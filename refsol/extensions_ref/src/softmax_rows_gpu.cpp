@@ -1,7 +1,7 @@
 // Week 3, day 1: SoftmaxRows::eval_gpu, the dispatch of softmax_rows_f32 (softmax_rows.metal).
 #include <algorithm>
 
-#include "src/kernels_gpu.h"
+#include "metalsim/mlx_extension.h"
 #include "src/softmax_rows.h"
 
 namespace tiny_attn {
@@ -19,8 +19,8 @@ void SoftmaxRows::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out)
   // at most 1024 (longer rows: each thread strides over several columns).
   const int threads = std::min(1024, (n + 31) / 32 * 32);
 
-  auto* kernel =
-      gpu::device(stream().device).get_kernel("softmax_rows_f32", kernel_library(stream().device));
+  auto& d = gpu::device(stream().device);
+  auto* kernel = d.get_kernel("softmax_rows_f32", metalsim::extension_library(d));
   auto& enc = gpu::get_command_encoder(stream());
   enc.set_compute_pipeline_state(kernel);
   enc.set_input_array(x, 0);

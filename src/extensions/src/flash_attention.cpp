@@ -6,8 +6,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "metalsim/mlx_extension.h"
 #include "mlx/backend/cpu/encoder.h"
-#include "src/kernels_gpu.h"
 
 namespace tiny_attn {
 
@@ -51,9 +51,9 @@ mx::array flash_attention(
   // expected. Then make query, key and value row-contiguous, cast a floating mask to
   // float32 and broadcast it to (N, H_q, L, S), and return the lazy array built around a
   // FlashAttention primitive (inputs: query, key, value[, mask]).
-  // Place it with `const OpPlacement place = place_op(s);` (kernels_gpu.h), not mx::to_stream:
-  // use place.stream, pass place.simulated to FlashAttention. Week 3 runs GPU calls through it
-  // (and, on day 5, accepts float16 / bfloat16 inputs when place.on_gpu()).
+  // Place it with `const metalsim::OpPlacement place = metalsim::place_op(s);`, not
+  // mx::to_stream: use place.stream, pass place.simulated to FlashAttention. Week 3 runs GPU
+  // calls through it (and, on its day 5, lets float16 / bfloat16 in when place.on_gpu()).
   throw std::runtime_error(
       "flash_attention is not implemented yet: see "
       "book/src/week2-04-flash-attention-cpp.md, Task 1");

@@ -17,7 +17,7 @@
 
 namespace tiny_attn {
 
-// ---------------------------------------------------------------- Tasks 1, 2 and 3
+// ---------------------------------------------------------------- Tasks 1 and 2
 void flash_attention_fast_cpu(const AttentionProblem& p, int num_threads) {
   // TODO(Task 1): one Q tile at a time: pack qT, the score micro-kernel, the vectorised
   // online softmax, the P V micro-kernel (the masks and causal skipping as on day 4).

@@ -4,13 +4,13 @@
 //   flash_attention_fast  -> flash_attention_simdgroup_<t>  day 4,    128 threads per group
 //   <t> = f32, f16, bf16 by the dtype of the inputs (day 5)
 //
-// The same code drives a real Metal device and metalsim (see kernels_gpu.h).
+// The same code drives a real Metal device and metalsim (see metalsim/gpu_backend.h).
 #include <stdexcept>
 #include <string>
 
+#include "metalsim/mlx_extension.h"
 #include "src/flash_attention.h"
 #include "src/flash_attention_gpu.h"
-#include "src/kernels_gpu.h"
 
 namespace tiny_attn {
 
@@ -27,8 +27,8 @@ void FlashAttention::eval_gpu(
   //   or bool. Day 4: the fast kernel also needs E % 8 == 0.
   // TODO(Task 1): allocate the output (out.set_data(mx::allocator::malloc(out.nbytes()))).
   // TODO(Task 1): fill an AttentionParams (flash_attention_gpu.h), mask strides included.
-  // TODO(Task 1): get the kernel (gpu::device(stream().device).get_kernel(name,
-  //   kernel_library(stream().device))) and the encoder (gpu::get_command_encoder(stream()));
+  // TODO(Task 1): get the kernel (d.get_kernel(name, metalsim::extension_library(d)) with
+  //   auto& d = gpu::device(stream().device)) and the encoder (gpu::get_command_encoder(stream()));
   //   bind buffers 0..5 as the kernel declares them (a placeholder array where there is no
   //   mask), set_bytes the params at 6, and dispatch (N * H_q, Tr) threadgroups of
   //   kSimpleKernelThreads (or kSimdgroupKernelThreads for the fast kernel).

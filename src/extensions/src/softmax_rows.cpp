@@ -7,8 +7,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "metalsim/mlx_extension.h"
 #include "mlx/backend/cpu/encoder.h"
-#include "src/kernels_gpu.h"
 
 namespace tiny_attn {
 
@@ -17,8 +17,8 @@ mx::array softmax_rows(const mx::array& x, mx::StreamOrDevice s) {
   // TODO(Task 1): validate x (at least 1 dimension, float32: throw std::invalid_argument
   // with a message naming x and what was expected), make it row-contiguous with
   // mx::contiguous, and return the lazy array built around a SoftmaxRows primitive.
-  // Build it on the stream `auto [stream, simulated] = place_op(s);` gives (kernels_gpu.h),
-  // passing `simulated` to SoftmaxRows: Week 3 uses it to run GPU calls without Metal.
+  // Build it on the stream `auto [stream, simulated] = metalsim::place_op(s);` gives, passing
+  // `simulated` to SoftmaxRows: Week 3 uses it to run GPU calls without Metal.
   throw std::runtime_error(
       "softmax_rows is not implemented yet: see book/src/week2-03-first-extension.md, Task 1");
 }

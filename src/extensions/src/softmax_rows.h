@@ -34,7 +34,8 @@ class SoftmaxRows : public mx::UnaryPrimitive {
 
  private:
   // Week 3: a GPU call on a machine without Metal. The primitive sits on a CPU stream and
-  // eval_cpu hands over to eval_gpu, which runs the Metal kernel on metalsim (kernels_gpu.h).
+  // eval_cpu hands over to eval_gpu, which runs the Metal kernel on metalsim
+  // (metalsim::place_op, src/metalsim/include/metalsim/mlx_extension.h).
   bool simulated_;
 };
 

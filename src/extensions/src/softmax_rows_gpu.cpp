@@ -2,7 +2,7 @@
 #include <algorithm>
 #include <stdexcept>
 
-#include "src/kernels_gpu.h"
+#include "metalsim/mlx_extension.h"
 #include "src/softmax_rows.h"
 
 namespace tiny_attn {
@@ -12,8 +12,9 @@ void SoftmaxRows::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out)
   //
   // TODO(Task 1): allocate the output; rows = x.size() / n with n = x.shape(-1) (launch
   //   nothing for an empty array); threads = min(1024, n rounded up to a multiple of 32).
-  // TODO(Task 1): get the kernel "softmax_rows_f32" and the command encoder (see
-  //   flash_attention_gpu.cpp's comments or the chapter), bind x at 0, out at 1, n (an int)
+  // TODO(Task 1): get the kernel "softmax_rows_f32" (d.get_kernel(name,
+  //   metalsim::extension_library(d)) with auto& d = gpu::device(stream().device)) and the
+  //   command encoder (gpu::get_command_encoder(stream())); bind x at 0, out at 1, n (an int)
   //   with set_bytes at 2, and dispatch (rows, 1, 1) threadgroups of (threads, 1, 1).
   throw std::runtime_error(
       "SoftmaxRows::eval_gpu is not implemented yet: see book/src/week3-01-gpu-model.md, Task 1");

@@ -34,7 +34,7 @@ extern char** environ;
 namespace metalsim {
 
 // Bump when the generated code or the runtime's ABI changes (part of the cache key).
-static const char* kGeneratorVersion = "metalsim-gen-3";
+static const char* kGeneratorVersion = "metalsim-gen-4";
 
 // ---------------------------------------------------------------- bindings
 
@@ -328,6 +328,37 @@ std::vector<std::pair<size_t, size_t>> split_commas(const std::string& m, size_t
   return parts;
 }
 
+// s with the characters inside (), [] and {} replaced by spaces (the brackets stay).
+std::string blank_nested(const std::string& s) {
+  std::string r = s;
+  int depth = 0;
+  for (size_t i = 0; i < s.size(); ++i) {
+    char c = s[i];
+    if (c == ')' || c == ']' || c == '}') --depth;
+    if (depth > 0 && c != '\n') r[i] = ' ';
+    if (c == '(' || c == '[' || c == '{') ++depth;
+  }
+  return r;
+}
+
+// The declarators of a declaration whose nested brackets are blanked (see blank_nested): split at
+// the commas outside template arguments (`vec<float, 4> a[N], b[M]` has two).
+std::vector<std::pair<size_t, size_t>> split_declarators(const std::string& top) {
+  std::vector<std::pair<size_t, size_t>> parts;
+  int angle = 0;
+  size_t start = 0;
+  for (size_t i = 0; i < top.size(); ++i) {
+    if (top[i] == '<') ++angle;
+    else if (top[i] == '>' && angle > 0) --angle;
+    else if (top[i] == ',' && angle == 0) {
+      parts.push_back({start, i});
+      start = i + 1;
+    }
+  }
+  parts.push_back({start, top.size()});
+  return parts;
+}
+
 const char* kBuiltins[] = {
     "thread_position_in_grid",        "thread_position_in_threadgroup",
     "threadgroup_position_in_grid",   "thread_index_in_threadgroup",
@@ -595,29 +626,44 @@ std::string rewrite_file(const std::string& src, const std::string& file, std::v
         else if (c == ';' && depth == 0) break;
       }
       std::string decl = m.substr(q + 11, semi - q - 11);
-      if (decl.find('*') != std::string::npos || decl.find('&') != std::string::npos ||
-          decl.find('(') != std::string::npos)
-        continue;  // a pointer/reference to threadgroup memory: nothing to share
-      if (decl.find('=') != std::string::npos)
+      // `top` is decl with the insides of (), [] and {} blanked: a `*` or `=` in an array size
+      // (`threadgroup float t[A * B];`) is not a pointer declarator or an initializer.
+      const std::string top = blank_nested(decl);
+      if (top.find('(') != std::string::npos) continue;  // e.g. a pointer to an array: not storage
+      auto parts = split_declarators(top);
+      size_t n_pointers = 0;
+      for (auto [pa, pb] : parts) {
+        std::string t = top.substr(pa, pb - pa);
+        t = t.substr(0, t.find('='));  // the declarator, not its initializer
+        if (t.find('*') != std::string::npos || t.find('&') != std::string::npos) ++n_pointers;
+      }
+      if (n_pointers == parts.size()) continue;  // pointers/references to threadgroup memory
+      if (n_pointers != 0)
+        err(q, "kernel '" + k.name + "': this statement declares threadgroup arrays and pointers "
+                   "together: declare the pointers in a statement of their own");
+      if (top.find('=') != std::string::npos)
         err(q, "kernel '" + k.name + "': a threadgroup variable cannot have an initializer "
                    "(threadgroup memory starts uninitialized; assign it, then threadgroup_barrier)");
       std::string type;
       std::string repl;
       size_t nl = std::count(src.begin() + q, src.begin() + semi, '\n');
-      auto parts = split_commas(decl, 0, decl.size());
       for (size_t pi = 0; pi < parts.size(); ++pi) {
-        std::string d = collapse_ws(trim(decl.substr(parts[pi].first, parts[pi].second - parts[pi].first)));
-        size_t br = d.find('[');
-        std::string head = trim(br == std::string::npos ? d : d.substr(0, br));
-        std::string dims = br == std::string::npos ? "" : collapse_ws(d.substr(br));
-        size_t ne = head.size();
-        size_t ns = ne;
+        auto [pa, pb] = parts[pi];
+        size_t br = top.find('[', pa);
+        if (br >= pb) br = std::string::npos;
+        std::string head = trim(decl.substr(pa, (br == std::string::npos ? pb : br) - pa));
+        std::string dims = br == std::string::npos ? "" : collapse_ws(trim(decl.substr(br, pb - br)));
+        if (!dims.empty() && dims.back() != ']')
+          err(q, "kernel '" + k.name + "': cannot parse the threadgroup declaration");
+        size_t ns = head.size();
         while (ns > 0 && is_ident_char(head[ns - 1])) --ns;
         std::string name = head.substr(ns);
-        if (pi == 0) type = trim(head.substr(0, ns));
-        else if (!trim(head.substr(0, ns)).empty())
+        std::string before = collapse_ws(trim(head.substr(0, ns)));
+        if (pi == 0) type = before;
+        else if (!before.empty())
           err(q, "kernel '" + k.name + "': cannot parse the threadgroup declaration");
-        if (name.empty() || type.empty()) err(q, "kernel '" + k.name + "': cannot parse the threadgroup declaration");
+        if (name.empty() || type.empty() || std::isdigit((unsigned char)name[0]))
+          err(q, "kernel '" + k.name + "': cannot parse the threadgroup declaration");
         unsigned idx = unsigned(k.tg_decls.size());
         k.tg_decls.push_back({name, type, dims, line_of(src, q)});
         if (dims.empty())
@@ -685,10 +731,10 @@ std::string generate_kernel_glue(const Kernel& k, const std::string& file) {
   }
   o << "}\n";
   o << "static const ::metalsim::rt::TgDecl tg_decls[] = {\n";
-  for (auto& t : k.tg_decls)
-    o << "  {" << c_string(t.name) << ", sizeof(" << t.type << t.dims << "), alignof(" << t.type << t.dims << "), "
+  for (auto& t : k.tg_decls)  // #line: an unknown size constant is reported at the declaration
+    o << "#line " << t.line << " " << c_string(file) << "\n  {" << c_string(t.name) << ", sizeof(" << t.type << t.dims << "), alignof(" << t.type << t.dims << "), "
       << t.line << "},\n";
-  o << "  {nullptr, 0, 0, 0}};\n";
+  o << "#line " << k.line << " " << c_string(file) << "\n  {nullptr, 0, 0, 0}};\n";
   o << "static const ::metalsim::rt::KernelInfo info = {" << c_string(k.name) << ", " << c_string(file) << ", "
     << k.line << ", &thread_fn, &check, tg_decls, " << k.tg_decls.size() << ", " << k.max_threads << "};\n";
   o << "}  // namespace " << ns << "\n";
@@ -837,6 +883,12 @@ std::shared_ptr<Library> Library::build(const std::vector<std::string>& names,
   std::vector<std::string> flags = {"-std=c++17", "-O2", "-fPIC", "-shared", "-pthread",
                                     "-fvisibility=hidden", "-fno-strict-aliasing", "-w",
                                     "-I" + rt, "-I" + include_dir()};
+#if !defined(__APPLE__)
+  // Stack probes: a frame larger than the space left on a fiber's stack touches the guard
+  // under it (and faults, reported as a stack overflow) instead of jumping over it into another
+  // thread's stack. (Apple's compilers probe large frames by default.)
+  flags.push_back("-fstack-clash-protection");
+#endif
   std::vector<std::string> search_dirs;
   for (auto& n : names)
     if (!n.empty() && n[0] == '/') search_dirs.push_back(dirname_of(n));
@@ -922,6 +974,65 @@ std::shared_ptr<Library> Library::build(const std::vector<std::string>& names,
   return it->second;
 }
 
+namespace {
+
+// Metal buffers are always well aligned, and kernels rely on it (a `device const float4*` load
+// is a 16-byte aligned load). Host memory need not be: MLX's CPU allocator returns addresses at
+// 8 mod 16, and a NumPy view can start anywhere. Bound arrays whose memory starts misaligned
+// are run on an aligned copy, written back after the dispatch wherever the kernel changed it.
+// Bindings that overlap (the same array bound twice, an output sharing its input's buffer)
+// share one copy, so they still alias as they do in memory.
+class AlignedCopies {
+ public:
+  static constexpr uintptr_t kAlign = 16;  // the largest vector type (float4, int4)
+
+  explicit AlignedCopies(std::vector<metalsim_binding>& bufs) {
+    std::vector<size_t> order;
+    for (size_t i = 0; i < bufs.size(); ++i)
+      if (bufs[i].data && bufs[i].size > 0 && !bufs[i].is_bytes) order.push_back(i);
+    auto lo = [&](size_t i) { return reinterpret_cast<uintptr_t>(bufs[i].data); };
+    std::sort(order.begin(), order.end(), [&](size_t x, size_t y) { return lo(x) < lo(y); });
+    for (size_t k = 0; k < order.size();) {
+      uintptr_t begin = lo(order[k]), end = begin + bufs[order[k]].size;
+      size_t k2 = k + 1;
+      while (k2 < order.size() && lo(order[k2]) < end) {
+        end = std::max<uintptr_t>(end, lo(order[k2]) + bufs[order[k2]].size);
+        ++k2;
+      }
+      if (begin % kAlign != 0) {
+        Region r;
+        r.host = reinterpret_cast<unsigned char*>(begin);
+        r.size = end - begin;
+        r.storage.reset(new unsigned char[r.size + 64]);
+        uintptr_t p = reinterpret_cast<uintptr_t>(r.storage.get());
+        r.copy = reinterpret_cast<unsigned char*>((p + 63) & ~uintptr_t(63));
+        std::memcpy(r.copy, r.host, r.size);
+        for (size_t j = k; j < k2; ++j) bufs[order[j]].data = r.copy + (lo(order[j]) - begin);
+        regions_.push_back(std::move(r));
+      }
+      k = k2;
+    }
+  }
+  // Writes what the kernel changed back to the caller's memory (compare first: an input may
+  // live in memory that must not be written, and unchanged bytes need no write).
+  void copy_back() {
+    for (auto& r : regions_)
+      if (std::memcmp(r.host, r.copy, r.size) != 0) std::memcpy(r.host, r.copy, r.size);
+    regions_.clear();
+  }
+
+ private:
+  struct Region {
+    unsigned char* host = nullptr;
+    unsigned char* copy = nullptr;
+    size_t size = 0;
+    std::unique_ptr<unsigned char[]> storage;
+  };
+  std::vector<Region> regions_;
+};
+
+}  // namespace
+
 void Library::dispatch(const std::string& kernel, Size3 grid, Size3 group, const Bindings& bindings,
                        bool grid_is_threads, int workers) const {
   std::vector<metalsim_binding> bufs;
@@ -931,6 +1042,7 @@ void Library::dispatch(const std::string& kernel, Size3 grid, Size3 group, const
     // A zero-length array still counts as bound.
     if (!bufs[size_t(idx)].data) bufs[size_t(idx)].data = const_cast<char*>("");
   }
+  AlignedCopies aligned(bufs);
   std::vector<uint64_t> tg;
   for (auto& [idx, len] : bindings.threadgroup_lengths()) {
     if (size_t(idx) >= tg.size()) tg.resize(size_t(idx) + 1, 0);
@@ -953,6 +1065,7 @@ void Library::dispatch(const std::string& kernel, Size3 grid, Size3 group, const
   a.n_workers = workers;
   std::vector<char> err(8192, 0);
   int rc = reinterpret_cast<metalsim_dispatch_fn>(dispatch_fn_)(&a, err.data(), err.size());
+  aligned.copy_back();
   std::string msg = err.data();
   switch (rc) {
     case METALSIM_OK: return;

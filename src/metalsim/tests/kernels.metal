@@ -215,3 +215,78 @@ kernel void scale4(device const float4* x [[buffer(0)]],
     if (i >= p.n) return;
     out[i] = x[i] * p.scale + float4(0.0f, 1.0f, 2.0f, 3.0f);
 }
+
+// Threadgroup arrays whose sizes are expressions with `*`, several per statement, 2-D, and a
+// pointer into one: all shared by the group. Each thread writes its slots, then reads another
+// thread's. out is (5, n).
+constant constexpr uint A = 4;
+constant constexpr uint B = 16;
+kernel void tg_sizes(device float* out [[buffer(0)]],
+                     uint tid [[thread_index_in_threadgroup]],
+                     uint n [[threads_per_threadgroup]]) {
+    threadgroup float t[A * B];
+    threadgroup float x[2 * 32];
+    threadgroup float m[2 * 4][A * 2];
+    threadgroup float p[B * 4], q[(A + 4) * 8];
+    threadgroup float *tail = &q[2 * 16];
+    t[tid] = float(tid);
+    x[tid] = float(2 * tid);
+    m[tid / 8][tid % 8] = float(3 * tid);
+    p[tid] = float(4 * tid);
+    q[tid] = float(5 * tid);
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    uint j = n - 1 - tid;
+    out[0 * n + tid] = t[j];
+    out[1 * n + tid] = x[j];
+    out[2 * n + tid] = m[j / 8][j % 8];
+    out[3 * n + tid] = p[j];
+    out[4 * n + tid] = tail[j % 32];
+}
+
+// Lanes 0-15 and 16-31 wait at different simdgroup_barrier calls: a deadlock.
+kernel void split_simd_barrier(device float* out [[buffer(0)]],
+                               uint lane [[thread_index_in_simdgroup]]) {
+    if (lane < 16) {
+        simdgroup_barrier(mem_flags::mem_threadgroup);
+    } else {
+        simdgroup_barrier(mem_flags::mem_threadgroup);
+    }
+    out[lane] = 1.0f;
+}
+
+// Lanes 0-7 of SIMD group 1 wait at a simdgroup_barrier, the other threads at a
+// threadgroup_barrier: a deadlock.
+kernel void simd_barrier_vs_threadgroup_barrier(device float* out [[buffer(0)]],
+                                                uint tid [[thread_index_in_threadgroup]]) {
+    if (tid >= 32 && tid < 40) {
+        simdgroup_barrier(mem_flags::mem_threadgroup);
+    } else {
+        threadgroup_barrier(mem_flags::mem_threadgroup);
+    }
+    out[tid] = 1.0f;
+}
+
+// Lanes that returned do not hold a simdgroup_barrier up; the others exchange values through
+// threadgroup memory across it (each SIMD group its own part), twice.
+kernel void simd_barrier_exchange(device float* out [[buffer(0)]],
+                                  uint tid [[thread_index_in_threadgroup]],
+                                  uint lane [[thread_index_in_simdgroup]],
+                                  uint sg [[simdgroup_index_in_threadgroup]]) {
+    threadgroup float s[64];
+    if (lane >= 24) return;
+    for (int round = 0; round < 2; ++round) {
+        s[sg * 32 + lane] = float(round * 1000 + tid);
+        simdgroup_barrier(mem_flags::mem_threadgroup);
+        out[round * 64 + tid] = s[sg * 32 + 23 - lane];
+        simdgroup_barrier(mem_flags::mem_threadgroup);
+    }
+}
+
+// Thread-private memory far larger than a simulated thread's stack (400 KB).
+kernel void big_private_array(device const uint* idx [[buffer(0)]],
+                              device float* out [[buffer(1)]],
+                              uint tid [[thread_position_in_grid]]) {
+    float big[100000];
+    for (uint i = 0; i < 100000; i += 1000) big[(i + idx[tid]) % 100000] = float(i);
+    out[tid] = big[idx[tid] % 100000];
+}

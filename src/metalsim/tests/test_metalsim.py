@@ -5,6 +5,7 @@ Run: pdm run pytest src/metalsim/tests -q
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,36 @@ def test_threadgroup_arrays_are_shared_2d_and_scalar(lib: metalsim.Library) -> N
     np.testing.assert_array_equal(out, np.full(64, expected, np.float32))
 
 
+def test_threadgroup_arrays_with_size_expressions_are_shared(lib: metalsim.Library) -> None:
+    n = 64
+    out = np.full((5, n), np.nan, np.float32)
+    lib.dispatch("tg_sizes", grid=1, threadgroup=n, buffers={0: out})
+    j = np.arange(n)[::-1].astype(np.float32)
+    np.testing.assert_array_equal(out[:4], np.stack([j, 2 * j, 3 * j, 4 * j]))
+    np.testing.assert_array_equal(out[4], 5 * (32 + np.arange(n)[::-1] % 32))
+
+
+@pytest.mark.parametrize(
+    ("decl", "match"),
+    [
+        ("threadgroup float a[2 * 8], *p;", "arrays and pointers together"),
+        ("threadgroup float a[2 * 8] = {0};", "cannot have an initializer"),
+        ("threadgroup float s = 2.0f * 3.0f;", "cannot have an initializer"),
+    ],
+)
+def test_bad_threadgroup_declarations_are_compile_errors(decl: str, match: str) -> None:
+    src = (
+        "#include <metal_stdlib>\nusing namespace metal;\n"
+        "kernel void k(device float* out [[buffer(0)]], uint i [[thread_position_in_grid]]) {\n"
+        f"    {decl}\n"
+        "    out[i] = 1.0f;\n}\n"
+    )
+    with pytest.raises(
+        metalsim.CompileError, match=rf"tgdecl\.metal:4: error: kernel 'k'.*{match}"
+    ):
+        metalsim.Library.from_source(src, "tgdecl.metal")
+
+
 def test_threads_that_returned_do_not_block_a_barrier(lib: metalsim.Library) -> None:
     out = np.full(64, -1.0, np.float32)
     lib.dispatch("early_return_barrier", grid=1, threadgroup=64, buffers={0: out})
@@ -150,6 +181,57 @@ def test_deadlock_is_reported_with_sites_and_threads(lib: metalsim.Library) -> N
     assert f"kernels.metal:{first}" in msg and f"kernels.metal:{first + 2}" in msg
     assert "40 thread(s)" in msg and "24 thread(s)" in msg
     assert "simdgroup 0, lane 0" in msg and "simdgroup 1, lane 8" in msg
+
+
+def _metal_line(text: str, after: str) -> int:
+    """The line number (1-based) of the first line of kernels.metal containing `text` after the
+    line containing `after`."""
+    src = (HERE / "kernels.metal").read_text().splitlines()
+    start = next(i for i, s in enumerate(src) if after in s)
+    return next(i for i in range(start, len(src)) if text in src[i]) + 1
+
+
+def test_simdgroup_barrier_at_two_sites_is_a_deadlock(lib: metalsim.Library) -> None:
+    out = np.zeros(64, np.float32)
+    with pytest.raises(metalsim.DeadlockError) as e:
+        lib.dispatch("split_simd_barrier", grid=1, threadgroup=64, buffers={0: out})
+    msg = str(e.value)
+    first = _metal_line("simdgroup_barrier", "kernel void split_simd_barrier")
+    assert "split_simd_barrier" in msg and "SIMD group 0" in msg
+    at = r"lane\(s\) wait at the simdgroup_barrier at [^\n]*kernels\.metal"
+    assert re.search(rf"16 {at}:{first}, e\.g\. thread 0 .*simdgroup 0, lane 0\)", msg)
+    assert re.search(rf"16 {at}:{first + 2}, e\.g\. thread 16 .*simdgroup 0, lane 16\)", msg)
+    assert not out.any()
+
+
+def test_simdgroup_barrier_against_threadgroup_barrier_is_a_deadlock(
+    lib: metalsim.Library,
+) -> None:
+    out = np.zeros(64, np.float32)
+    with pytest.raises(metalsim.DeadlockError) as e:
+        lib.dispatch(
+            "simd_barrier_vs_threadgroup_barrier", grid=1, threadgroup=64, buffers={0: out}
+        )
+    msg = str(e.value)
+    line = _metal_line("simdgroup_barrier", "kernel void simd_barrier_vs_threadgroup_barrier")
+    assert "SIMD group 1" in msg
+    sb = r"lane\(s\) wait at the simdgroup_barrier at [^\n]*kernels\.metal"
+    tb = r"lane\(s\) wait at the threadgroup_barrier at [^\n]*kernels\.metal"
+    assert re.search(rf"8 {sb}:{line}, e\.g\. thread 32 ", msg)
+    assert re.search(rf"24 {tb}:{line + 2}, e\.g\. thread 40 ", msg)
+
+
+def test_simdgroup_barrier_ignores_returned_lanes(lib: metalsim.Library) -> None:
+    out = np.full(128, -1.0, np.float32)
+    lib.dispatch("simd_barrier_exchange", grid=1, threadgroup=64, buffers={0: out})
+    tid = np.arange(64)
+    lane, sg = tid % 32, tid // 32
+    live = lane < 24
+    partner = sg * 32 + 23 - lane
+    for r in range(2):
+        got = out[r * 64 : (r + 1) * 64]
+        np.testing.assert_array_equal(got[live], (r * 1000 + partner[live]).astype(np.float32))
+        np.testing.assert_array_equal(got[~live], -1.0)
 
 
 def test_threadgroup_memory_starts_poisoned_in_every_group(lib: metalsim.Library) -> None:
@@ -199,6 +281,46 @@ def test_threadgroup_memory_limit_counts_arrays_and_buffers(lib: metalsim.Librar
             buffers={0: out, 1: out, 2: np.zeros(32, np.int32)},
             threadgroup_memory={0: 100},
         )
+
+
+def test_private_memory_beyond_the_stack_is_a_clear_error(lib: metalsim.Library) -> None:
+    idx = np.arange(64, dtype=np.uint32)
+    out = np.zeros(64, np.float32)
+    for workers in (1, 2):
+        with pytest.raises(
+            metalsim.LimitError,
+            match=r"big_private_array.*stack overflow.*thread \d+ .*exceeds the 256 KiB stack.*"
+            r"METALSIM_STACK_KB",
+        ):
+            lib.dispatch(
+                "big_private_array",
+                grid=2,
+                threadgroup=32,
+                buffers={0: idx, 1: out},
+                workers=workers,
+            )
+    # The workers (and their stacks) are reused afterwards.
+    x = np.arange(3 * 1024, dtype=np.float32)
+    y = np.zeros_like(x)
+    lib.dispatch("reverse_in_group", grid=3, threadgroup=1024, buffers={0: x, 1: y}, workers=2)
+    np.testing.assert_array_equal(y, x.reshape(3, 1024)[:, ::-1].ravel())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"grid": (4, 0, 1), "threadgroup": 32}, r"grid \(threadgroups per grid\) \(4, 0, 1\)"),
+        ({"threads": 0, "threadgroup": 32}, r"grid \(threads per grid\) \(0, 1, 1\)"),
+        ({"grid": 1, "threadgroup": (32, 0)}, r"threadgroup size .* \(32, 0, 1\)"),
+    ],
+)
+def test_zero_sized_dispatch_is_an_error(
+    lib: metalsim.Library, kwargs: dict[str, object], match: str
+) -> None:
+    out = np.zeros(4 * 128, np.uint32)
+    run = lib.dispatch_threads if "threads" in kwargs else lib.dispatch
+    with pytest.raises(metalsim.DispatchError, match=rf"'positions'.*{match}.*zero dimension"):
+        run("positions", buffers={0: out}, **kwargs)  # type: ignore[operator]
 
 
 # ---------------------------------------------------------------- simdgroup_matrix
@@ -297,6 +419,87 @@ def test_struct_constant_and_float4(lib: metalsim.Library) -> None:
     expected = x * 2 + np.tile([0, 1, 2, 3], 10)
     expected[36:] = 0  # i = 9 >= n returns
     np.testing.assert_array_equal(out, expected)
+
+
+def _view_at_8_mod_16(n: int, dtype: type = np.float32) -> np.ndarray:
+    """A C-contiguous view of n elements whose data starts at an address 8 mod 16."""
+    buf = np.zeros(n + 8, dtype)
+    skip = ((8 - buf.ctypes.data % 16) % 16) // buf.itemsize
+    v = buf[skip : skip + n]
+    assert v.ctypes.data % 16 == 8
+    return v
+
+
+def _scale4_expected(x: np.ndarray, n: int, scale: float) -> np.ndarray:
+    expected = x * scale + np.tile(np.arange(4, dtype=np.float32), x.size // 4)
+    expected[4 * n :] = 0
+    return expected
+
+
+def test_float4_buffers_at_misaligned_numpy_and_mlx_addresses(lib: metalsim.Library) -> None:
+    import mlx.core as mx
+
+    params = np.array([(9, 2.0)], dtype=[("n", np.uint32), ("scale", np.float32)]).tobytes()
+    # A misaligned NumPy input and output: the output is written back.
+    x = _view_at_8_mod_16(40)
+    x[:] = np.arange(40)
+    out = _view_at_8_mod_16(40)
+    lib.dispatch_threads("scale4", threads=10, threadgroup=10, buffers={0: x, 1: out, 2: params})
+    np.testing.assert_array_equal(out, _scale4_expected(np.arange(40, dtype=np.float32), 9, 2.0))
+    # The memory of an MLX array (MLX's CPU allocator returns addresses at 8 mod 16).
+    a = mx.arange(40, dtype=mx.float32) * 3
+    mx.eval(a)
+    xa = np.asarray(a)
+    assert np.shares_memory(xa, np.asarray(a)) and xa.ctypes.data % 16 != 0
+    out2 = np.zeros(40, np.float32)
+    lib.dispatch_threads("scale4", threads=10, threadgroup=10, buffers={0: xa, 1: out2, 2: params})
+    np.testing.assert_array_equal(out2, _scale4_expected(3 * np.arange(40, dtype=np.float32), 9, 2))
+    np.testing.assert_array_equal(np.asarray(a), 3 * np.arange(40, dtype=np.float32))
+    # In place: one misaligned array bound as input and output stays one buffer.
+    y = _view_at_8_mod_16(40)
+    y[:] = np.arange(40)
+    lib.dispatch_threads("scale4", threads=10, threadgroup=10, buffers={0: y, 1: y, 2: params})
+    expected = _scale4_expected(np.arange(40, dtype=np.float32), 9, 2.0)
+    expected[36:] = np.arange(36, 40)  # the threads past n leave them alone
+    np.testing.assert_array_equal(y, expected)
+
+
+def test_float4_buffer_at_a_misaligned_offset_into_another_binding(lib: metalsim.Library) -> None:
+    # Two views of one buffer, 4 bytes apart: no copy can align both, as in Metal (an offset
+    # into a buffer must suit the element type): a clear error, not a crash.
+    buf = np.zeros(48, np.float32)
+    params = np.array([(9, 2.0)], dtype=[("n", np.uint32), ("scale", np.float32)]).tobytes()
+    with pytest.raises(metalsim.BindingError, match=r"buffer\(1\)\]\] 'out'.*multiple of 16 bytes"):
+        lib.dispatch_threads(
+            "scale4",
+            threads=10,
+            threadgroup=10,
+            buffers={0: buf[:40], 1: buf[1:41], 2: params},
+        )
+
+
+def test_each_fiber_keeps_its_floating_point_control_state() -> None:
+    # Not Metal: C++ that only the simulator compiles. Lane 0 switches its rounding mode, then
+    # every lane switches fibers at a simdgroup_barrier: only lane 0 may see the new mode.
+    lib = metalsim.Library.from_source(
+        """
+        #include <metal_stdlib>
+        #include <cfenv>
+        using namespace metal;
+        kernel void fp_env(device int* out [[buffer(0)]],
+                           uint lane [[thread_index_in_simdgroup]]) {
+            if (lane == 0) std::fesetround(FE_UPWARD);
+            simdgroup_barrier(mem_flags::mem_none);
+            out[lane] = std::fegetround() == FE_UPWARD ? 1 : 0;
+            simdgroup_barrier(mem_flags::mem_none);
+            if (lane == 0) std::fesetround(FE_TONEAREST);
+        }
+        """,
+        "fp_env.metal",
+    )
+    out = np.full(32, -1, np.int32)
+    lib.dispatch("fp_env", grid=1, threadgroup=32, buffers={0: out}, workers=1)
+    np.testing.assert_array_equal(out, (np.arange(32) == 0).astype(np.int32))
 
 
 def test_printf_reaches_stdout(lib: metalsim.Library, capfd: pytest.CaptureFixture[str]) -> None:

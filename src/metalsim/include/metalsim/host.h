@@ -73,17 +73,19 @@ class BindingError : public Error {
  public:
   using Error::Error;
 };
-// A hardware limit: > 1024 threads per threadgroup, > 32 KiB threadgroup memory.
+// A hardware limit: > 1024 threads per threadgroup, > 32 KiB threadgroup memory, a thread whose
+// private memory overflows its stack (METALSIM_STACK_KB).
 class LimitError : public Error {
  public:
   using Error::Error;
 };
-// A barrier that the live threads of a threadgroup cannot all reach.
+// A threadgroup_barrier (simdgroup_barrier) that the live threads of a threadgroup (SIMD group)
+// cannot all reach.
 class DeadlockError : public Error {
  public:
   using Error::Error;
 };
-// Anything else about a dispatch (zero-sized threadgroup, exception in a kernel, ...).
+// Anything else about a dispatch (a 0 in the grid or threadgroup size, exception in a kernel, ...).
 class DispatchError : public Error {
  public:
   using Error::Error;
@@ -103,7 +105,8 @@ class Bindings {
     bool is_bytes = false;
     std::shared_ptr<std::vector<unsigned char>> copy;  // owned bytes for set_bytes
   };
-  // A buffer the kernel reads/writes in place.
+  // A buffer the kernel reads/writes in place (memory that does not start 16-byte aligned, as
+  // every Metal buffer does, is run on an aligned copy and written back after the dispatch).
   void buffer(int index, void* data, uint64_t size, Dtype dtype);
   // A small constant: the bytes are copied now (like setBytes).
   void bytes(int index, const void* data, uint64_t size, Dtype dtype);

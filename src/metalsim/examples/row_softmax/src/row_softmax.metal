@@ -33,7 +33,17 @@ kernel void row_softmax_f32(device const float* x [[buffer(0)]],
     uint n_simd = (n_threads + 31) / 32;
 
     float m = -INFINITY;
-    for (int j = tid; j < n_cols; j += n_threads) m = max(m, xr[j]);
+    if (n_cols % 4 == 0) {
+        // Rows of whole float4s: 16-byte loads (a Metal buffer is 16-byte aligned, and so is
+        // every row when n_cols is a multiple of 4).
+        device const float4* xr4 = reinterpret_cast<device const float4*>(xr);
+        for (int j = tid; j < n_cols / 4; j += n_threads) {
+            float4 v = xr4[j];
+            m = max(m, max(max(v.x, v.y), max(v.z, v.w)));
+        }
+    } else {
+        for (int j = tid; j < n_cols; j += n_threads) m = max(m, xr[j]);
+    }
     m = threadgroup_reduce<true>(m, partial, simd_gid, simd_lid, n_simd);
 
     float l = 0.0f;

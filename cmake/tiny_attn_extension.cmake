@@ -1,0 +1,82 @@
+# How the course builds an MLX C++ extension. Shared by the student's tree (src/extensions,
+# package tiny_attn_ext) and the reference (refsol/extensions_ref, package tiny_attn_ext_ref):
+# each CMakeLists.txt includes this file and calls
+#
+#   tiny_attn_add_extension(<package>)
+#
+# which builds, from the calling folder,
+#   - the Python module <package>/_core.<python-suffix> (nanobind, in MLX's nanobind domain)
+#     from bindings.cpp and every src/*.cpp: adding a .cpp file needs no edit anywhere;
+#   - the kernels of every src/*.metal file, for the GPU backend at hand:
+#       Mac whose MLX has Metal  ->  <package>/<package>.metallib (MLX's mlx_build_metallib),
+#       anywhere else            ->  <package>/<package>.metalsim, the list of .metal sources
+#                                    that metalsim (src/metalsim) compiles on first use.
+# eval_gpu finds them with metalsim::extension_library (src/metalsim/include/metalsim/
+# mlx_extension.h). tools/build_ext.py (`pdm run build-ext`, `pdm run build-ext-ref`) runs it.
+
+get_filename_component(TINY_ATTN_ROOT "${CMAKE_CURRENT_LIST_DIR}/.." ABSOLUTE)
+set(TINY_ATTN_METALSIM_DIR "${TINY_ATTN_ROOT}/src/metalsim")
+
+# Python, nanobind and MLX all come from the course's virtual environment.
+find_package(Python 3.10 COMPONENTS Interpreter Development.Module REQUIRED)
+execute_process(
+  COMMAND "${Python_EXECUTABLE}" -m nanobind --cmake_dir
+  OUTPUT_STRIP_TRAILING_WHITESPACE
+  OUTPUT_VARIABLE nanobind_ROOT)
+find_package(nanobind CONFIG REQUIRED)
+execute_process(
+  COMMAND "${Python_EXECUTABLE}" -m mlx --cmake-dir
+  OUTPUT_STRIP_TRAILING_WHITESPACE
+  OUTPUT_VARIABLE MLX_ROOT)
+find_package(MLX CONFIG REQUIRED)
+
+if(NOT CMAKE_BUILD_TYPE)
+  set(CMAKE_BUILD_TYPE Release)
+endif()
+
+function(tiny_attn_add_extension package)
+  set(dir "${CMAKE_CURRENT_SOURCE_DIR}")
+  set(out "${dir}/${package}")
+
+  file(GLOB sources CONFIGURE_DEPENDS "${dir}/src/*.cpp")
+  nanobind_add_module(_core NB_STATIC NOMINSIZE NB_DOMAIN mlx "${dir}/bindings.cpp" ${sources})
+  target_include_directories(_core PRIVATE "${dir}" "${TINY_ATTN_METALSIM_DIR}/include")
+  target_link_libraries(_core PRIVATE mlx)
+  # The course's code is C++17; MLX's CMake target asks for C++20 (its headers use it), so the
+  # module compiles as C++20, as MLX's own extension example does.
+  set_target_properties(_core PROPERTIES LIBRARY_OUTPUT_DIRECTORY "${out}")
+  # -Wno-psabi: GCC's note that passing 8-float vectors (src/simd.h) depends on -mavx.
+  target_compile_options(_core PRIVATE -Wall -Wextra -Wno-unused-parameter
+                                       $<$<CXX_COMPILER_ID:GNU>:-Wno-psabi>)
+  # libmlx is found at run time through the build RPATH CMake records for the imported mlx
+  # target (its folder in the virtual environment); nothing else is loaded from next to _core.
+
+  file(GLOB metal_sources CONFIGURE_DEPENDS "${dir}/src/*.metal")
+  if(APPLE AND MLX_BUILD_METAL)
+    # gpu:: is mlx::core::metal (metalsim/gpu_backend.h); metal-cpp comes with the mlx target.
+    if(metal_sources)
+      mlx_build_metallib(
+        TARGET ${package}_metallib
+        TITLE ${package}
+        SOURCES ${metal_sources}
+        INCLUDE_DIRS "${dir}" ${MLX_INCLUDE_DIRS}
+        OUTPUT_DIRECTORY "${out}")
+      add_dependencies(_core ${package}_metallib)
+    endif()
+  else()
+    # No Metal: the same .metal kernels and the same eval_gpu code run on the simulator.
+    if(NOT TARGET metalsim::host)
+      add_subdirectory("${TINY_ATTN_METALSIM_DIR}" metalsim)
+    endif()
+    target_link_libraries(_core PRIVATE metalsim::host)
+    target_compile_definitions(_core PRIVATE METALSIM_FORCE=1)
+    if(metal_sources)
+      metalsim_build_library(
+        TARGET ${package}_metalsim
+        TITLE ${package}
+        SOURCES ${metal_sources}
+        OUTPUT_DIRECTORY "${out}")
+      add_dependencies(_core ${package}_metalsim)
+    endif()
+  endif()
+endfunction()
