@@ -728,7 +728,7 @@ inline void check_buffer(const Dispatch& d, Errors& e, unsigned idx, const char*
     return;
   }
   if constexpr (!std::is_void_v<E>) {
-    if (reinterpret_cast<uintptr_t>(b.data) % alignof(E) != 0) {
+    if (b.size > 0 && reinterpret_cast<uintptr_t>(b.data) % alignof(E) != 0) {
       e.fail(METALSIM_ERR_BINDING,
              format("kernel '%s': [[buffer(%u)]] '%s' (%s) is bound at an address that is not a "
                     "multiple of %zu bytes, the alignment of its element type (an offset into a "
