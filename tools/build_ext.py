@@ -11,6 +11,7 @@ changed since the last successful build (a hash of the sources' names, sizes and
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -118,7 +119,20 @@ def _run(cmd: list[str], what: str, cwd: Path) -> None:
 
 
 def build(which: str, *, verbose: bool = True) -> Path:
-    """Configure (first time) and build the extension; return the compiled module's path."""
+    """Configure (first time) and build the extension; return the compiled module's path.
+
+    Two processes building the same extension at once (two terminals, a test run beside
+    `pdm run build-ext`) would corrupt ninja's state, so a build holds a lock file: the second
+    one waits, then finds nothing left to do.
+    """
+    _, _, build_dir, _ = _paths(which)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with open(build_dir / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_locked(which, verbose=verbose)
+
+
+def _build_locked(which: str, *, verbose: bool) -> Path:
     source, package, build_dir, stamp = _paths(which)
     if not (source / "CMakeLists.txt").exists():
         raise BuildError(f"{source / 'CMakeLists.txt'} is missing")
