@@ -1,6 +1,7 @@
 """The graded tests' view of the code under test: here, your code in src/tiny_attn."""
 
-import tiny_attn as ta  # noqa: F401
 from tiny_attn_testing import *  # noqa: F403
+
+import tiny_attn as ta  # noqa: F401
 
 EXTENSION = "tiny_attn_ext"
