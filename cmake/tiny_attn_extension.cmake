@@ -11,6 +11,7 @@
 #       Mac whose MLX has Metal  ->  <package>/<package>.metallib (MLX's mlx_build_metallib),
 #       anywhere else            ->  <package>/<package>.metalsim, the list of .metal sources
 #                                    that metalsim (src/metalsim) compiles on first use.
+#     (-DMETALSIM_FORCE=ON takes the second branch on a Mac as well.)
 # eval_gpu finds them with metalsim::extension_library (src/metalsim/include/metalsim/
 # mlx_extension.h). tools/build_ext.py (`pdm run build-ext`, `pdm run build-ext-ref`) runs it.
 
@@ -52,8 +53,11 @@ function(tiny_attn_add_extension package)
   # target (its folder in the virtual environment); nothing else is loaded from next to _core.
 
   file(GLOB metal_sources CONFIGURE_DEPENDS "${dir}/src/*.metal")
-  if(APPLE AND MLX_BUILD_METAL)
+  if(APPLE AND MLX_BUILD_METAL AND NOT METALSIM_FORCE)
     # gpu:: is mlx::core::metal (metalsim/gpu_backend.h); metal-cpp comes with the mlx target.
+    # METALSIM_USE_METAL makes the header stop with an #error if <Metal/Metal.hpp> is missing,
+    # instead of falling back to the simulator that this branch does not link.
+    target_compile_definitions(_core PRIVATE METALSIM_USE_METAL=1)
     if(metal_sources)
       mlx_build_metallib(
         TARGET ${package}_metallib
@@ -64,7 +68,8 @@ function(tiny_attn_add_extension package)
       add_dependencies(_core ${package}_metallib)
     endif()
   else()
-    # No Metal: the same .metal kernels and the same eval_gpu code run on the simulator.
+    # No Metal (or -DMETALSIM_FORCE=ON): the same .metal kernels and the same eval_gpu code run
+    # on the simulator.
     if(NOT TARGET metalsim::host)
       add_subdirectory("${TINY_ATTN_METALSIM_DIR}" metalsim)
     endif()

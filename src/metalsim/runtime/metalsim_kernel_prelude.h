@@ -2,6 +2,8 @@
 // It brings in the simulated Metal standard library, then turns the MSL keywords that C++
 // lacks into nothing: address spaces are a property the simulator does not need (all memory
 // is host memory), and `kernel` only marks an entry point, which the generator found already.
+// `constant` is read-only: the generator has already written `const` for it everywhere but in
+// kernel parameters and next to an explicit `const`/`constexpr`; the macro removes the rest.
 #pragma once
 
 #include <cstdio>

@@ -34,7 +34,7 @@ extern char** environ;
 namespace metalsim {
 
 // Bump when the generated code or the runtime's ABI changes (part of the cache key).
-static const char* kGeneratorVersion = "metalsim-gen-4";
+static const char* kGeneratorVersion = "metalsim-gen-5";
 
 // ---------------------------------------------------------------- bindings
 
@@ -464,6 +464,51 @@ void rewrite_half_literals(const std::string& m, std::string& out_text) {
   out_text = r;
 }
 
+// Replaces each `constant` of the masked text m by `const` (padded to the same length) in out,
+// except inside [[...]], inside the spans `skip`, and where the neighbouring declaration
+// specifiers already contain `const` or `constexpr` (`const constant int& n`,
+// `constant constexpr uint A = 4;`): C++ rejects a second `const`.
+void rewrite_constant_qualifiers(const std::string& m, const std::vector<std::pair<size_t, size_t>>& skip,
+                                 std::string& out) {
+  const std::string kw = "constant";
+  std::vector<Attr> attrs = find_attributes(m);
+  auto word_before = [&](size_t end, size_t& begin) {  // the identifier ending at end, if any
+    begin = end;
+    while (begin > 0 && is_ident_char(m[begin - 1])) --begin;
+    return m.substr(begin, end - begin);
+  };
+  for (size_t i = m.find(kw); i != std::string::npos; i = m.find(kw, i + kw.size())) {
+    if ((i > 0 && is_ident_char(m[i - 1])) || (i + kw.size() < m.size() && is_ident_char(m[i + kw.size()])))
+      continue;
+    bool skipped = false;
+    for (auto& a : attrs)
+      if (i >= a.begin && i < a.end) skipped = true;
+    for (auto& [a, b] : skip)
+      if (i >= a && i < b) skipped = true;
+    if (skipped) continue;
+    bool has_const = false;
+    // Specifiers before it: identifiers separated by spaces, back to the previous punctuation.
+    for (size_t e = i; e > 0;) {
+      while (e > 0 && std::isspace((unsigned char)m[e - 1])) --e;
+      size_t b;
+      std::string w = word_before(e, b);
+      if (w.empty()) break;
+      if (w == "const" || w == "constexpr") has_const = true;
+      e = b;
+    }
+    // Specifiers after it, up to the declarator (`*`, `&`, a name followed by `=`, ...).
+    for (size_t q = i + kw.size(); q < m.size();) {
+      q = skip_ws(m, q);
+      size_t b = q;
+      while (q < m.size() && is_ident_char(m[q])) ++q;
+      if (q == b) break;
+      std::string w = m.substr(b, q - b);
+      if (w == "const" || w == "constexpr") has_const = true;
+    }
+    if (!has_const) out.replace(i, kw.size(), "const   ");
+  }
+}
+
 // Rewrites one .metal file and collects its kernels. Line numbers of the output equal the input's.
 std::string rewrite_file(const std::string& src, const std::string& file, std::vector<Kernel>& kernels) {
   const std::string m = mask_source(src);
@@ -479,6 +524,7 @@ std::string rewrite_file(const std::string& src, const std::string& file, std::v
   };
   std::vector<Edit> edits;
   std::vector<std::pair<size_t, size_t>> kernel_spans;  // body spans
+  std::vector<std::pair<size_t, size_t>> param_spans;   // kernel parameter lists
 
   auto next_kernel = [&](size_t from, size_t& kw_begin, size_t& after) -> bool {
     // `kernel` keyword or [[kernel]] / [[kernel, ...]] attribute.
@@ -527,6 +573,7 @@ std::string rewrite_file(const std::string& src, const std::string& file, std::v
     if (k.name.empty() || i >= m.size() || m[i] != '(') err(nb, "cannot parse the kernel declaration");
     size_t close = match_bracket(m, i);
     if (close == std::string::npos) err(i, "unbalanced parentheses in the kernel's parameter list");
+    param_spans.push_back({i + 1, close});
     // Parameters.
     std::set<unsigned> seen_buffers, seen_tg;
     for (auto [a, b] : split_commas(m, i + 1, close)) {
@@ -681,7 +728,12 @@ std::string rewrite_file(const std::string& src, const std::string& file, std::v
     pos = body_end + 1;
   }
 
-  // 2. Metal attributes disappear (C++ would reject [[threadgroup(0)]] once `threadgroup` is a
+  // 2. The `constant` address space is read-only: outside the kernels' parameter lists (whose
+  // buffers are bound as they are), `constant` becomes `const`, so a program-scope
+  // `constant uint N = 4;` is a constant that can size an array, as it is in Metal. Where the
+  // declaration already says `const` or `constexpr`, the prelude's macro removes the word.
+  rewrite_constant_qualifiers(m, param_spans, out);
+  // 3. Metal attributes disappear (C++ would reject [[threadgroup(0)]] once `threadgroup` is a
   // macro); standard C++ attributes stay. Blank with spaces: offsets and lines do not move.
   for (auto& a : attrs) {
     if (is_std_attribute(a.text)) continue;
@@ -692,10 +744,10 @@ std::string rewrite_file(const std::string& src, const std::string& file, std::v
       for (size_t k2 = a.begin; k2 < a.end; ++k2)
         if (out[k2] != '\n') out[k2] = ' ';
   }
-  // 3. Apply the threadgroup edits from the back.
+  // 4. Apply the threadgroup edits from the back.
   std::sort(edits.begin(), edits.end(), [](const Edit& x, const Edit& y) { return x.begin > y.begin; });
   for (auto& e : edits) out.replace(e.begin, e.end - e.begin, e.text);
-  // 4. Half literals (1.0h).
+  // 5. Half literals (1.0h).
   rewrite_half_literals(mask_source(out), out);
   (void)file;
   return out;

@@ -537,6 +537,84 @@ def test_missing_and_mistyped_bindings(lib: metalsim.Library) -> None:
         lib.dispatch("reverse_in_group", grid=1, threadgroup=(0, 1, 1), buffers={0: x, 1: x})
 
 
+PROGRAM_SCOPE_CONSTANTS = """#include <metal_stdlib>
+using namespace metal;
+
+struct Params {
+    uint n;
+    float scale;
+};
+constant uint N = 4;
+constant int M = 2;
+constant float F = 1.5f;
+constant Params P = {3, 0.5f};
+constant float TABLE[N] = {1.0f, 2.0f, 4.0f, 8.0f};
+constant uint NM = N * M;  // built from other constants
+constant constexpr uint C = 2;
+static_assert(NM == 8, "a program-scope constant is a constant expression");
+
+inline float weighted(constant float* t, uint n, float w) {  // a pointer into the constants
+    float s = 0.0f;
+    for (uint k = 0; k < n; ++k) s += w * t[k];
+    return s;
+}
+
+kernel void use_constants(device float* out [[buffer(0)]],
+                          const constant int& bias [[buffer(1)]],
+                          constant Params& p [[buffer(2)]],
+                          uint tid [[thread_index_in_threadgroup]],
+                          uint n [[threads_per_threadgroup]]) {
+    threadgroup float t[N * 2];
+    threadgroup float u[NM][C];
+    float x[N];
+    vec<float, N> v = vec<float, N>(F);
+    for (uint k = 0; k < N; ++k) x[k] = TABLE[k] * float(tid);
+    t[tid] = float(tid * M);
+    u[tid][C - 1] = float(bias);
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    uint j = n - 1 - tid;
+    out[0 * n + tid] = x[N - 1] + t[j];
+    out[1 * n + tid] = weighted(TABLE, N, F) + u[j][1];
+    out[2 * n + tid] = float(P.n) * P.scale + v.w + p.scale * float(p.n);
+    out[3 * n + tid] = float(sizeof(t) / sizeof(float) + sizeof(x) / sizeof(float) + sizeof(u));
+}
+"""
+
+
+def test_program_scope_constants_are_constants() -> None:
+    # `constant uint N = 4;` at program scope sizes threadgroup and thread arrays and vectors,
+    # as in Metal; `constant` struct literals, arrays and `const constant` buffers work.
+    lib = metalsim.Library.from_source(PROGRAM_SCOPE_CONSTANTS, "consts.metal")
+    n, bias = 8, 5
+    out = np.full((4, n), np.nan, np.float32)
+    params = np.array([(7, 0.25)], dtype=[("n", np.uint32), ("scale", np.float32)])
+    bias_arr = np.array([bias], np.int32)
+    lib.dispatch("use_constants", grid=1, threadgroup=n, buffers={0: out, 1: bias_arr, 2: params})
+    tid = np.arange(n, dtype=np.float32)
+    table = np.array([1, 2, 4, 8], np.float32)
+    np.testing.assert_array_equal(out[0], table[-1] * tid + 2 * tid[::-1])
+    np.testing.assert_array_equal(out[1], np.full(n, 1.5 * table.sum() + bias))
+    np.testing.assert_array_equal(out[2], np.full(n, 3 * 0.5 + 1.5 + 0.25 * 7))
+    np.testing.assert_array_equal(out[3], np.full(n, 8 + 4 + 8 * 2 * 4))
+
+
+@pytest.mark.parametrize(
+    "statement", ["N = 5;", "TABLE[0] = 1.0f;", "P.scale = 2.0f;", "data[0] = 1.0f;"]
+)
+def test_writing_constant_memory_is_a_compile_error(statement: str) -> None:
+    # The constant address space is read-only in Metal: a program-scope constant, or a pointer
+    # declared `constant` in a function, cannot be written.
+    src = PROGRAM_SCOPE_CONSTANTS + (
+        "kernel void bad(device float* out [[buffer(0)]], uint i [[thread_position_in_grid]]) {\n"
+        "    constant float* data = TABLE;\n"
+        f"    {statement}\n"
+        "    out[i] = TABLE[0];\n}\n"
+    )
+    line = src.count("\n") - 2
+    with pytest.raises(metalsim.CompileError, match=rf"constwrite\.metal:{line}:"):
+        metalsim.Library.from_source(src, "constwrite.metal")
+
+
 def test_compile_error_points_at_the_metal_line(tmp_path: Path) -> None:
     bad = tmp_path / "broken.metal"
     bad.write_text(

@@ -6,6 +6,9 @@ reuse the build in src/metalsim/examples/row_softmax/build.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -62,3 +65,36 @@ def test_simulator_errors_reach_python(ext: ModuleType) -> None:
     # The stream keeps working after an error.
     y = ext.row_softmax(x, threads=64, stream=mx.gpu)
     np.testing.assert_allclose(np.array(y), np.full((2, 8), 1 / 8), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("defines", "fails"),
+    [
+        ([], False),
+        (["METALSIM_USE_METAL=1"], True),
+        (["METALSIM_USE_METAL=1", "METALSIM_FORCE=1"], False),
+    ],
+)
+def test_gpu_backend_header_without_metal_cpp(
+    tmp_path: Path, defines: list[str], fails: bool
+) -> None:
+    # A build for MLX's Metal backend (METALSIM_USE_METAL, set by cmake/tiny_attn_extension.cmake)
+    # that cannot find <Metal/Metal.hpp> stops with an #error saying what to do, instead of
+    # falling back to the simulator and failing at link time; without it (Linux), or with
+    # METALSIM_FORCE, the header selects the simulator.
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or "clang++"
+    tu = tmp_path / "tu.cpp"
+    tu.write_text(
+        '#include "metalsim/gpu_backend.h"\n'
+        'static_assert(METALSIM_GPU_IS_SIMULATED == 1, "the simulator is selected");\n'
+    )
+    mlx_include = Path(mx.__file__).resolve().parent / "include"  # mlx/core.*.so -> mlx/include
+    cmd = [cxx, "-std=c++20", "-fsyntax-only", f"-I{mlx_include}"]
+    cmd += [f"-I{EXAMPLE.parent.parent / 'include'}", *(f"-D{d}" for d in defines), str(tu)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if fails:
+        assert result.returncode != 0
+        assert "<Metal/Metal.hpp> (metal-cpp) is not on the include path" in result.stderr
+        assert "-DMETALSIM_FORCE=ON" in result.stderr
+    else:
+        assert result.returncode == 0, result.stderr

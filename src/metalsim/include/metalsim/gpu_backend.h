@@ -12,6 +12,8 @@
 //
 // `gpu` is mlx::core::metal on macOS with Metal, metalsim::shim otherwise (configure with
 // -DMETALSIM_FORCE=ON, i.e. define METALSIM_FORCE, to use the simulator on a Mac as well).
+// A build that defines METALSIM_USE_METAL must find <Metal/Metal.hpp>, or it stops with an
+// #error saying what to install.
 //
 // When to use the simulator: metalsim::use_simulator(s) is true when the caller asked for the
 // GPU (mx.gpu, a GPU stream, or a GPU default device) and this build runs GPU work on the
@@ -37,6 +39,13 @@
 #include "mlx/device.h"
 #include "mlx/stream.h"
 #include "mlx/utils.h"
+
+// METALSIM_USE_METAL: the build links MLX's Metal backend and no simulator (cmake/
+// tiny_attn_extension.cmake defines it on a Mac whose MLX has Metal), so a missing metal-cpp
+// is an error here rather than a fallback to the simulator that fails at link time.
+#if defined(METALSIM_USE_METAL) && !defined(METALSIM_FORCE) && !__has_include(<Metal/Metal.hpp>)
+#error "metalsim/gpu_backend.h: this build uses MLX's Metal backend (METALSIM_USE_METAL), but <Metal/Metal.hpp> (metal-cpp) is not on the include path. MLX's Metal build ships it in <mlx package>/include/metal_cpp: reinstall MLX (pip install --force-reinstall mlx) and install Apple's command line tools (xcode-select --install); or run the kernels on the simulator instead: cmake -DMETALSIM_FORCE=ON build/tiny_attn_ext (build/tiny_attn_ext_ref for the reference), then pdm run build-ext (build-ext-ref) again."
+#endif
 
 #if defined(__APPLE__) && __has_include(<Metal/Metal.hpp>) && !defined(METALSIM_FORCE)
 #include "mlx/backend/metal/device.h"
