@@ -295,6 +295,12 @@ def bad_cases():
             ValueError,
             "H_q=3 must be a multiple of key/value heads H=2",
         ),
+        (
+            "no_kv_heads",
+            dict(query=q, key=k[:, :0], value=v[:, :0]),
+            ValueError,
+            "H_q=4 must be a multiple of key/value heads H=0",
+        ),
         ("E", dict(query=q[..., :4], key=k, value=v), ValueError, "must equal query's E=4"),
         ("kv_S", dict(query=q, key=k, value=v[:, :, :5]), ValueError, "value must have shape"),
         ("kv_H", dict(query=q, key=k, value=v[:, :1]), ValueError, "value must have shape"),

@@ -21,7 +21,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from .basics import _check_array, _check_mask_dtype, _check_mask_shape, _check_scale
+from .masks import _check_attention_inputs
 
 # What a boolean or causal mask puts in a masked score, as MLX does: the lowest finite float32.
 # A row that may see no key at all then holds equal scores and averages the values, where -inf
@@ -34,51 +34,6 @@ def _check_block(n: Any, name: str) -> None:
         raise TypeError(f"{name} must be an int, got {type(n).__name__}")
     if n < 1:
         raise ValueError(f"{name} must be at least 1, got {n}")
-
-
-def _check_inputs(query: mx.array, key: mx.array, value: mx.array, scale: Any, mask: Any) -> None:
-    """The contract of mx.fast.scaled_dot_product_attention, with errors that say what is wrong."""
-    _check_array(query, "query", 3, "(B..., H_q, L, E)")
-    _check_array(key, "key", 3, "(B..., H, S, E)")
-    _check_array(value, "value", 3, "(B..., H, S, Ev)")
-    for name, x in (("key", key), ("value", value)):
-        if x.ndim != query.ndim:
-            raise ValueError(
-                f"{name} must have the rank of query ({query.ndim}), got shape {tuple(x.shape)}"
-            )
-        if x.dtype != query.dtype:
-            raise TypeError(f"{name} must have the dtype of query ({query.dtype}), got {x.dtype}")
-    _check_scale(scale)
-    *batch, H_q, L, E = query.shape
-    H, S = key.shape[-3], key.shape[-2]
-    if tuple(key.shape[:-3]) != tuple(batch):
-        raise ValueError(
-            f"key's batch dimensions must equal query's {tuple(batch)}, got shape "
-            f"{tuple(key.shape)}"
-        )
-    if key.shape[-1] != E:
-        raise ValueError(
-            f"key's last dimension must equal query's E={E}, got key shape {tuple(key.shape)}"
-        )
-    if value.shape[:-1] != key.shape[:-1]:
-        raise ValueError(
-            f"value must have shape {tuple(key.shape[:-1])} + (Ev,) to match key, "
-            f"got {tuple(value.shape)}"
-        )
-    if H == 0 or H_q % H != 0:
-        raise ValueError(f"query's heads H_q={H_q} must be a multiple of key/value heads H={H}")
-    if L == 0 or S == 0:
-        raise ValueError(f"L and S must be at least 1, got query L={L} and key S={S}")
-    if isinstance(mask, str):
-        if mask != "causal":
-            raise ValueError(f"mask must be None, 'causal' or an mx.array, got {mask!r}")
-    elif mask is not None:
-        if not isinstance(mask, mx.array):
-            raise TypeError(
-                f"mask must be None, 'causal' or an mx.array, got {type(mask).__name__}"
-            )
-        _check_mask_dtype(mask, query.dtype, allow_bool=True)
-        _check_mask_shape(mask, (*batch, H_q, L, S), "(B..., H_q, L, S)")
 
 
 def _group_mask_heads(mask: mx.array, ndim: int, H: int, G: int) -> mx.array:
@@ -154,7 +109,7 @@ def flash_attention_tiled(
             multiple of H, L or S of 0, a mask that does not broadcast to (B..., H_q, L, S),
             a mask string other than "causal", or block_q / block_k < 1.
     """
-    _check_inputs(query, key, value, scale, mask)
+    _check_attention_inputs(query, key, value, scale, mask)
     _check_block(block_q, "block_q")
     _check_block(block_k, "block_k")
     *batch, H_q, L, E = query.shape

@@ -34,6 +34,57 @@ def _check_size(n: Any, name: str) -> None:
         raise ValueError(f"{name} must be at least 1, got {n}")
 
 
+def _check_attention_inputs(
+    query: mx.array, key: mx.array, value: mx.array, scale: Any, mask: Any
+) -> None:
+    """The contract of mx.fast.scaled_dot_product_attention, with errors that say what is wrong.
+
+    Shared by every attention of the reference that takes (query, key, value, scale, mask).
+    """
+    _check_array(query, "query", 3, "(B..., H_q, L, E)")
+    _check_array(key, "key", 3, "(B..., H, S, E)")
+    _check_array(value, "value", 3, "(B..., H, S, Ev)")
+    for name, x in (("key", key), ("value", value)):
+        if x.ndim != query.ndim:
+            raise ValueError(
+                f"{name} must have the rank of query ({query.ndim}), got shape {tuple(x.shape)}"
+            )
+        if x.dtype != query.dtype:
+            want, got = _dtype_name(query.dtype), _dtype_name(x.dtype)
+            raise TypeError(f"{name} must have the dtype of query ({want}), got {got}")
+    _check_scale(scale)
+    *batch, H_q, L, E = query.shape
+    H, S = key.shape[-3], key.shape[-2]
+    if tuple(key.shape[:-3]) != tuple(batch):
+        raise ValueError(
+            f"key's batch dimensions must equal query's {tuple(batch)}, got shape "
+            f"{tuple(key.shape)}"
+        )
+    if key.shape[-1] != E:
+        raise ValueError(
+            f"key's last dimension must equal query's E={E}, got key shape {tuple(key.shape)}"
+        )
+    if value.shape[:-1] != key.shape[:-1]:
+        raise ValueError(
+            f"value must have shape {tuple(key.shape[:-1])} + (Ev,) to match key, "
+            f"got {tuple(value.shape)}"
+        )
+    if H == 0 or H_q % H != 0:
+        raise ValueError(f"query's heads H_q={H_q} must be a multiple of key/value heads H={H}")
+    if L == 0 or S == 0:
+        raise ValueError(f"L and S must be at least 1, got query L={L} and key S={S}")
+    if isinstance(mask, str):
+        if mask != "causal":
+            raise ValueError(f"mask must be None, 'causal' or an mx.array, got {mask!r}")
+    elif mask is not None:
+        if not isinstance(mask, mx.array):
+            raise TypeError(
+                f"mask must be None, 'causal' or an mx.array, got {type(mask).__name__}"
+            )
+        _check_mask_dtype(mask, query.dtype, allow_bool=True)
+        _check_mask_shape(mask, (*batch, H_q, L, S), "(B..., H_q, L, S)")
+
+
 def causal_mask(L: int, S: int, dtype: mx.Dtype = mx.bool_) -> mx.array:
     """The causal mask for L queries and S keys, aligned bottom-right.
 
@@ -135,50 +186,11 @@ def scaled_dot_product_attention(
             != E of query; value's (B..., H, S) != key's; H_q not a multiple of H; L or S of 0;
             a mask string other than "causal"; a mask not broadcastable to (B..., H_q, L, S).
     """
-    _check_array(query, "query", 3, "(B..., H_q, L, E)")
-    _check_array(key, "key", 3, "(B..., H, S, E)")
-    _check_array(value, "value", 3, "(B..., H, S, Ev)")
-    for name, x in (("key", key), ("value", value)):
-        if x.ndim != query.ndim:
-            raise ValueError(
-                f"{name} must have the rank of query ({query.ndim}), got shape {tuple(x.shape)}"
-            )
-        if x.dtype != query.dtype:
-            want, got = _dtype_name(query.dtype), _dtype_name(x.dtype)
-            raise TypeError(f"{name} must have the dtype of query ({want}), got {got}")
-    _check_scale(scale)
+    _check_attention_inputs(query, key, value, scale, mask)
     *batch, H_q, L, E = query.shape
     H, S = key.shape[-3], key.shape[-2]
-    if tuple(key.shape[:-3]) != tuple(batch):
-        raise ValueError(
-            f"key's batch dimensions must equal query's {tuple(batch)}, got shape "
-            f"{tuple(key.shape)}"
-        )
-    if key.shape[-1] != E:
-        raise ValueError(
-            f"key's last dimension must equal query's E={E}, got key shape {tuple(key.shape)}"
-        )
-    if value.shape[:-1] != key.shape[:-1]:
-        raise ValueError(
-            f"value must have shape {tuple(key.shape[:-1])} + (Ev,) to match key, "
-            f"got {tuple(value.shape)}"
-        )
-    if H_q % H != 0:
-        raise ValueError(f"query's heads H_q={H_q} must be a multiple of key/value heads H={H}")
-    if L == 0 or S == 0:
-        raise ValueError(f"L and S must be at least 1, got query L={L} and key S={S}")
-
     if isinstance(mask, str):
-        if mask != "causal":
-            raise ValueError(f"mask must be None, 'causal' or an mx.array, got {mask!r}")
         mask = causal_mask(L, S)
-    elif mask is not None:
-        if not isinstance(mask, mx.array):
-            raise TypeError(
-                f"mask must be None, 'causal' or an mx.array, got {type(mask).__name__}"
-            )
-        _check_mask_dtype(mask, query.dtype, allow_bool=True)
-        _check_mask_shape(mask, (*batch, H_q, L, S), "(B..., H_q, L, S)")
 
     scale = 1.0 / math.sqrt(E) if scale is None else scale
     group = H_q // H
