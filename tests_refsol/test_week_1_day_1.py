@@ -104,6 +104,8 @@ def test_task_1_softmax_rejects_bad_input():
         ta.softmax(mx.array([[1, 2, 3]]))
     with pytest.raises(TypeError, match="x must be an mx.array"):
         ta.softmax(np.zeros((2, 3), dtype=np.float32))
+    with pytest.raises(TypeError, match="axis must be an int"):
+        ta.softmax(x, axis=1.0)
 
 
 # --- Task 2: scaled_dot_product_attention_simple --------------------------------------------

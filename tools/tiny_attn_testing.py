@@ -26,6 +26,10 @@ TOL_BF16 = {"rtol": 5e-2, "atol": 1e-2}
 def to_numpy(x: Any, dtype: Any = np.float64) -> np.ndarray:
     """An mx.array (any dtype, bfloat16 included) or array-like as a NumPy array of `dtype`."""
     if isinstance(x, mx.array):
+        # Evaluate first: an error raised while computing x (a kernel that fails, a bad
+        # dispatch) surfaces here, whereas NumPy's conversion of an array whose evaluation
+        # failed does not re-raise it and hands back uninitialised memory.
+        mx.eval(x)
         if x.dtype == mx.bfloat16:
             x = x.astype(mx.float32)
         return np.array(x, copy=True).astype(dtype)
@@ -152,9 +156,27 @@ def device_for(backend: str) -> mx.Device:
     return mx.cpu if backend == "cpu" else mx.gpu
 
 
-@pytest.fixture(scope="session")
+_build_failure: str | None = None
+
+
+@pytest.fixture
 def ext() -> Any:
-    """The extension under test (tiny_attn_ext or tiny_attn_ext_ref), built if needed."""
+    """The extension under test (tiny_attn_ext or tiny_attn_ext_ref), built if needed.
+
+    If the build fails, the first test that needs the extension shows the compiler's messages;
+    every later one says so in one line instead of repeating them.
+    """
+    global _build_failure
+    import build_ext
     import tiny_attn_base
 
-    return load_extension(tiny_attn_base.EXTENSION)
+    if _build_failure is not None:
+        pytest.fail(
+            f"{_build_failure} (the compiler's messages are in the first such failure)",
+            pytrace=False,
+        )
+    try:
+        return load_extension(tiny_attn_base.EXTENSION)
+    except build_ext.BuildError:
+        _build_failure = f"{tiny_attn_base.EXTENSION} did not build"
+        raise

@@ -50,6 +50,7 @@ __all__ = [
     "LimitError",
     "cache_dir",
     "cmake_build",
+    "compiler_runs",
     "ensure_built",
 ]
 
@@ -165,6 +166,15 @@ _DTYPE_CODES = {
 def cache_dir() -> str:
     """Where compiled kernel libraries are cached."""
     return _core.cache_dir()
+
+
+def compiler_runs() -> int:
+    """How many times this process has run the C++ compiler on kernel sources.
+
+    A library found in the cache does not run it, and neither does a source whose compile already
+    failed in this process: that raises the same CompileError again at once.
+    """
+    return _core.compiler_runs()
 
 
 def _size3(value: int | Sequence[int], what: str) -> tuple[int, int, int]:

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cerrno>
 #include <cstdio>
@@ -885,8 +886,15 @@ void hash_includes(Hasher& h, const std::string& text, const std::vector<std::st
 
 std::mutex g_libs_mu;
 std::map<std::string, std::shared_ptr<Library>> g_libs;
+// Compiles that failed in this process, by cache key -> the CompileError's message. A test run
+// loads the same broken .metal file once per test; without this, each test would run the C++
+// compiler again for the same error. A fixed source has another key, so it compiles afresh.
+std::map<std::string, std::string> g_failed;
+std::atomic<uint64_t> g_compiler_runs{0};
 
 }  // namespace
+
+uint64_t compiler_runs() { return g_compiler_runs.load(); }
 
 bool Library::has_kernel(const std::string& name) const {
   return std::find(kernel_names_.begin(), kernel_names_.end(), name) != kernel_names_.end();
@@ -971,6 +979,8 @@ std::shared_ptr<Library> Library::build(const std::vector<std::string>& names,
     std::lock_guard<std::mutex> lk(g_libs_mu);
     auto it = g_libs.find(key);
     if (it != g_libs.end()) return it->second;
+    auto failed = g_failed.find(key);
+    if (failed != g_failed.end()) throw CompileError(failed->second);
   }
 
   std::string dir = cache_dir();
@@ -995,12 +1005,18 @@ std::shared_ptr<Library> Library::build(const std::vector<std::string>& names,
     argv.push_back("-o");
     argv.push_back(tmp_so);
     std::string out;
+    ++g_compiler_runs;
     int rc = run_command(argv, out);
     if (rc != 0) {
       std::remove(tmp_so.c_str());
       std::string what;
       for (size_t i = 0; i < names.size(); ++i) what += (i ? ", " : "") + names[i];
-      throw CompileError("metalsim: compiling " + what + " failed (" + cxx + "):\n" + out);
+      std::string msg = "metalsim: compiling " + what + " failed (" + cxx + "):\n" + out;
+      {
+        std::lock_guard<std::mutex> lk(g_libs_mu);
+        g_failed.emplace(key, msg);
+      }
+      throw CompileError(msg);
     }
     if (std::rename(tmp_so.c_str(), so.c_str()) != 0)
       throw Error("metalsim: cannot move the compiled library to '" + so + "'");

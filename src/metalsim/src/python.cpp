@@ -58,4 +58,5 @@ NB_MODULE(_core, m) {
   m.def("cache_dir", &metalsim::cache_dir);
   m.def("runtime_dir", &metalsim::runtime_dir);
   m.def("compiler", &metalsim::compiler);
+  m.def("compiler_runs", &metalsim::compiler_runs);
 }

@@ -167,6 +167,9 @@ std::string cache_dir();
 std::string runtime_dir();
 // The C++ compiler used for kernels.
 std::string compiler();
+// How many times this process has run the C++ compiler on kernel sources (a library found in
+// the cache, or a compile that already failed in this process, does not run it again).
+uint64_t compiler_runs();
 
 template <class T>
 constexpr Dtype dtype_of() {
