@@ -63,6 +63,14 @@ def test_task_2_softmax_rows_masked_entries(ext):
     assert_allclose(y, numpy_softmax(x), **TOL_F32)
 
 
+def test_task_2_softmax_rows_fully_masked_row_is_nan_like_mx_softmax(ext):
+    # A row with no finite entry has no distribution: 0 / 0, as in mx.softmax and NumPy.
+    x = mx.array([[-np.inf, -np.inf, -np.inf], [0.0, 1.0, 2.0]])
+    y = to_numpy(ext.softmax_rows(x))
+    assert np.isnan(y[0]).all() and np.isfinite(y[1]).all()
+    assert_allclose(y, mx.softmax(x, axis=-1), **TOL_F32)
+
+
 def test_task_2_softmax_rows_noncontiguous_input(ext):
     x = rand((6, 9), seed=4)
     xt = mx.transpose(x)  # a view with swapped strides: rows are not contiguous in memory
