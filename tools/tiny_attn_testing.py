@@ -156,27 +156,40 @@ def device_for(backend: str) -> mx.Device:
     return mx.cpu if backend == "cpu" else mx.gpu
 
 
-_build_failure: str | None = None
+class _LazyExtension:
+    """Stands for the extension module: imports it (building it first if needed) on first use.
 
-
-@pytest.fixture
-def ext() -> Any:
-    """The extension under test (tiny_attn_ext or tiny_attn_ext_ref), built if needed.
-
-    If the build fails, the first test that needs the extension shows the compiler's messages;
+    If the build fails, the first test that uses the extension shows the compiler's messages;
     every later one says so in one line instead of repeating them.
     """
-    global _build_failure
-    import build_ext
+
+    _build_failure: str | None = None
+
+    def __init__(self, module_name: str) -> None:
+        self._module_name = module_name
+        self._module: Any = None
+
+    def __getattr__(self, attr: str) -> Any:
+        if self._module is None:
+            import build_ext
+
+            if _LazyExtension._build_failure is not None:
+                pytest.fail(
+                    f"{_LazyExtension._build_failure} "
+                    "(the compiler's messages are in the first such failure)",
+                    pytrace=False,
+                )
+            try:
+                self._module = load_extension(self._module_name)
+            except build_ext.BuildError:
+                _LazyExtension._build_failure = f"{self._module_name} did not build"
+                raise
+        return getattr(self._module, attr)
+
+
+@pytest.fixture(scope="session")
+def ext() -> Any:
+    """The extension under test (tiny_attn_ext or tiny_attn_ext_ref), built on first use."""
     import tiny_attn_base
 
-    if _build_failure is not None:
-        pytest.fail(
-            f"{_build_failure} (the compiler's messages are in the first such failure)",
-            pytrace=False,
-        )
-    try:
-        return load_extension(tiny_attn_base.EXTENSION)
-    except build_ext.BuildError:
-        _build_failure = f"{tiny_attn_base.EXTENSION} did not build"
-        raise
+    return _LazyExtension(tiny_attn_base.EXTENSION)
