@@ -26,9 +26,9 @@ TOL_BF16 = {"rtol": 5e-2, "atol": 1e-2}
 def to_numpy(x: Any, dtype: Any = np.float64) -> np.ndarray:
     """An mx.array (any dtype, bfloat16 included) or array-like as a NumPy array of `dtype`."""
     if isinstance(x, mx.array):
-        # Evaluate first: an error raised while computing x (a kernel that fails, a bad
-        # dispatch) surfaces here, whereas NumPy's conversion of an array whose evaluation
-        # failed does not re-raise it and hands back uninitialised memory.
+        # Evaluate first, so that an error raised while computing x (a kernel that fails, a
+        # bad dispatch) surfaces here as an exception. MLX raises it once, to whatever
+        # evaluates the array first; after that the array reads as uninitialised memory.
         mx.eval(x)
         if x.dtype == mx.bfloat16:
             x = x.astype(mx.float32)

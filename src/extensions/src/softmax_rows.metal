@@ -1,7 +1,6 @@
 // Week 3, day 1: a row softmax on the GPU, the course's first Metal kernel.
 //
-// One threadgroup per row, `threads` threads (a multiple of 32, at most 1024) striding over
-// the row's n columns: thread t handles columns t, t + threads, t + 2 * threads, ...
+// One threadgroup per row, `threads` threads per threadgroup (a multiple of 32, at most 1024).
 // See book/src/week3-01-gpu-model.md for the mapping and the three-step reduction.
 #include <metal_stdlib>
 
@@ -21,13 +20,17 @@ using namespace metal;
   device const float* x_row = x + size_t(row) * n;
   device float* out_row = out + size_t(row) * n;
 
-  // TODO(Task 1): the row max m: each thread over its columns, then simd_max, then lane 0
+  // Task 1 (book/src/week3-01-gpu-model.md): thread tid handles column tid of its row, as the
+  // placeholder below does; eval_gpu gives rows of up to 1024 columns that many threads.
+  // TODO(Task 1): the row max m: each thread from its column, then simd_max, then lane 0
   //   writes partial[sg]; a barrier; every SIMD group reduces partial[] with simd_max.
   // TODO(Task 1): a barrier before partial[] is reused (why? see the chapter).
   // TODO(Task 1): the row sum l of exp(x - m), the same way with simd_sum.
-  // TODO(Task 1): each thread writes exp(x - m) / l for its columns.
-  // TODO(Task 2): make every pass loop over columns tid, tid + threads, ... so any n works.
-  for (int j = tid; j < n; j += threads) {
+  // TODO(Task 1): each thread writes exp(x - m) / l for its column.
+  // TODO(Task 2): rows longer than the threadgroup (n > threads): see
+  //   book/src/week3-01-gpu-model.md, Task 2.
+  const int j = int(tid);
+  if (j < n) {
     out_row[j] = NAN; // placeholder: replace with the softmax
   }
 }

@@ -1,3 +1,5 @@
+// SPOILER for Week 3, Day 1 of the course (book/src/week3-01-gpu-model.md): this example
+// solves that day in another form. Open it only after your own kernel passes the day's tests.
 // Row softmax: one threadgroup per row, SIMD-group reductions for the row max and sum.
 //
 //   row r  ──►  threadgroup r (n_threads threads, n_threads / 32 SIMD groups)
