@@ -45,7 +45,14 @@ Raises:
          bool causal,
          const metalsim::DeviceOrStream& stream) {
         return tiny_attn::flash_attention(
-            query, key, value, scale, mask, causal, tiny_attn::CpuKernel::Simple, 1,
+            query,
+            key,
+            value,
+            scale,
+            mask,
+            causal,
+            tiny_attn::CpuKernel::Simple,
+            1,
             metalsim::to_stream_or_device(stream));
       },
       "query"_a,
@@ -89,7 +96,14 @@ Raises:
          int num_threads,
          const metalsim::DeviceOrStream& stream) {
         return tiny_attn::flash_attention(
-            query, key, value, scale, mask, causal, tiny_attn::CpuKernel::Fast, num_threads,
+            query,
+            key,
+            value,
+            scale,
+            mask,
+            causal,
+            tiny_attn::CpuKernel::Fast,
+            num_threads,
             metalsim::to_stream_or_device(stream));
       },
       "query"_a,

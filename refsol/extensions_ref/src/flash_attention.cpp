@@ -31,8 +31,9 @@ namespace {
 // 16-bit values and compute in float32.
 void check_operand(const mx::array& x, const char* name, const char* layout, bool on_gpu) {
   if (x.ndim() != 4) {
-    fail(std::string(name) + " must have 4 dimensions " + layout + ", got shape " +
-         shape_str(x.shape()));
+    fail(
+        std::string(name) + " must have 4 dimensions " + layout + ", got shape " +
+        shape_str(x.shape()));
   }
   const bool half = x.dtype() == mx::float16 || x.dtype() == mx::bfloat16;
   if (x.dtype() != mx::float32 && !(on_gpu && half)) {
@@ -78,24 +79,29 @@ mx::array flash_attention(
   const int N = query.shape(0), H_q = query.shape(1), L = query.shape(2), E = query.shape(3);
   const int H = key.shape(1), S = key.shape(2);
   if (key.shape() != value.shape()) {
-    fail("key and value must have the same shape (N, H, S, E), got " +
-         shape_str(key.shape()) + " and " + shape_str(value.shape()));
+    fail(
+        "key and value must have the same shape (N, H, S, E), got " + shape_str(key.shape()) +
+        " and " + shape_str(value.shape()));
   }
   if (key.shape(0) != N) {
-    fail("key must have the batch size N = " + std::to_string(N) + " of query, got " +
-         std::to_string(key.shape(0)));
+    fail(
+        "key must have the batch size N = " + std::to_string(N) + " of query, got " +
+        std::to_string(key.shape(0)));
   }
   if (key.shape(3) != E) {
-    fail("key must have the head dimension E = " + std::to_string(E) + " of query, got " +
-         std::to_string(key.shape(3)));
+    fail(
+        "key must have the head dimension E = " + std::to_string(E) + " of query, got " +
+        std::to_string(key.shape(3)));
   }
   if (N == 0 || H_q == 0 || H == 0 || L == 0 || S == 0 || E == 0) {
-    fail("every dimension must be at least 1, got query " + shape_str(query.shape()) +
-         " and key " + shape_str(key.shape()));
+    fail(
+        "every dimension must be at least 1, got query " + shape_str(query.shape()) + " and key " +
+        shape_str(key.shape()));
   }
   if (H_q % H != 0) {
-    fail("the query heads H_q = " + std::to_string(H_q) +
-         " must be a multiple of the key/value heads H = " + std::to_string(H));
+    fail(
+        "the query heads H_q = " + std::to_string(H_q) +
+        " must be a multiple of the key/value heads H = " + std::to_string(H));
   }
   if (!std::isfinite(scale)) {
     fail("scale must be a finite float, got " + std::to_string(scale));
@@ -124,13 +130,13 @@ mx::array flash_attention(
       fits = d == 1 || d == target[4 - i];
     }
     if (!fits) {
-      fail("mask must broadcast to (N, H_q, L, S) = " + shape_str(target) + ", got shape " +
-           shape_str(m.shape()));
+      fail(
+          "mask must broadcast to (N, H_q, L, S) = " + shape_str(target) + ", got shape " +
+          shape_str(m.shape()));
     }
     if (m.dtype() != mx::bool_ && !mx::issubdtype(m.dtype(), mx::floating)) {
       std::ostringstream os;
-      os << "mask must be bool (true = keep) or floating (added to the scores), got "
-         << m.dtype();
+      os << "mask must be bool (true = keep) or floating (added to the scores), got " << m.dtype();
       fail(os.str());
     }
     // Floating masks are read as float32. broadcast_to only sets strides (0 on the broadcast
@@ -149,8 +155,7 @@ mx::array flash_attention(
 
 // ---------------------------------------------------------------- eval_cpu
 void FlashAttention::eval_cpu(
-    const std::vector<mx::array>& inputs,
-    std::vector<mx::array>& outputs) {
+    const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
   if (simulated_) {
     return eval_gpu(inputs, outputs); // Week 3: a GPU call, run on metalsim
   }
@@ -202,7 +207,7 @@ void FlashAttention::eval_cpu(
 bool FlashAttention::is_equivalent(const mx::Primitive& other) const {
   const auto& o = static_cast<const FlashAttention&>(other);
   return scale_ == o.scale_ && causal_ == o.causal_ && has_mask_ == o.has_mask_ &&
-      kernel_ == o.kernel_ && num_threads_ == o.num_threads_;
+         kernel_ == o.kernel_ && num_threads_ == o.num_threads_;
 }
 
 // eval_gpu (Week 3) is in src/flash_attention_gpu.cpp.

@@ -41,7 +41,7 @@ struct AttentionProblem {
   const float* q; // (N, H_q, L, E), row-contiguous
   const float* k; // (N, H, S, E), row-contiguous
   const float* v; // (N, H, S, E), row-contiguous
-  float* out; // (N, H_q, L, E), row-contiguous
+  float* out;     // (N, H_q, L, E), row-contiguous
   int N, H_q, H, L, S, E;
   float scale;
   bool causal;
@@ -52,12 +52,12 @@ struct AttentionProblem {
   int64_t mask_strides[4] = {0, 0, 0, 0};
 
   float mask_at(int n, int h, int i, int j) const {
-    return mask_add[n * mask_strides[0] + h * mask_strides[1] + i * mask_strides[2] +
-                    j * mask_strides[3]];
+    return mask_add
+        [n * mask_strides[0] + h * mask_strides[1] + i * mask_strides[2] + j * mask_strides[3]];
   }
   bool keep_at(int n, int h, int i, int j) const {
-    return mask_keep[n * mask_strides[0] + h * mask_strides[1] + i * mask_strides[2] +
-                     j * mask_strides[3]];
+    return mask_keep
+        [n * mask_strides[0] + h * mask_strides[1] + i * mask_strides[2] + j * mask_strides[3]];
   }
 };
 
@@ -81,18 +81,11 @@ class FlashAttention : public mx::Primitive {
       CpuKernel kernel,
       int num_threads,
       bool simulated = false)
-      : mx::Primitive(stream),
-        scale_(scale),
-        causal_(causal),
-        has_mask_(has_mask),
-        kernel_(kernel),
-        num_threads_(num_threads),
-        simulated_(simulated) {}
+      : mx::Primitive(stream), scale_(scale), causal_(causal), has_mask_(has_mask), kernel_(kernel),
+        num_threads_(num_threads), simulated_(simulated) {}
 
-  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs)
-      override;
-  void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs)
-      override;
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
+  void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
 
   const char* name() const override {
     return "FlashAttention";

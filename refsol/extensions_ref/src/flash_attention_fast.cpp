@@ -144,7 +144,7 @@ int64_t process_q_tile(const AttentionProblem& p, int n, int h, int tile, Worksp
   std::fill(ws.l, ws.l + kBr, 0.0f);
 
   // Causal block skipping, as on day 4: row i sees keys j <= i + S - L.
-  const int first_limit = i0 + S - L; // the last key the tile's first row may see
+  const int first_limit = i0 + S - L;         // the last key the tile's first row may see
   const int last_limit = i0 + br - 1 + S - L; // ... and its last row
   const int j_end = (p.causal && first_limit >= 0) ? std::min(S, last_limit + 1) : S;
 
@@ -187,8 +187,8 @@ int64_t process_q_tile(const AttentionProblem& p, int n, int h, int tile, Worksp
       }
       // A row whose scores are all -inf so far (additive mask) keeps p = 0: subtract 0,
       // not -inf, to avoid -inf - -inf = NaN.
-      const f32x8 m_use = simd::select(
-          m_new == simd::broadcast(-INFINITY), simd::broadcast(0.0f), m_new);
+      const f32x8 m_use =
+          simd::select(m_new == simd::broadcast(-INFINITY), simd::broadcast(0.0f), m_new);
       const f32x8 alpha = simd::exp(m_old - m_use);
       f32x8 row_sum = simd::broadcast(0.0f);
       for (int b = 0; b < bc; ++b) {
@@ -221,8 +221,7 @@ int64_t process_q_tile(const AttentionProblem& p, int n, int h, int tile, Worksp
 void flash_attention_fast_cpu(const AttentionProblem& p, int num_threads) {
   const int tiles_per_head = (p.L + kBr - 1) / kBr;
   const int64_t n_items = int64_t(p.N) * p.H_q * tiles_per_head;
-  int threads = num_threads > 0 ? num_threads
-                                : std::max(1u, std::thread::hardware_concurrency());
+  int threads = num_threads > 0 ? num_threads : std::max(1u, std::thread::hardware_concurrency());
   threads = static_cast<int>(std::min<int64_t>(threads, n_items));
 
   std::atomic<int64_t> next{0};

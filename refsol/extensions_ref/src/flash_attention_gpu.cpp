@@ -36,8 +36,7 @@ const char* type_suffix(mx::Dtype dtype) {
 } // namespace
 
 void FlashAttention::eval_gpu(
-    const std::vector<mx::array>& inputs,
-    std::vector<mx::array>& outputs) {
+    const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
   const mx::array& q = inputs[0];
   const mx::array& k = inputs[1];
   const mx::array& v = inputs[2];
@@ -48,13 +47,15 @@ void FlashAttention::eval_gpu(
 
   // ---- every limit of the kernels, before anything is encoded
   if (E > kMaxHeadDim) {
-    fail("the head dimension E must be at most " + std::to_string(kMaxHeadDim) +
-         " (the kernels keep E floats per row in threadgroup memory), got E = " +
-         std::to_string(E));
+    fail(
+        "the head dimension E must be at most " + std::to_string(kMaxHeadDim) +
+        " (the kernels keep E floats per row in threadgroup memory), got E = " + std::to_string(E));
   }
   if (fast && E % 8 != 0) {
-    fail("flash_attention_fast needs the head dimension E to be a multiple of 8 (it works on "
-         "8x8 matrix blocks), got E = " + std::to_string(E));
+    fail(
+        "flash_attention_fast needs the head dimension E to be a multiple of 8 (it works on "
+        "8x8 matrix blocks), got E = " +
+        std::to_string(E));
   }
   const char* suffix = type_suffix(q.dtype());
   if (k.dtype() != q.dtype() || v.dtype() != q.dtype()) {

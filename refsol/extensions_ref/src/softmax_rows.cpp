@@ -17,8 +17,7 @@ mx::array softmax_rows(const mx::array& x, mx::StreamOrDevice s) {
   // Validate everything here, while the caller is still on the Python stack: an exception
   // thrown later, inside eval_cpu, would surface far from the line that caused it.
   if (x.ndim() < 1) {
-    throw std::invalid_argument(
-        "[softmax_rows] x must have at least 1 dimension, got a scalar");
+    throw std::invalid_argument("[softmax_rows] x must have at least 1 dimension, got a scalar");
   }
   if (x.dtype() != mx::float32) {
     std::ostringstream os;

@@ -61,8 +61,7 @@ mx::array flash_attention(
 
 // ---------------------------------------------------------------- eval_cpu
 void FlashAttention::eval_cpu(
-    const std::vector<mx::array>& inputs,
-    std::vector<mx::array>& outputs) {
+    const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
   if (simulated_) {
     return eval_gpu(inputs, outputs); // Week 3: a GPU call, run on metalsim
   }
@@ -114,7 +113,7 @@ void FlashAttention::eval_cpu(
 bool FlashAttention::is_equivalent(const mx::Primitive& other) const {
   const auto& o = static_cast<const FlashAttention&>(other);
   return scale_ == o.scale_ && causal_ == o.causal_ && has_mask_ == o.has_mask_ &&
-      kernel_ == o.kernel_ && num_threads_ == o.num_threads_;
+         kernel_ == o.kernel_ && num_threads_ == o.num_threads_;
 }
 
 // eval_gpu (Week 3) is in src/flash_attention_gpu.cpp.

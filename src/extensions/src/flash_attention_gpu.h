@@ -16,8 +16,8 @@ constexpr int kSimdgroupKernelThreads = 128;
 enum MaskKind : int32_t {
   kMaskNone = 0,
   kMaskCausal = 1, // query i sees keys j <= i + S - L
-  kMaskAdd = 2, // float32 mask added to the scaled scores
-  kMaskKeep = 3, // bool mask: false replaces the score by the lowest float
+  kMaskAdd = 2,    // float32 mask added to the scaled scores
+  kMaskKeep = 3,   // bool mask: false replaces the score by the lowest float
 };
 
 // The scalars of a dispatch, bound with set_bytes at [[buffer(6)]]. The .metal declares the

@@ -55,7 +55,7 @@ using uint3 = metal::vec<unsigned int, 3>;
 constexpr unsigned kSimdWidth = 32;
 constexpr unsigned kMaxThreadsPerGroup = 1024;
 constexpr size_t kMaxThreadgroupMemory = 32768;
-constexpr size_t kSlotBytes = 16;  // largest value a SIMD collective exchanges (float4)
+constexpr size_t kSlotBytes = 16; // largest value a SIMD collective exchanges (float4)
 
 // The .metal call site of a barrier or collective, captured by a default argument.
 struct Site {
@@ -93,8 +93,8 @@ struct SimdGroup {
   alignas(16) unsigned char out[kSimdWidth][kSlotBytes];
   uint32_t arg[kSimdWidth];
   void* ptr[kSimdWidth];
-  uint32_t first;   // linear id of lane 0
-  uint32_t nlanes;  // lanes that exist (the last group may be partial)
+  uint32_t first;  // linear id of lane 0
+  uint32_t nlanes; // lanes that exist (the last group may be partial)
 };
 
 struct TgDecl {
@@ -115,7 +115,7 @@ struct KernelInfo {
   void (*check)(const Dispatch&, Errors&);
   const TgDecl* tg_decls;
   size_t n_tg_decls;
-  unsigned max_threads;  // [[max_total_threads_per_threadgroup(n)]] or 1024
+  unsigned max_threads; // [[max_total_threads_per_threadgroup(n)]] or 1024
 };
 
 // Collects the first error of a dispatch (any worker may report one).
@@ -146,10 +146,10 @@ inline std::string format(const char* fmt, ...) {
 struct Dispatch {
   const KernelInfo* kernel;
   const metalsim_dispatch_args* args;
-  uint3 groups;         // threadgroups per grid
-  uint3 group_size;     // nominal threads per threadgroup
-  uint3 grid_threads;   // threads per grid (exact for dispatch_threads)
-  bool nonuniform;      // dispatch_threads: edge groups are cut to the grid
+  uint3 groups;       // threadgroups per grid
+  uint3 group_size;   // nominal threads per threadgroup
+  uint3 grid_threads; // threads per grid (exact for dispatch_threads)
+  bool nonuniform;    // dispatch_threads: edge groups are cut to the grid
   std::vector<size_t> tg_decl_offsets;
   size_t tg_buffer_offsets[32];
   size_t arena_bytes;
@@ -173,25 +173,25 @@ inline void* init_stack(char* top, void (*fn)(void*), void* arg) {
   uint16_t x87cw;
   __asm__ volatile("stmxcsr %0\n\tfnstcw %1" : "=m"(mxcsr), "=m"(x87cw));
   void** f = reinterpret_cast<void**>(t - 64);
-  f[0] = reinterpret_cast<void*>(uintptr_t(mxcsr) | uintptr_t(x87cw) << 32);  // MXCSR, x87 CW
-  f[1] = nullptr;                                               // r15
-  f[2] = nullptr;                                               // r14
-  f[3] = reinterpret_cast<void*>(fn);                           // r13
-  f[4] = arg;                                                   // r12
-  f[5] = nullptr;                                               // rbx
-  f[6] = nullptr;                                               // rbp
-  f[7] = reinterpret_cast<void*>(&metalsim_fiber_entry_v1);     // return address
+  f[0] = reinterpret_cast<void*>(uintptr_t(mxcsr) | uintptr_t(x87cw) << 32); // MXCSR, x87 CW
+  f[1] = nullptr;                                                            // r15
+  f[2] = nullptr;                                                            // r14
+  f[3] = reinterpret_cast<void*>(fn);                                        // r13
+  f[4] = arg;                                                                // r12
+  f[5] = nullptr;                                                            // rbx
+  f[6] = nullptr;                                                            // rbp
+  f[7] = reinterpret_cast<void*>(&metalsim_fiber_entry_v1);                  // return address
   return f;
 #elif defined(__aarch64__)
   uint64_t fpcr;
   __asm__ volatile("mrs %0, fpcr" : "=r"(fpcr));
   void** f = reinterpret_cast<void**>(t - 176);
   std::memset(f, 0, 176);
-  f[0] = arg;                                                   // x19
-  f[1] = reinterpret_cast<void*>(fn);                           // x20
-  f[10] = nullptr;                                              // x29 (fp): ends the frame chain
-  f[11] = reinterpret_cast<void*>(&metalsim_fiber_entry_v1);    // x30 (lr)
-  f[20] = reinterpret_cast<void*>(fpcr);                        // FPCR
+  f[0] = arg;                                                // x19
+  f[1] = reinterpret_cast<void*>(fn);                        // x20
+  f[10] = nullptr;                                           // x29 (fp): ends the frame chain
+  f[11] = reinterpret_cast<void*>(&metalsim_fiber_entry_v1); // x30 (lr)
+  f[20] = reinterpret_cast<void*>(fpcr);                     // FPCR
   return f;
 #else
 #error "metalsim: the fiber switch is written for x86-64 and aarch64 only"
@@ -204,18 +204,18 @@ struct Worker {
   Dispatch* d = nullptr;
   void* main_sp = nullptr;
   Fiber* current = nullptr;
-  uint3 tgpig;  // this group's position in the grid
-  uint3 tptg;   // this group's actual size
+  uint3 tgpig; // this group's position in the grid
+  uint3 tptg;  // this group's actual size
   uint32_t nthreads = 0;
   uint32_t nsg = 0;
   // Fiber stacks: slot i is [guard | stack of thread i], the stack growing down to its guard.
   char* stacks = nullptr;
-  size_t stack_size = 0;  // usable bytes per thread (METALSIM_STACK_KB)
-  size_t guard_size = 0;  // PROT_NONE bytes under each stack
+  size_t stack_size = 0; // usable bytes per thread (METALSIM_STACK_KB)
+  size_t guard_size = 0; // PROT_NONE bytes under each stack
   size_t slot_size = 0;
   size_t stacks_len = 0;
-  uint32_t guarded = 0;      // slots [0, guarded) have their guard
-  bool guards_ok = true;     // false once mprotect failed (too many mappings): unguarded from then
+  uint32_t guarded = 0;  // slots [0, guarded) have their guard
+  bool guards_ok = true; // false once mprotect failed (too many mappings): unguarded from then
   // Stack-overflow trap: the fault handler jumps back to worker_loop through `trap`.
   sigjmp_buf trap;
   volatile sig_atomic_t trap_armed = 0;
@@ -231,7 +231,8 @@ struct Worker {
     size_t kb = 256;
     if (const char* e = std::getenv("METALSIM_STACK_KB")) {
       long v = std::atol(e);
-      if (v >= 16) kb = size_t(v);
+      if (v >= 16)
+        kb = size_t(v);
     }
     stack_size = (kb * 1024 + page - 1) / page * page;
     // 64 KiB: GCC's stack probes on aarch64 step by up to 64 KiB (and it costs no memory).
@@ -243,10 +244,12 @@ struct Worker {
     flags |= MAP_NORESERVE;
 #endif
     void* p = mmap(nullptr, stacks_len, PROT_READ | PROT_WRITE, flags, -1, 0);
-    if (p == MAP_FAILED) throw std::bad_alloc();
+    if (p == MAP_FAILED)
+      throw std::bad_alloc();
     stacks = static_cast<char*>(p);
     altstack_len = 128 * 1024;
-    void* a = mmap(nullptr, altstack_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void* a =
+        mmap(nullptr, altstack_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (a == MAP_FAILED) {
       munmap(stacks, stacks_len);
       throw std::bad_alloc();
@@ -254,8 +257,10 @@ struct Worker {
     altstack = static_cast<char*>(a);
   }
   ~Worker() {
-    if (stacks) munmap(stacks, stacks_len);
-    if (altstack) munmap(altstack, altstack_len);
+    if (stacks)
+      munmap(stacks, stacks_len);
+    if (altstack)
+      munmap(altstack, altstack_len);
   }
   // Guards the stacks of threads [0, n): done lazily, as each guard costs two memory mappings
   // and the kernel's map count is limited (vm.max_map_count); if mprotect fails, the remaining
@@ -268,7 +273,9 @@ struct Worker {
         ++guarded;
     }
   }
-  char* stack_top(uint32_t i) const { return stacks + (size_t(i) + 1) * slot_size; }
+  char* stack_top(uint32_t i) const {
+    return stacks + (size_t(i) + 1) * slot_size;
+  }
   // Whether addr lies in the guard of a stack.
   bool in_guard(uintptr_t addr) const {
     uintptr_t base = reinterpret_cast<uintptr_t>(stacks);
@@ -299,11 +306,13 @@ struct WorkerPool {
   }
 };
 inline WorkerPool& worker_pool() {
-  static WorkerPool* pool = new WorkerPool();  // never destroyed: may outlive static teardown
+  static WorkerPool* pool = new WorkerPool(); // never destroyed: may outlive static teardown
   return *pool;
 }
 
-inline Fiber& current_fiber() { return *tls_worker->current; }
+inline Fiber& current_fiber() {
+  return *tls_worker->current;
+}
 
 // Gives up the OS thread: resumes the next ready lane of the same SIMD group, or the scheduler.
 inline void block(Fiber& f) {
@@ -327,13 +336,17 @@ inline void fiber_main(void* arg) {
   try {
     d.kernel->thread_fn(f);
   } catch (const std::exception& e) {
-    d.errors.fail(METALSIM_ERR_RUNTIME, format("kernel '%s': thread %u threw: %s", d.kernel->name, f.linear, e.what()));
+    d.errors.fail(
+        METALSIM_ERR_RUNTIME,
+        format("kernel '%s': thread %u threw: %s", d.kernel->name, f.linear, e.what()));
   } catch (...) {
-    d.errors.fail(METALSIM_ERR_RUNTIME, format("kernel '%s': thread %u threw an exception", d.kernel->name, f.linear));
+    d.errors.fail(
+        METALSIM_ERR_RUNTIME,
+        format("kernel '%s': thread %u threw an exception", d.kernel->name, f.linear));
   }
   f.state = State::Done;
   block(f);
-  std::abort();  // a finished fiber is never resumed
+  std::abort(); // a finished fiber is never resumed
 }
 
 // ---------------------------------------------------------------- collectives and barriers
@@ -380,21 +393,29 @@ inline void simd_barrier(const Site& site) {
   block(f);
 }
 
-inline uint32_t lane_of_current() { return current_fiber().lane; }
+inline uint32_t lane_of_current() {
+  return current_fiber().lane;
+}
 
 // ---------------------------------------------------------------- the scheduler
 
 inline uint3 builtin_tpig(const Fiber& f) {
   const Worker& w = *f.w;
   const uint3& gs = w.d->group_size;
-  return uint3(w.tgpig.x * gs.x + f.tpitg.x, w.tgpig.y * gs.y + f.tpitg.y,
-               w.tgpig.z * gs.z + f.tpitg.z);
+  return uint3(
+      w.tgpig.x * gs.x + f.tpitg.x, w.tgpig.y * gs.y + f.tpitg.y, w.tgpig.z * gs.z + f.tpitg.z);
 }
 
 inline std::string thread_desc(const Worker& w, const Fiber& f) {
   (void)w;
-  return format("thread %u (thread_position_in_threadgroup (%u,%u,%u), simdgroup %u, lane %u)",
-                f.linear, f.tpitg.x, f.tpitg.y, f.tpitg.z, unsigned(f.sg), unsigned(f.lane));
+  return format(
+      "thread %u (thread_position_in_threadgroup (%u,%u,%u), simdgroup %u, lane %u)",
+      f.linear,
+      f.tpitg.x,
+      f.tpitg.y,
+      f.tpitg.z,
+      unsigned(f.sg),
+      unsigned(f.lane));
 }
 
 // "N thread(s) wait at the <what> at file:line, e.g. <thread>" for each distinct wait, in thread
@@ -410,7 +431,8 @@ inline std::string describe_waits(const Worker& w, uint32_t first, uint32_t n, c
       continue;
     }
     size_t k = 0;
-    while (k < reps.size() && !(reps[k]->state == f.state && reps[k]->site == f.site)) ++k;
+    while (k < reps.size() && !(reps[k]->state == f.state && reps[k]->site == f.site))
+      ++k;
     if (k == reps.size()) {
       reps.push_back(&f);
       counts.push_back(0);
@@ -422,11 +444,18 @@ inline std::string describe_waits(const Worker& w, uint32_t first, uint32_t n, c
     const char* what = reps[k]->state == State::SimdBarrier ? "simdgroup_barrier"
                        : reps[k]->state == State::Barrier   ? "threadgroup_barrier"
                                                             : "SIMD-group function";
-    msg += format("\n  %u %s wait%s at the %s at %s:%u, e.g. %s", counts[k], who,
-                  counts[k] == 1 ? "s" : "", what, reps[k]->site.file, reps[k]->site.line,
-                  thread_desc(w, *reps[k]).c_str());
+    msg += format(
+        "\n  %u %s wait%s at the %s at %s:%u, e.g. %s",
+        counts[k],
+        who,
+        counts[k] == 1 ? "s" : "",
+        what,
+        reps[k]->site.file,
+        reps[k]->site.line,
+        thread_desc(w, *reps[k]).c_str());
   }
-  if (done) msg += format("\n  %u %s ha%s returned", done, who, done == 1 ? "s" : "ve");
+  if (done)
+    msg += format("\n  %u %s ha%s returned", done, who, done == 1 ? "s" : "ve");
   return msg;
 }
 
@@ -448,18 +477,21 @@ inline bool run_simdgroup(Worker& w, SimdGroup& g) {
       // Every lane of g is now blocked or done: complete the collectives they wait at.
       uint32_t pending = 0;
       for (uint32_t l = 0; l < g.nlanes; ++l)
-        if (w.fibers[g.first + l].state == State::Simd) pending |= 1u << l;
+        if (w.fibers[g.first + l].state == State::Simd)
+          pending |= 1u << l;
       while (pending) {
         uint32_t l0 = uint32_t(__builtin_ctz(pending));
         Fiber& f0 = w.fibers[g.first + l0];
         uint32_t mask = 0;
         for (uint32_t l = l0; l < g.nlanes; ++l) {
           Fiber& f = w.fibers[g.first + l];
-          if ((pending >> l & 1u) && f.site == f0.site && f.combine == f0.combine) mask |= 1u << l;
+          if ((pending >> l & 1u) && f.site == f0.site && f.combine == f0.combine)
+            mask |= 1u << l;
         }
         f0.combine(g, mask);
         for (uint32_t l = l0; l < g.nlanes; ++l)
-          if (mask >> l & 1u) w.fibers[g.first + l].state = State::Ready;
+          if (mask >> l & 1u)
+            w.fibers[g.first + l].state = State::Ready;
         pending &= ~mask;
       }
       continue;
@@ -469,12 +501,17 @@ inline bool run_simdgroup(Worker& w, SimdGroup& g) {
     bool release = true;
     for (uint32_t l = 0; l < g.nlanes; ++l) {
       const Fiber& f = w.fibers[g.first + l];
-      if (f.state == State::Done) continue;
-      if (f.state != State::SimdBarrier) release = false;
-      else if (!sb) sb = &f;
-      else if (!(f.site == sb->site)) release = false;
+      if (f.state == State::Done)
+        continue;
+      if (f.state != State::SimdBarrier)
+        release = false;
+      else if (!sb)
+        sb = &f;
+      else if (!(f.site == sb->site))
+        release = false;
     }
-    if (!sb) return true;  // only threadgroup barriers (or nothing) left: the group decides
+    if (!sb)
+      return true; // only threadgroup barriers (or nothing) left: the group decides
     if (release) {
       for (uint32_t l = 0; l < g.nlanes; ++l)
         if (w.fibers[g.first + l].state == State::SimdBarrier)
@@ -484,10 +521,15 @@ inline bool run_simdgroup(Worker& w, SimdGroup& g) {
     Dispatch& d = *w.d;
     d.errors.fail(
         METALSIM_ERR_DEADLOCK,
-        format("kernel '%s': deadlock in threadgroup (%u,%u,%u), SIMD group %u: a "
-               "simdgroup_barrier waits for every live lane of its SIMD group, but the live "
-               "lanes wait at different places and none can proceed:",
-               d.kernel->name, w.tgpig.x, w.tgpig.y, w.tgpig.z, unsigned(sb->sg)) +
+        format(
+            "kernel '%s': deadlock in threadgroup (%u,%u,%u), SIMD group %u: a "
+            "simdgroup_barrier waits for every live lane of its SIMD group, but the live "
+            "lanes wait at different places and none can proceed:",
+            d.kernel->name,
+            w.tgpig.x,
+            w.tgpig.y,
+            w.tgpig.z,
+            unsigned(sb->sg)) +
             describe_waits(w, g.first, g.nlanes, "lane(s)"));
     return false;
   }
@@ -503,13 +545,14 @@ inline bool run_group(Worker& w, uint64_t gidx) {
     for (int i = 0; i < 3; ++i) {
       uint32_t start = w.tgpig[i] * d.group_size[i];
       uint32_t left = d.grid_threads[i] - start;
-      if (left < w.tptg[i]) w.tptg[i] = left;
+      if (left < w.tptg[i])
+        w.tptg[i] = left;
     }
   }
   const uint32_t n = w.tptg.x * w.tptg.y * w.tptg.z;
   w.nthreads = n;
   w.nsg = (n + kSimdWidth - 1) / kSimdWidth;
-  std::memset(w.arena, 0xFF, d.arena_bytes);  // poison: NaN for every float type
+  std::memset(w.arena, 0xFF, d.arena_bytes); // poison: NaN for every float type
   for (uint32_t i = 0; i < n; ++i) {
     Fiber& f = w.fibers[i];
     f.w = &w;
@@ -529,21 +572,28 @@ inline bool run_group(Worker& w, uint64_t gidx) {
   }
   for (;;) {
     for (uint32_t s = 0; s < w.nsg; ++s)
-      if (!run_simdgroup(w, w.sgs[s])) return false;
-    if (d.errors.failed.load(std::memory_order_relaxed)) return false;
+      if (!run_simdgroup(w, w.sgs[s]))
+        return false;
+    if (d.errors.failed.load(std::memory_order_relaxed))
+      return false;
     // Every live thread now waits at a barrier.
     const Fiber* first = nullptr;
     bool same = true;
     for (uint32_t i = 0; i < n; ++i) {
       const Fiber& f = w.fibers[i];
-      if (f.state == State::Done) continue;
-      if (!first) first = &f;
-      else if (!(f.site == first->site)) same = false;
+      if (f.state == State::Done)
+        continue;
+      if (!first)
+        first = &f;
+      else if (!(f.site == first->site))
+        same = false;
     }
-    if (!first) return true;
+    if (!first)
+      return true;
     if (same) {
       for (uint32_t i = 0; i < n; ++i)
-        if (w.fibers[i].state == State::Barrier) w.fibers[i].state = State::Ready;
+        if (w.fibers[i].state == State::Barrier)
+          w.fibers[i].state = State::Ready;
       continue;
     }
     // Deadlock: describe who waits where.
@@ -551,7 +601,10 @@ inline bool run_group(Worker& w, uint64_t gidx) {
         "kernel '%s': deadlock in threadgroup (%u,%u,%u): the live threads of the group wait at "
         "different threadgroup_barrier calls and none can proceed (every live thread must reach "
         "the same barrier):",
-        d.kernel->name, w.tgpig.x, w.tgpig.y, w.tgpig.z);
+        d.kernel->name,
+        w.tgpig.x,
+        w.tgpig.y,
+        w.tgpig.z);
     msg += describe_waits(w, 0, n, "thread(s)");
     d.errors.fail(METALSIM_ERR_DEADLOCK, msg);
     return false;
@@ -575,7 +628,7 @@ inline void on_fault(int sig, siginfo_t* si, void* ctx) {
   if (w && w->trap_armed && w->current && w->in_guard(reinterpret_cast<uintptr_t>(si->si_addr))) {
     w->trap_armed = 0;
     w->overflowed = w->current;
-    siglongjmp(w->trap, 1);  // back to worker_loop, on the worker's own stack
+    siglongjmp(w->trap, 1); // back to worker_loop, on the worker's own stack
   }
   const struct sigaction& prev = sig == SIGBUS ? prev_handlers().bus : prev_handlers().segv;
   if ((prev.sa_flags & SA_SIGINFO) && prev.sa_sigaction) {
@@ -612,10 +665,13 @@ inline void install_fault_handler() {
 
 inline void run_groups(Worker& w, Dispatch& d) {
   for (;;) {
-    if (d.errors.failed.load(std::memory_order_relaxed)) break;
+    if (d.errors.failed.load(std::memory_order_relaxed))
+      break;
     uint64_t g = d.next_group.fetch_add(1);
-    if (g >= d.total_groups) break;
-    if (!run_group(w, g)) break;
+    if (g >= d.total_groups)
+      break;
+    if (!run_group(w, g))
+      break;
   }
 }
 
@@ -641,13 +697,18 @@ inline void worker_loop(Dispatch& d) {
     const Fiber& f = *w.overflowed;
     d.errors.fail(
         METALSIM_ERR_LIMIT,
-        format("kernel '%s': stack overflow in threadgroup (%u,%u,%u), %s: its thread-private "
-               "memory (local variables and arrays, and the frames of the functions it calls) "
-               "exceeds the %zu KiB stack of a simulated thread. A GPU thread has far less "
-               "private memory than that: keep large arrays in threadgroup or device memory "
-               "(METALSIM_STACK_KB sets the simulator's stack size)",
-               d.kernel->name, w.tgpig.x, w.tgpig.y, w.tgpig.z, thread_desc(w, f).c_str(),
-               w.stack_size / 1024));
+        format(
+            "kernel '%s': stack overflow in threadgroup (%u,%u,%u), %s: its thread-private "
+            "memory (local variables and arrays, and the frames of the functions it calls) "
+            "exceeds the %zu KiB stack of a simulated thread. A GPU thread has far less "
+            "private memory than that: keep large arrays in threadgroup or device memory "
+            "(METALSIM_STACK_KB sets the simulator's stack size)",
+            d.kernel->name,
+            w.tgpig.x,
+            w.tgpig.y,
+            w.tgpig.z,
+            thread_desc(w, f).c_str(),
+            w.stack_size / 1024));
   }
   w.current = nullptr;
   w.overflowed = nullptr;
@@ -665,14 +726,12 @@ inline void worker_loop(Dispatch& d) {
 
 // ---------------------------------------------------------------- bindings (generated code)
 
-template <class T>
-struct dtype_of {
-  static constexpr int value = -1;  // unknown (a struct): not checked
+template <class T> struct dtype_of {
+  static constexpr int value = -1; // unknown (a struct): not checked
 };
-#define METALSIM_DTYPE(T, code) \
-  template <>                   \
-  struct dtype_of<T> {          \
-    static constexpr int value = code; \
+#define METALSIM_DTYPE(T, code)                                                                    \
+  template <> struct dtype_of<T> {                                                                 \
+    static constexpr int value = code;                                                             \
   };
 METALSIM_DTYPE(bool, METALSIM_BOOL)
 METALSIM_DTYPE(char, METALSIM_INT8)
@@ -691,13 +750,25 @@ METALSIM_DTYPE(double, METALSIM_FLOAT64)
 METALSIM_DTYPE(metal::half, METALSIM_FLOAT16)
 METALSIM_DTYPE(metal::bfloat, METALSIM_BFLOAT16)
 #undef METALSIM_DTYPE
-template <class T, int N, bool P>
-struct dtype_of<metal::vec<T, N, P>> : dtype_of<T> {};
+template <class T, int N, bool P> struct dtype_of<metal::vec<T, N, P>> : dtype_of<T> {};
 
 inline const char* dtype_name(int code) {
-  static const char* names[] = {"untyped bytes", "bool",    "uint8",   "uint16",  "uint32",
-                                "uint64",        "int8",    "int16",   "int32",   "int64",
-                                "float16",       "bfloat16", "float32", "float64", "complex64"};
+  static const char* names[] = {
+      "untyped bytes",
+      "bool",
+      "uint8",
+      "uint16",
+      "uint32",
+      "uint64",
+      "int8",
+      "int16",
+      "int32",
+      "int64",
+      "float16",
+      "bfloat16",
+      "float32",
+      "float64",
+      "complex64"};
   return (code >= 0 && code < METALSIM_DTYPE_COUNT) ? names[code] : "unknown";
 }
 
@@ -705,61 +776,93 @@ template <class P>
 using pointee_t = std::remove_cv_t<std::remove_pointer_t<std::remove_reference_t<P>>>;
 
 template <class P>
-inline void check_buffer(const Dispatch& d, Errors& e, unsigned idx, const char* param,
-                         const char* type_text) {
+inline void
+check_buffer(const Dispatch& d, Errors& e, unsigned idx, const char* param, const char* type_text) {
   const metalsim_dispatch_args& a = *d.args;
   const char* k = d.kernel->name;
   if (idx >= a.n_buffers || a.buffers[idx].data == nullptr) {
-    e.fail(METALSIM_ERR_BINDING,
-           format("kernel '%s': [[buffer(%u)]] '%s' (%s) is not bound: bind it with "
-                  "set_input_array/set_output_array/set_bytes (Python: buffers={%u: ...})",
-                  k, idx, param, type_text, idx));
+    e.fail(
+        METALSIM_ERR_BINDING,
+        format(
+            "kernel '%s': [[buffer(%u)]] '%s' (%s) is not bound: bind it with "
+            "set_input_array/set_output_array/set_bytes (Python: buffers={%u: ...})",
+            k,
+            idx,
+            param,
+            type_text,
+            idx));
     return;
   }
   using E = pointee_t<P>;
   const metalsim_binding& b = a.buffers[idx];
   constexpr int want = dtype_of<E>::value;
   if (want >= 0 && b.dtype != METALSIM_UNTYPED && b.dtype != want) {
-    e.fail(METALSIM_ERR_BINDING,
-           format("kernel '%s': [[buffer(%u)]] '%s' is declared '%s' (%s elements) but the bound "
-                  "%s has dtype %s",
-                  k, idx, param, type_text, dtype_name(want), b.is_bytes ? "bytes" : "array",
-                  dtype_name(b.dtype)));
+    e.fail(
+        METALSIM_ERR_BINDING,
+        format(
+            "kernel '%s': [[buffer(%u)]] '%s' is declared '%s' (%s elements) but the bound "
+            "%s has dtype %s",
+            k,
+            idx,
+            param,
+            type_text,
+            dtype_name(want),
+            b.is_bytes ? "bytes" : "array",
+            dtype_name(b.dtype)));
     return;
   }
   if constexpr (!std::is_void_v<E>) {
     if (b.size > 0 && reinterpret_cast<uintptr_t>(b.data) % alignof(E) != 0) {
-      e.fail(METALSIM_ERR_BINDING,
-             format("kernel '%s': [[buffer(%u)]] '%s' (%s) is bound at an address that is not a "
-                    "multiple of %zu bytes, the alignment of its element type (an offset into a "
-                    "buffer must be a multiple of it, in Metal too)",
-                    k, idx, param, type_text, alignof(E)));
+      e.fail(
+          METALSIM_ERR_BINDING,
+          format(
+              "kernel '%s': [[buffer(%u)]] '%s' (%s) is bound at an address that is not a "
+              "multiple of %zu bytes, the alignment of its element type (an offset into a "
+              "buffer must be a multiple of it, in Metal too)",
+              k,
+              idx,
+              param,
+              type_text,
+              alignof(E)));
       return;
     }
   }
   if constexpr (!std::is_pointer_v<std::remove_reference_t<P>>) {
     if (b.size < sizeof(E)) {
-      e.fail(METALSIM_ERR_BINDING,
-             format("kernel '%s': [[buffer(%u)]] '%s' (%s) needs %zu bytes but only %llu are bound",
-                    k, idx, param, type_text, sizeof(E), (unsigned long long)b.size));
+      e.fail(
+          METALSIM_ERR_BINDING,
+          format(
+              "kernel '%s': [[buffer(%u)]] '%s' (%s) needs %zu bytes but only %llu are bound",
+              k,
+              idx,
+              param,
+              type_text,
+              sizeof(E),
+              (unsigned long long)b.size));
     }
   }
 }
 
 template <class P>
-inline void check_threadgroup(const Dispatch& d, Errors& e, unsigned idx, const char* param,
-                              const char* type_text) {
+inline void check_threadgroup(
+    const Dispatch& d, Errors& e, unsigned idx, const char* param, const char* type_text) {
   const metalsim_dispatch_args& a = *d.args;
   if (idx >= a.n_threadgroup || a.threadgroup_lengths[idx] == 0) {
-    e.fail(METALSIM_ERR_BINDING,
-           format("kernel '%s': [[threadgroup(%u)]] '%s' (%s) has no memory: call "
-                  "set_threadgroup_memory_length(bytes, %u) (Python: threadgroup_memory={%u: bytes})",
-                  d.kernel->name, idx, param, type_text, idx, idx));
+    e.fail(
+        METALSIM_ERR_BINDING,
+        format(
+            "kernel '%s': [[threadgroup(%u)]] '%s' (%s) has no memory: call "
+            "set_threadgroup_memory_length(bytes, %u) (Python: threadgroup_memory={%u: bytes})",
+            d.kernel->name,
+            idx,
+            param,
+            type_text,
+            idx,
+            idx));
   }
 }
 
-template <class P>
-inline P bind_buffer(Fiber& f, unsigned idx) {
+template <class P> inline P bind_buffer(Fiber& f, unsigned idx) {
   void* p = f.w->d->args->buffers[idx].data;
   using Q = std::remove_reference_t<P>;
   if constexpr (std::is_pointer_v<Q>) {
@@ -773,8 +876,7 @@ inline P bind_buffer(Fiber& f, unsigned idx) {
   }
 }
 
-template <class P>
-inline P bind_threadgroup(Fiber& f, unsigned idx) {
+template <class P> inline P bind_threadgroup(Fiber& f, unsigned idx) {
   return reinterpret_cast<P>(f.w->arena + f.w->d->tg_buffer_offsets[idx]);
 }
 
@@ -797,30 +899,42 @@ enum class Builtin {
 inline uint3 builtin_uint3(const Fiber& f, Builtin b) {
   const Worker& w = *f.w;
   switch (b) {
-    case Builtin::thread_position_in_grid: return builtin_tpig(f);
-    case Builtin::thread_position_in_threadgroup: return f.tpitg;
-    case Builtin::threadgroup_position_in_grid: return w.tgpig;
-    case Builtin::thread_index_in_threadgroup: return uint3(f.linear, 0u, 0u);
-    case Builtin::threads_per_threadgroup: return w.tptg;
-    case Builtin::threadgroups_per_grid: return w.d->groups;
-    case Builtin::threads_per_grid: return w.d->grid_threads;
-    case Builtin::simdgroup_index_in_threadgroup: return uint3(unsigned(f.sg), 0u, 0u);
-    case Builtin::thread_index_in_simdgroup: return uint3(unsigned(f.lane), 0u, 0u);
-    case Builtin::threads_per_simdgroup:
-    case Builtin::thread_execution_width: return uint3(kSimdWidth, 0u, 0u);
-    case Builtin::simdgroups_per_threadgroup: return uint3(w.nsg, 0u, 0u);
-    case Builtin::dispatch_threads_per_threadgroup: return w.d->group_size;
+  case Builtin::thread_position_in_grid:
+    return builtin_tpig(f);
+  case Builtin::thread_position_in_threadgroup:
+    return f.tpitg;
+  case Builtin::threadgroup_position_in_grid:
+    return w.tgpig;
+  case Builtin::thread_index_in_threadgroup:
+    return uint3(f.linear, 0u, 0u);
+  case Builtin::threads_per_threadgroup:
+    return w.tptg;
+  case Builtin::threadgroups_per_grid:
+    return w.d->groups;
+  case Builtin::threads_per_grid:
+    return w.d->grid_threads;
+  case Builtin::simdgroup_index_in_threadgroup:
+    return uint3(unsigned(f.sg), 0u, 0u);
+  case Builtin::thread_index_in_simdgroup:
+    return uint3(unsigned(f.lane), 0u, 0u);
+  case Builtin::threads_per_simdgroup:
+  case Builtin::thread_execution_width:
+    return uint3(kSimdWidth, 0u, 0u);
+  case Builtin::simdgroups_per_threadgroup:
+    return uint3(w.nsg, 0u, 0u);
+  case Builtin::dispatch_threads_per_threadgroup:
+    return w.d->group_size;
   }
   return uint3(0u);
 }
 
-template <class P>
-inline P builtin(const Fiber& f, Builtin b) {
+template <class P> inline P builtin(const Fiber& f, Builtin b) {
   uint3 v = builtin_uint3(f, b);
   using Q = std::remove_cv_t<std::remove_reference_t<P>>;
   if constexpr (metal::is_vec<Q>::value) {
     Q r;
-    for (int i = 0; i < Q::size; ++i) r.elems[i] = typename Q::value_type(v.elems[i]);
+    for (int i = 0; i < Q::size; ++i)
+      r.elems[i] = typename Q::value_type(v.elems[i]);
     return r;
   } else {
     return Q(v.x);
@@ -828,8 +942,7 @@ inline P builtin(const Fiber& f, Builtin b) {
 }
 
 // Storage of a `threadgroup T name[...]` declared in a kernel body: the k-th declaration.
-template <class T>
-inline T* tg_decl(unsigned k) {
+template <class T> inline T* tg_decl(unsigned k) {
   Worker* w = tls_worker;
   return reinterpret_cast<T*>(w->arena + w->d->tg_decl_offsets[k]);
 }
@@ -839,7 +952,8 @@ inline T* tg_decl(unsigned k) {
 inline unsigned default_workers() {
   if (const char* e = std::getenv("METALSIM_THREADS")) {
     int v = std::atoi(e);
-    if (v > 0) return unsigned(v);
+    if (v > 0)
+      return unsigned(v);
   }
   unsigned h = std::thread::hardware_concurrency();
   return h ? h : 1;
@@ -852,19 +966,30 @@ inline int fail_out(char* err, size_t errlen, int status, const std::string& msg
   return status;
 }
 
-inline int run_dispatch(const KernelInfo* const* kernels, size_t n_kernels,
-                        const metalsim_dispatch_args* a, char* err, size_t errlen) {
+inline int run_dispatch(
+    const KernelInfo* const* kernels,
+    size_t n_kernels,
+    const metalsim_dispatch_args* a,
+    char* err,
+    size_t errlen) {
   if (!a || a->abi_version != METALSIM_ABI_VERSION)
     return fail_out(err, errlen, METALSIM_ERR_INVALID, "metalsim: dispatch ABI version mismatch");
   const KernelInfo* k = nullptr;
   for (size_t i = 0; i < n_kernels && !k; ++i)
-    if (std::strcmp(kernels[i]->name, a->kernel) == 0) k = kernels[i];
+    if (std::strcmp(kernels[i]->name, a->kernel) == 0)
+      k = kernels[i];
   if (!k) {
     std::string names;
-    for (size_t i = 0; i < n_kernels; ++i) names += std::string(i ? ", " : "") + kernels[i]->name;
-    return fail_out(err, errlen, METALSIM_ERR_KERNEL_NOT_FOUND,
-                    format("no kernel named '%s' in this library (kernels: %s)", a->kernel,
-                           names.empty() ? "none" : names.c_str()));
+    for (size_t i = 0; i < n_kernels; ++i)
+      names += std::string(i ? ", " : "") + kernels[i]->name;
+    return fail_out(
+        err,
+        errlen,
+        METALSIM_ERR_KERNEL_NOT_FOUND,
+        format(
+            "no kernel named '%s' in this library (kernels: %s)",
+            a->kernel,
+            names.empty() ? "none" : names.c_str()));
   }
   auto d = std::make_unique<Dispatch>();
   d->kernel = k;
@@ -873,10 +998,17 @@ inline int run_dispatch(const KernelInfo* const* kernels, size_t n_kernels,
   uint64_t threads = 1;
   for (int i = 0; i < 3; ++i) {
     if (a->group[i] == 0)
-      return fail_out(err, errlen, METALSIM_ERR_INVALID,
-                      format("kernel '%s': the threadgroup size (threads per threadgroup) (%llu, %llu, "
-                             "%llu) has a zero dimension: Metal rejects it", k->name, (unsigned long long)a->group[0],
-                             (unsigned long long)a->group[1], (unsigned long long)a->group[2]));
+      return fail_out(
+          err,
+          errlen,
+          METALSIM_ERR_INVALID,
+          format(
+              "kernel '%s': the threadgroup size (threads per threadgroup) (%llu, %llu, "
+              "%llu) has a zero dimension: Metal rejects it",
+              k->name,
+              (unsigned long long)a->group[0],
+              (unsigned long long)a->group[1],
+              (unsigned long long)a->group[2]));
     if (a->group[i] > kMaxThreadsPerGroup || a->grid[i] > 0xffffffffull)
       threads = ~0ull >> 1;
     else
@@ -884,24 +1016,36 @@ inline int run_dispatch(const KernelInfo* const* kernels, size_t n_kernels,
   }
   for (int i = 0; i < 3; ++i)
     if (a->grid[i] == 0)
-      return fail_out(err, errlen, METALSIM_ERR_INVALID,
-                      format("kernel '%s': the grid (%s per grid) (%llu, %llu, %llu) has a zero "
-                             "dimension: Metal rejects an empty dispatch (skip the dispatch when "
-                             "there is no work)",
-                             k->name, a->grid_is_threads ? "threads" : "threadgroups",
-                             (unsigned long long)a->grid[0], (unsigned long long)a->grid[1],
-                             (unsigned long long)a->grid[2]));
+      return fail_out(
+          err,
+          errlen,
+          METALSIM_ERR_INVALID,
+          format(
+              "kernel '%s': the grid (%s per grid) (%llu, %llu, %llu) has a zero "
+              "dimension: Metal rejects an empty dispatch (skip the dispatch when "
+              "there is no work)",
+              k->name,
+              a->grid_is_threads ? "threads" : "threadgroups",
+              (unsigned long long)a->grid[0],
+              (unsigned long long)a->grid[1],
+              (unsigned long long)a->grid[2]));
   unsigned limit = k->max_threads ? k->max_threads : kMaxThreadsPerGroup;
   if (threads > limit) {
     return fail_out(
-        err, errlen, METALSIM_ERR_LIMIT,
-        format("kernel '%s': %llu threads per threadgroup (%llu x %llu x %llu) exceeds the limit "
-               "of %u%s",
-               k->name, (unsigned long long)(a->group[0] * a->group[1] * a->group[2]),
-               (unsigned long long)a->group[0], (unsigned long long)a->group[1],
-               (unsigned long long)a->group[2], limit,
-               limit == kMaxThreadsPerGroup ? " (maxTotalThreadsPerThreadgroup)"
-                                            : " set by [[max_total_threads_per_threadgroup]]"));
+        err,
+        errlen,
+        METALSIM_ERR_LIMIT,
+        format(
+            "kernel '%s': %llu threads per threadgroup (%llu x %llu x %llu) exceeds the limit "
+            "of %u%s",
+            k->name,
+            (unsigned long long)(a->group[0] * a->group[1] * a->group[2]),
+            (unsigned long long)a->group[0],
+            (unsigned long long)a->group[1],
+            (unsigned long long)a->group[2],
+            limit,
+            limit == kMaxThreadsPerGroup ? " (maxTotalThreadsPerThreadgroup)"
+                                         : " set by [[max_total_threads_per_threadgroup]]"));
   }
   for (int i = 0; i < 3; ++i) {
     d->group_size[i] = uint32_t(a->group[i]);
@@ -921,50 +1065,74 @@ inline int run_dispatch(const KernelInfo* const* kernels, size_t n_kernels,
     off = (off + al - 1) / al * al;
     d->tg_decl_offsets.push_back(off);
     off += k->tg_decls[i].size;
-    detail += format("\n  threadgroup array '%s' (line %u): %zu bytes", k->tg_decls[i].name,
-                     k->tg_decls[i].line, k->tg_decls[i].size);
+    detail += format(
+        "\n  threadgroup array '%s' (line %u): %zu bytes",
+        k->tg_decls[i].name,
+        k->tg_decls[i].line,
+        k->tg_decls[i].size);
   }
-  for (unsigned i = 0; i < 32; ++i) d->tg_buffer_offsets[i] = 0;
+  for (unsigned i = 0; i < 32; ++i)
+    d->tg_buffer_offsets[i] = 0;
   for (uint32_t i = 0; i < a->n_threadgroup && i < 32; ++i) {
     uint64_t len = a->threadgroup_lengths[i];
-    if (len == 0) continue;
+    if (len == 0)
+      continue;
     if (len % 16 != 0)
-      return fail_out(err, errlen, METALSIM_ERR_INVALID,
-                      format("kernel '%s': threadgroup memory length %llu for [[threadgroup(%u)]] "
-                             "is not a multiple of 16 bytes (Metal requires it)",
-                             k->name, (unsigned long long)len, i));
+      return fail_out(
+          err,
+          errlen,
+          METALSIM_ERR_INVALID,
+          format(
+              "kernel '%s': threadgroup memory length %llu for [[threadgroup(%u)]] "
+              "is not a multiple of 16 bytes (Metal requires it)",
+              k->name,
+              (unsigned long long)len,
+              i));
     off = (off + 15) / 16 * 16;
     d->tg_buffer_offsets[i] = off;
     off += len;
     detail += format("\n  [[threadgroup(%u)]]: %llu bytes", i, (unsigned long long)len);
   }
   if (off > kMaxThreadgroupMemory)
-    return fail_out(err, errlen, METALSIM_ERR_LIMIT,
-                    format("kernel '%s': %zu bytes of threadgroup memory exceeds the limit of "
-                           "%zu bytes (32 KiB):%s",
-                           k->name, off, kMaxThreadgroupMemory, detail.c_str()));
+    return fail_out(
+        err,
+        errlen,
+        METALSIM_ERR_LIMIT,
+        format(
+            "kernel '%s': %zu bytes of threadgroup memory exceeds the limit of "
+            "%zu bytes (32 KiB):%s",
+            k->name,
+            off,
+            kMaxThreadgroupMemory,
+            detail.c_str()));
   d->arena_bytes = off;
   k->check(*d, d->errors);
-  if (d->errors.failed) return fail_out(err, errlen, d->errors.status, d->errors.message);
+  if (d->errors.failed)
+    return fail_out(err, errlen, d->errors.status, d->errors.message);
 
   d->total_groups = uint64_t(d->groups.x) * d->groups.y * d->groups.z;
-  if (d->total_groups == 0) return METALSIM_OK;
+  if (d->total_groups == 0)
+    return METALSIM_OK;
   unsigned nw = a->n_workers > 0 ? unsigned(a->n_workers) : default_workers();
-  if (nw > d->total_groups) nw = unsigned(d->total_groups);
+  if (nw > d->total_groups)
+    nw = unsigned(d->total_groups);
   std::vector<std::thread> threads_v;
   try {
-    for (unsigned i = 1; i < nw; ++i) threads_v.emplace_back([&d] { worker_loop(*d); });
+    for (unsigned i = 1; i < nw; ++i)
+      threads_v.emplace_back([&d] { worker_loop(*d); });
     worker_loop(*d);
   } catch (const std::exception& e) {
     d->errors.fail(METALSIM_ERR_RUNTIME, format("kernel '%s': %s", k->name, e.what()));
   }
-  for (auto& t : threads_v) t.join();
-  std::fflush(stdout);  // kernel printf output appears before the dispatch returns
-  if (d->errors.failed) return fail_out(err, errlen, d->errors.status, d->errors.message);
+  for (auto& t : threads_v)
+    t.join();
+  std::fflush(stdout); // kernel printf output appears before the dispatch returns
+  if (d->errors.failed)
+    return fail_out(err, errlen, d->errors.status, d->errors.message);
   return METALSIM_OK;
 }
 
-}  // namespace metalsim::rt
+} // namespace metalsim::rt
 
 // Defines the context switch; expanded once per kernel library (in its main translation unit).
 //
@@ -993,61 +1161,55 @@ inline int run_dispatch(const KernelInfo* const* kernels, size_t n_kernels,
 #define METALSIM_ASM_END ".popsection\n"
 #endif
 
-#define METALSIM_ASM_FUNC(x)                                                        \
-  ".globl " METALSIM_ASM_SYM(x) "\n" METALSIM_ASM_HIDE(x) METALSIM_ASM_TYPE(x)       \
-  ".p2align 4\n" METALSIM_ASM_SYM(x) ":\n"
+#define METALSIM_ASM_FUNC(x)                                                                       \
+  ".globl " METALSIM_ASM_SYM(x) "\n" METALSIM_ASM_HIDE(x)                                          \
+      METALSIM_ASM_TYPE(x) ".p2align 4\n" METALSIM_ASM_SYM(x) ":\n"
 
 #if defined(__x86_64__)
 // System V AMD64: the callee-saved state is rbx, rbp, r12-r15, rsp, the control bits of MXCSR
 // and the x87 control word. Frame (from the saved rsp up): MXCSR (4 bytes) and x87 CW (2) in
 // one 8-byte slot, r15, r14, r13, r12, rbx, rbp, return address.
-#define METALSIM_DEFINE_CONTEXT_SWITCH                                              \
-  __asm__(METALSIM_ASM_BEGIN                                                        \
-          METALSIM_ASM_FUNC(metalsim_ctx_switch_v1)                                 \
-          "  pushq %rbp\n  pushq %rbx\n  pushq %r12\n  pushq %r13\n"                \
-          "  pushq %r14\n  pushq %r15\n"                                            \
-          "  subq $8, %rsp\n"                                                       \
-          "  stmxcsr (%rsp)\n  fnstcw 4(%rsp)\n"                                    \
-          "  movq %rsp, (%rdi)\n"                                                   \
-          "  movq %rsi, %rsp\n"                                                     \
-          "  ldmxcsr (%rsp)\n  fldcw 4(%rsp)\n"                                     \
-          "  addq $8, %rsp\n"                                                       \
-          "  popq %r15\n  popq %r14\n  popq %r13\n  popq %r12\n"                    \
-          "  popq %rbx\n  popq %rbp\n"                                              \
-          "  ret\n"                                                                 \
-          METALSIM_ASM_FUNC(metalsim_fiber_entry_v1)                                \
-          "  movq %r12, %rdi\n"                                                     \
-          "  callq *%r13\n"                                                         \
-          "  ud2\n"                                                                 \
-          METALSIM_ASM_END);
+#define METALSIM_DEFINE_CONTEXT_SWITCH                                                             \
+  __asm__(METALSIM_ASM_BEGIN METALSIM_ASM_FUNC(                                                    \
+      metalsim_ctx_switch_v1) "  pushq %rbp\n  pushq %rbx\n  pushq %r12\n  pushq %r13\n"           \
+                              "  pushq %r14\n  pushq %r15\n"                                       \
+                              "  subq $8, %rsp\n"                                                  \
+                              "  stmxcsr (%rsp)\n  fnstcw 4(%rsp)\n"                               \
+                              "  movq %rsp, (%rdi)\n"                                              \
+                              "  movq %rsi, %rsp\n"                                                \
+                              "  ldmxcsr (%rsp)\n  fldcw 4(%rsp)\n"                                \
+                              "  addq $8, %rsp\n"                                                  \
+                              "  popq %r15\n  popq %r14\n  popq %r13\n  popq %r12\n"               \
+                              "  popq %rbx\n  popq %rbp\n"                                         \
+                              "  ret\n" METALSIM_ASM_FUNC(                                         \
+                                  metalsim_fiber_entry_v1) "  movq %r12, %rdi\n"                   \
+                                                           "  callq *%r13\n"                       \
+                                                           "  ud2\n" METALSIM_ASM_END);
 #elif defined(__aarch64__)
 // AAPCS64 (and Apple's arm64 ABI, which follows it and reserves x18, untouched here): the
 // callee-saved state is x19-x28, x29 (fp), sp, d8-d15 (the low halves of v8-v15) and FPCR; x30
 // (lr) holds the return address. Frame (176 bytes, sp stays 16-byte aligned): x19-x30 at 0-95,
 // d8-d15 at 96-159, FPCR at 160. FPCR is written only when it differs (a write can be slow).
-#define METALSIM_DEFINE_CONTEXT_SWITCH                                              \
-  __asm__(METALSIM_ASM_BEGIN                                                        \
-          METALSIM_ASM_FUNC(metalsim_ctx_switch_v1)                                 \
-          "  sub sp, sp, #176\n"                                                    \
-          "  stp x19, x20, [sp, #0]\n  stp x21, x22, [sp, #16]\n"                   \
-          "  stp x23, x24, [sp, #32]\n  stp x25, x26, [sp, #48]\n"                  \
-          "  stp x27, x28, [sp, #64]\n  stp x29, x30, [sp, #80]\n"                  \
-          "  stp d8, d9, [sp, #96]\n  stp d10, d11, [sp, #112]\n"                   \
-          "  stp d12, d13, [sp, #128]\n  stp d14, d15, [sp, #144]\n"                \
-          "  mrs x9, fpcr\n  str x9, [sp, #160]\n"                                  \
-          "  mov x10, sp\n  str x10, [x0]\n  mov sp, x1\n"                          \
-          "  ldr x10, [sp, #160]\n  cmp x9, x10\n  b.eq 1f\n  msr fpcr, x10\n"      \
-          "1:\n"                                                                    \
-          "  ldp x19, x20, [sp, #0]\n  ldp x21, x22, [sp, #16]\n"                   \
-          "  ldp x23, x24, [sp, #32]\n  ldp x25, x26, [sp, #48]\n"                  \
-          "  ldp x27, x28, [sp, #64]\n  ldp x29, x30, [sp, #80]\n"                  \
-          "  ldp d8, d9, [sp, #96]\n  ldp d10, d11, [sp, #112]\n"                   \
-          "  ldp d12, d13, [sp, #128]\n  ldp d14, d15, [sp, #144]\n"                \
-          "  add sp, sp, #176\n"                                                    \
-          "  ret\n"                                                                 \
-          METALSIM_ASM_FUNC(metalsim_fiber_entry_v1)                                \
-          "  mov x0, x19\n"                                                         \
-          "  blr x20\n"                                                             \
-          "  brk #0\n"                                                              \
-          METALSIM_ASM_END);
+#define METALSIM_DEFINE_CONTEXT_SWITCH                                                             \
+  __asm__(METALSIM_ASM_BEGIN METALSIM_ASM_FUNC(                                                    \
+      metalsim_ctx_switch_v1) "  sub sp, sp, #176\n"                                               \
+                              "  stp x19, x20, [sp, #0]\n  stp x21, x22, [sp, #16]\n"              \
+                              "  stp x23, x24, [sp, #32]\n  stp x25, x26, [sp, #48]\n"             \
+                              "  stp x27, x28, [sp, #64]\n  stp x29, x30, [sp, #80]\n"             \
+                              "  stp d8, d9, [sp, #96]\n  stp d10, d11, [sp, #112]\n"              \
+                              "  stp d12, d13, [sp, #128]\n  stp d14, d15, [sp, #144]\n"           \
+                              "  mrs x9, fpcr\n  str x9, [sp, #160]\n"                             \
+                              "  mov x10, sp\n  str x10, [x0]\n  mov sp, x1\n"                     \
+                              "  ldr x10, [sp, #160]\n  cmp x9, x10\n  b.eq 1f\n  msr fpcr, x10\n" \
+                              "1:\n"                                                               \
+                              "  ldp x19, x20, [sp, #0]\n  ldp x21, x22, [sp, #16]\n"              \
+                              "  ldp x23, x24, [sp, #32]\n  ldp x25, x26, [sp, #48]\n"             \
+                              "  ldp x27, x28, [sp, #64]\n  ldp x29, x30, [sp, #80]\n"             \
+                              "  ldp d8, d9, [sp, #96]\n  ldp d10, d11, [sp, #112]\n"              \
+                              "  ldp d12, d13, [sp, #128]\n  ldp d14, d15, [sp, #144]\n"           \
+                              "  add sp, sp, #176\n"                                               \
+                              "  ret\n" METALSIM_ASM_FUNC(                                         \
+                                  metalsim_fiber_entry_v1) "  mov x0, x19\n"                       \
+                                                           "  blr x20\n"                           \
+                                                           "  brk #0\n" METALSIM_ASM_END);
 #endif

@@ -23,45 +23,51 @@ using ulong = unsigned long long;
 // MSL's long is 64-bit like C++'s on LP64.
 
 // A 16-bit float stored as bits; arithmetic happens in float and rounds back, as on hardware.
-template <class Traits>
-struct soft_float16 {
+template <class Traits> struct soft_float16 {
   uint16_t bits;
   soft_float16() = default;
   template <class U, std::enable_if_t<std::is_arithmetic_v<U>, int> = 0>
   constexpr soft_float16(U v) : bits(Traits::from_float(static_cast<float>(v))) {}
-  constexpr operator float() const { return Traits::to_float(bits); }
+  constexpr operator float() const {
+    return Traits::to_float(bits);
+  }
   static constexpr soft_float16 from_bits(uint16_t b) {
     soft_float16 r{};
     r.bits = b;
     return r;
   }
-  template <class U>
-  soft_float16& operator+=(U o) { return *this = soft_float16(float(*this) + float(o)); }
-  template <class U>
-  soft_float16& operator-=(U o) { return *this = soft_float16(float(*this) - float(o)); }
-  template <class U>
-  soft_float16& operator*=(U o) { return *this = soft_float16(float(*this) * float(o)); }
-  template <class U>
-  soft_float16& operator/=(U o) { return *this = soft_float16(float(*this) / float(o)); }
-  soft_float16 operator-() const { return from_bits(uint16_t(bits ^ 0x8000u)); }
+  template <class U> soft_float16& operator+=(U o) {
+    return *this = soft_float16(float(*this) + float(o));
+  }
+  template <class U> soft_float16& operator-=(U o) {
+    return *this = soft_float16(float(*this) - float(o));
+  }
+  template <class U> soft_float16& operator*=(U o) {
+    return *this = soft_float16(float(*this) * float(o));
+  }
+  template <class U> soft_float16& operator/=(U o) {
+    return *this = soft_float16(float(*this) / float(o));
+  }
+  soft_float16 operator-() const {
+    return from_bits(uint16_t(bits ^ 0x8000u));
+  }
 };
 
 // Only soft16 (op) soft16 stays 16-bit; mixing with float promotes to float (the conversion
 // operator), which keeps overload resolution unambiguous.
-#define METALSIM_SOFT16_BINOP(op)                                                  \
-  template <class Tr>                                                               \
-  inline soft_float16<Tr> operator op(soft_float16<Tr> a, soft_float16<Tr> b) {     \
-    return soft_float16<Tr>(float(a) op float(b));                                  \
+#define METALSIM_SOFT16_BINOP(op)                                                                  \
+  template <class Tr>                                                                              \
+  inline soft_float16<Tr> operator op(soft_float16<Tr> a, soft_float16<Tr> b) {                    \
+    return soft_float16<Tr>(float(a) op float(b));                                                 \
   }
 METALSIM_SOFT16_BINOP(+)
 METALSIM_SOFT16_BINOP(-)
 METALSIM_SOFT16_BINOP(*)
 METALSIM_SOFT16_BINOP(/)
 #undef METALSIM_SOFT16_BINOP
-#define METALSIM_SOFT16_CMP(op)                                       \
-  template <class Tr>                                                 \
-  inline bool operator op(soft_float16<Tr> a, soft_float16<Tr> b) {   \
-    return float(a) op float(b);                                      \
+#define METALSIM_SOFT16_CMP(op)                                                                    \
+  template <class Tr> inline bool operator op(soft_float16<Tr> a, soft_float16<Tr> b) {            \
+    return float(a) op float(b);                                                                   \
   }
 METALSIM_SOFT16_CMP(<)
 METALSIM_SOFT16_CMP(>)
@@ -85,11 +91,14 @@ inline float bits_float(uint32_t u) {
 struct bfloat_traits {
   static uint16_t from_float(float f) {
     uint32_t u = float_bits(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40u);  // quiet NaN
-    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+      return uint16_t((u >> 16) | 0x40u); // quiet NaN
+    u += 0x7fffu + ((u >> 16) & 1u);      // round to nearest even
     return uint16_t(u >> 16);
   }
-  static float to_float(uint16_t b) { return bits_float(uint32_t(b) << 16); }
+  static float to_float(uint16_t b) {
+    return bits_float(uint32_t(b) << 16);
+  }
 };
 
 struct ieee_half_traits {
@@ -97,11 +106,13 @@ struct ieee_half_traits {
     uint32_t x = float_bits(f);
     uint32_t sign = (x >> 16) & 0x8000u;
     uint32_t ax = x & 0x7fffffffu;
-    if (ax > 0x7f800000u) return uint16_t(sign | 0x7e00u);
-    if (ax >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // overflow (after rounding) -> inf
-    if (ax < 0x38800000u) {  // subnormal half or zero
+    if (ax > 0x7f800000u)
+      return uint16_t(sign | 0x7e00u);
+    if (ax >= 0x477ff000u)
+      return uint16_t(sign | 0x7c00u); // overflow (after rounding) -> inf
+    if (ax < 0x38800000u) {            // subnormal half or zero
       float a = bits_float(ax);
-      uint32_t m = uint32_t(std::nearbyint(a * 16777216.0f));  // a / 2^-24
+      uint32_t m = uint32_t(std::nearbyint(a * 16777216.0f)); // a / 2^-24
       return uint16_t(sign | m);
     }
     uint32_t r = ax + 0xfffu + ((ax >> 13) & 1u) - 0x38000000u;
@@ -110,8 +121,10 @@ struct ieee_half_traits {
   static float to_float(uint16_t h) {
     uint32_t sign = uint32_t(h & 0x8000u) << 16;
     uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-    if (e == 0) return bits_float(sign) + (sign ? -1.f : 1.f) * float(m) * 5.9604644775390625e-8f;
-    if (e == 31) return bits_float(sign | 0x7f800000u | (m << 13));
+    if (e == 0)
+      return bits_float(sign) + (sign ? -1.f : 1.f) * float(m) * 5.9604644775390625e-8f;
+    if (e == 31)
+      return bits_float(sign | 0x7f800000u | (m << 13));
     return bits_float(sign | ((e + 112) << 23) | (m << 13));
   }
 };
@@ -128,76 +141,85 @@ using half = soft_float16<ieee_half_traits>;
 #endif
 using float16_t = half;
 
-template <class T>
-struct is_soft16 : std::false_type {};
-template <class Tr>
-struct is_soft16<soft_float16<Tr>> : std::true_type {};
+template <class T> struct is_soft16 : std::false_type {};
+template <class Tr> struct is_soft16<soft_float16<Tr>> : std::true_type {};
 
 // Scalar types the math library accepts.
 template <class T>
-inline constexpr bool is_float_scalar_v =
-    std::is_same_v<T, float> || std::is_same_v<T, half> || std::is_same_v<T, bfloat> ||
-    std::is_same_v<T, double>;
+inline constexpr bool is_float_scalar_v = std::is_same_v<T, float> || std::is_same_v<T, half> ||
+                                          std::is_same_v<T, bfloat> || std::is_same_v<T, double>;
 template <class T>
 inline constexpr bool is_scalar_v = is_float_scalar_v<T> || std::is_integral_v<T>;
 
 // ---------------------------------------------------------------- vectors
 
-template <class T, int N, bool Packed>
-struct vec_storage;
+template <class T, int N, bool Packed> struct vec_storage;
 
 // Metal aligns an n-vector to its size rounded up to a power of two (float3: 16 bytes);
 // packed_ vectors align to the scalar.
-template <int N>
-constexpr int vec_slots() { return N == 3 ? 4 : N; }
+template <int N> constexpr int vec_slots() {
+  return N == 3 ? 4 : N;
+}
 
 #define METALSIM_VEC_ALIGN(T, N, P) alignas((P) ? alignof(T) : sizeof(T) * vec_slots<N>())
 
-template <class T, bool P>
-struct METALSIM_VEC_ALIGN(T, 2, P) vec_storage<T, 2, P> {
+template <class T, bool P> struct METALSIM_VEC_ALIGN(T, 2, P) vec_storage<T, 2, P> {
   union {
-    struct { T x, y; };
-    struct { T r, g; };
+    struct {
+      T x, y;
+    };
+    struct {
+      T r, g;
+    };
     T elems[2];
   };
 };
-template <class T, bool P>
-struct METALSIM_VEC_ALIGN(T, 3, P) vec_storage<T, 3, P> {
+template <class T, bool P> struct METALSIM_VEC_ALIGN(T, 3, P) vec_storage<T, 3, P> {
   union {
-    struct { T x, y, z; };
-    struct { T r, g, b; };
+    struct {
+      T x, y, z;
+    };
+    struct {
+      T r, g, b;
+    };
     T elems[3];
   };
 };
-template <class T, bool P>
-struct METALSIM_VEC_ALIGN(T, 4, P) vec_storage<T, 4, P> {
+template <class T, bool P> struct METALSIM_VEC_ALIGN(T, 4, P) vec_storage<T, 4, P> {
   union {
-    struct { T x, y, z, w; };
-    struct { T r, g, b, a; };
+    struct {
+      T x, y, z, w;
+    };
+    struct {
+      T r, g, b, a;
+    };
     T elems[4];
   };
 };
 #undef METALSIM_VEC_ALIGN
 
-template <class T, int N, bool Packed = false>
-struct vec : vec_storage<T, N, Packed> {
+template <class T, int N, bool Packed = false> struct vec : vec_storage<T, N, Packed> {
   using value_type = T;
   static constexpr int size = N;
   using vec_storage<T, N, Packed>::elems;
 
   vec() = default;
   // A scalar broadcasts (float4 v = 0.0f;).
-  template <class U, std::enable_if_t<is_scalar_v<U> || is_soft16<U>::value, int> = 0>
-  vec(U s) {
-    for (int i = 0; i < N; ++i) elems[i] = T(s);
+  template <class U, std::enable_if_t<is_scalar_v<U> || is_soft16<U>::value, int> = 0> vec(U s) {
+    for (int i = 0; i < N; ++i)
+      elems[i] = T(s);
   }
-  template <class A, class B, int M = N, std::enable_if_t<M == 2, int> = 0>
-  vec(A a, B b) {
+  template <class A, class B, int M = N, std::enable_if_t<M == 2, int> = 0> vec(A a, B b) {
     elems[0] = T(a);
     elems[1] = T(b);
   }
-  template <class A, class B, class C, int M = N, std::enable_if_t<M == 3, int> = 0,
-            std::enable_if_t<is_scalar_v<A> || is_soft16<A>::value, int> = 0>
+  template <
+      class A,
+      class B,
+      class C,
+      int M = N,
+      std::enable_if_t<M == 3, int> = 0,
+      std::enable_if_t<is_scalar_v<A> || is_soft16<A>::value, int> = 0>
   vec(A a, B b, C c) {
     elems[0] = T(a);
     elems[1] = T(b);
@@ -218,36 +240,52 @@ struct vec : vec_storage<T, N, Packed> {
     elems[2] = T(b.elems[0]);
     elems[3] = T(b.elems[1]);
   }
-  template <class U, bool P1, class S, int M = N, std::enable_if_t<M == 4 && is_scalar_v<S>, int> = 0>
+  template <
+      class U,
+      bool P1,
+      class S,
+      int M = N,
+      std::enable_if_t<M == 4 && is_scalar_v<S>, int> = 0>
   vec(vec<U, 3, P1> a, S s) {
-    for (int i = 0; i < 3; ++i) elems[i] = T(a.elems[i]);
+    for (int i = 0; i < 3; ++i)
+      elems[i] = T(a.elems[i]);
     elems[3] = T(s);
   }
-  template <class U, bool P1, class S, int M = N, std::enable_if_t<M == 3 && is_scalar_v<S>, int> = 0>
+  template <
+      class U,
+      bool P1,
+      class S,
+      int M = N,
+      std::enable_if_t<M == 3 && is_scalar_v<S>, int> = 0>
   vec(vec<U, 2, P1> a, S s) {
     elems[0] = T(a.elems[0]);
     elems[1] = T(a.elems[1]);
     elems[2] = T(s);
   }
   // Same length, another scalar type or packing: float4(half4), float4(packed_float4).
-  template <class U, bool P2,
-            std::enable_if_t<!(std::is_same_v<U, T> && P2 == Packed), int> = 0>
+  template <class U, bool P2, std::enable_if_t<!(std::is_same_v<U, T> && P2 == Packed), int> = 0>
   vec(const vec<U, N, P2>& o) {
-    for (int i = 0; i < N; ++i) elems[i] = T(o.elems[i]);
+    for (int i = 0; i < N; ++i)
+      elems[i] = T(o.elems[i]);
   }
 
-  T& operator[](int i) { return elems[i]; }
-  const T& operator[](int i) const { return elems[i]; }
+  T& operator[](int i) {
+    return elems[i];
+  }
+  const T& operator[](int i) const {
+    return elems[i];
+  }
 
-#define METALSIM_VEC_COMPOUND(op)                                     \
-  vec& operator op##=(const vec& o) {                                 \
-    for (int i = 0; i < N; ++i) elems[i] = T(elems[i] op o.elems[i]); \
-    return *this;                                                     \
-  }                                                                   \
-  template <class U, std::enable_if_t<is_scalar_v<U>, int> = 0>       \
-  vec& operator op##=(U s) {                                          \
-    for (int i = 0; i < N; ++i) elems[i] = T(elems[i] op T(s));       \
-    return *this;                                                     \
+#define METALSIM_VEC_COMPOUND(op)                                                                  \
+  vec& operator op## = (const vec& o) {                                                            \
+    for (int i = 0; i < N; ++i)                                                                    \
+      elems[i] = T(elems[i] op o.elems[i]);                                                        \
+    return *this;                                                                                  \
+  }                                                                                                \
+  template <class U, std::enable_if_t<is_scalar_v<U>, int> = 0> vec& operator op## = (U s) {       \
+    for (int i = 0; i < N; ++i)                                                                    \
+      elems[i] = T(elems[i] op T(s));                                                              \
+    return *this;                                                                                  \
   }
   METALSIM_VEC_COMPOUND(+)
   METALSIM_VEC_COMPOUND(-)
@@ -256,29 +294,30 @@ struct vec : vec_storage<T, N, Packed> {
 #undef METALSIM_VEC_COMPOUND
 };
 
-template <class T>
-struct is_vec : std::false_type {};
-template <class T, int N, bool P>
-struct is_vec<vec<T, N, P>> : std::true_type {};
+template <class T> struct is_vec : std::false_type {};
+template <class T, int N, bool P> struct is_vec<vec<T, N, P>> : std::true_type {};
 
-#define METALSIM_VEC_BINOP(op)                                                            \
-  template <class T, int N, bool P>                                                       \
-  inline vec<T, N, P> operator op(const vec<T, N, P>& a, const vec<T, N, P>& b) {         \
-    vec<T, N, P> r;                                                                       \
-    for (int i = 0; i < N; ++i) r.elems[i] = T(a.elems[i] op b.elems[i]);                \
-    return r;                                                                             \
-  }                                                                                       \
-  template <class T, int N, bool P, class U, std::enable_if_t<is_scalar_v<U>, int> = 0>   \
-  inline vec<T, N, P> operator op(const vec<T, N, P>& a, U s) {                           \
-    vec<T, N, P> r;                                                                       \
-    for (int i = 0; i < N; ++i) r.elems[i] = T(a.elems[i] op T(s));                       \
-    return r;                                                                             \
-  }                                                                                       \
-  template <class T, int N, bool P, class U, std::enable_if_t<is_scalar_v<U>, int> = 0>   \
-  inline vec<T, N, P> operator op(U s, const vec<T, N, P>& a) {                           \
-    vec<T, N, P> r;                                                                       \
-    for (int i = 0; i < N; ++i) r.elems[i] = T(T(s) op a.elems[i]);                       \
-    return r;                                                                             \
+#define METALSIM_VEC_BINOP(op)                                                                     \
+  template <class T, int N, bool P>                                                                \
+  inline vec<T, N, P> operator op(const vec<T, N, P>& a, const vec<T, N, P>& b) {                  \
+    vec<T, N, P> r;                                                                                \
+    for (int i = 0; i < N; ++i)                                                                    \
+      r.elems[i] = T(a.elems[i] op b.elems[i]);                                                    \
+    return r;                                                                                      \
+  }                                                                                                \
+  template <class T, int N, bool P, class U, std::enable_if_t<is_scalar_v<U>, int> = 0>            \
+  inline vec<T, N, P> operator op(const vec<T, N, P>& a, U s) {                                    \
+    vec<T, N, P> r;                                                                                \
+    for (int i = 0; i < N; ++i)                                                                    \
+      r.elems[i] = T(a.elems[i] op T(s));                                                          \
+    return r;                                                                                      \
+  }                                                                                                \
+  template <class T, int N, bool P, class U, std::enable_if_t<is_scalar_v<U>, int> = 0>            \
+  inline vec<T, N, P> operator op(U s, const vec<T, N, P>& a) {                                    \
+    vec<T, N, P> r;                                                                                \
+    for (int i = 0; i < N; ++i)                                                                    \
+      r.elems[i] = T(T(s) op a.elems[i]);                                                          \
+    return r;                                                                                      \
   }
 METALSIM_VEC_BINOP(+)
 METALSIM_VEC_BINOP(-)
@@ -292,18 +331,20 @@ METALSIM_VEC_BINOP(<<)
 METALSIM_VEC_BINOP(>>)
 #undef METALSIM_VEC_BINOP
 
-#define METALSIM_VEC_CMP(op)                                                          \
-  template <class T, int N, bool P>                                                   \
-  inline vec<bool, N> operator op(const vec<T, N, P>& a, const vec<T, N, P>& b) {     \
-    vec<bool, N> r;                                                                   \
-    for (int i = 0; i < N; ++i) r.elems[i] = a.elems[i] op b.elems[i];                \
-    return r;                                                                         \
-  }                                                                                   \
-  template <class T, int N, bool P, class U, std::enable_if_t<is_scalar_v<U>, int> = 0> \
-  inline vec<bool, N> operator op(const vec<T, N, P>& a, U s) {                       \
-    vec<bool, N> r;                                                                   \
-    for (int i = 0; i < N; ++i) r.elems[i] = a.elems[i] op T(s);                      \
-    return r;                                                                         \
+#define METALSIM_VEC_CMP(op)                                                                       \
+  template <class T, int N, bool P>                                                                \
+  inline vec<bool, N> operator op(const vec<T, N, P>& a, const vec<T, N, P>& b) {                  \
+    vec<bool, N> r;                                                                                \
+    for (int i = 0; i < N; ++i)                                                                    \
+      r.elems[i] = a.elems[i] op b.elems[i];                                                       \
+    return r;                                                                                      \
+  }                                                                                                \
+  template <class T, int N, bool P, class U, std::enable_if_t<is_scalar_v<U>, int> = 0>            \
+  inline vec<bool, N> operator op(const vec<T, N, P>& a, U s) {                                    \
+    vec<bool, N> r;                                                                                \
+    for (int i = 0; i < N; ++i)                                                                    \
+      r.elems[i] = a.elems[i] op T(s);                                                             \
+    return r;                                                                                      \
   }
 METALSIM_VEC_CMP(<)
 METALSIM_VEC_CMP(>)
@@ -313,25 +354,25 @@ METALSIM_VEC_CMP(==)
 METALSIM_VEC_CMP(!=)
 #undef METALSIM_VEC_CMP
 
-template <class T, int N, bool P>
-inline vec<T, N, P> operator-(const vec<T, N, P>& a) {
+template <class T, int N, bool P> inline vec<T, N, P> operator-(const vec<T, N, P>& a) {
   vec<T, N, P> r;
-  for (int i = 0; i < N; ++i) r.elems[i] = T(-a.elems[i]);
+  for (int i = 0; i < N; ++i)
+    r.elems[i] = T(-a.elems[i]);
   return r;
 }
-template <int N>
-inline vec<bool, N> operator!(const vec<bool, N>& a) {
+template <int N> inline vec<bool, N> operator!(const vec<bool, N>& a) {
   vec<bool, N> r;
-  for (int i = 0; i < N; ++i) r.elems[i] = !a.elems[i];
+  for (int i = 0; i < N; ++i)
+    r.elems[i] = !a.elems[i];
   return r;
 }
 
-#define METALSIM_VEC_ALIASES(T, name)     \
-  using name##2 = vec<T, 2>;              \
-  using name##3 = vec<T, 3>;              \
-  using name##4 = vec<T, 4>;              \
-  using packed_##name##2 = vec<T, 2, true>; \
-  using packed_##name##3 = vec<T, 3, true>; \
+#define METALSIM_VEC_ALIASES(T, name)                                                              \
+  using name##2 = vec<T, 2>;                                                                       \
+  using name##3 = vec<T, 3>;                                                                       \
+  using name##4 = vec<T, 4>;                                                                       \
+  using packed_##name##2 = vec<T, 2, true>;                                                        \
+  using packed_##name##3 = vec<T, 3, true>;                                                        \
   using packed_##name##4 = vec<T, 4, true>;
 METALSIM_VEC_ALIASES(float, float)
 METALSIM_VEC_ALIASES(half, half)
@@ -350,27 +391,36 @@ METALSIM_VEC_ALIASES(ulong, ulong)
 // ---------------------------------------------------------------- conversions, limits
 
 // as_type<T>(x): reinterpret the bits (sizes must match, as in MSL).
-template <class T, class U>
-inline T as_type(const U& u) {
+template <class T, class U> inline T as_type(const U& u) {
   static_assert(sizeof(T) == sizeof(U), "as_type: source and destination sizes differ");
   T t;
   std::memcpy(&t, &u, sizeof(T));
   return t;
 }
 
-template <class T>
-struct numeric_limits : std::numeric_limits<T> {};
+template <class T> struct numeric_limits : std::numeric_limits<T> {};
 
-template <class Tr>
-struct numeric_limits<soft_float16<Tr>> {
+template <class Tr> struct numeric_limits<soft_float16<Tr>> {
   using T = soft_float16<Tr>;
   static constexpr bool is_specialized = true;
-  static T infinity() { return T::from_bits(0x7f80 | (std::is_same_v<Tr, bfloat_traits> ? 0 : 0)); }
-  static T quiet_NaN() { return T(std::numeric_limits<float>::quiet_NaN()); }
-  static T max() { return std::is_same_v<Tr, bfloat_traits> ? T::from_bits(0x7f7f) : T::from_bits(0x7bff); }
-  static T lowest() { return -max(); }
-  static T min() { return std::is_same_v<Tr, bfloat_traits> ? T::from_bits(0x0080) : T::from_bits(0x0400); }
-  static T epsilon() { return std::is_same_v<Tr, bfloat_traits> ? T(0.0078125f) : T(0.0009765625f); }
+  static T infinity() {
+    return T::from_bits(0x7f80 | (std::is_same_v<Tr, bfloat_traits> ? 0 : 0));
+  }
+  static T quiet_NaN() {
+    return T(std::numeric_limits<float>::quiet_NaN());
+  }
+  static T max() {
+    return std::is_same_v<Tr, bfloat_traits> ? T::from_bits(0x7f7f) : T::from_bits(0x7bff);
+  }
+  static T lowest() {
+    return -max();
+  }
+  static T min() {
+    return std::is_same_v<Tr, bfloat_traits> ? T::from_bits(0x0080) : T::from_bits(0x0400);
+  }
+  static T epsilon() {
+    return std::is_same_v<Tr, bfloat_traits> ? T(0.0078125f) : T(0.0009765625f);
+  }
 };
 template <>
 inline soft_float16<ieee_half_traits> numeric_limits<soft_float16<ieee_half_traits>>::infinity() {
@@ -378,15 +428,26 @@ inline soft_float16<ieee_half_traits> numeric_limits<soft_float16<ieee_half_trai
 }
 
 #if METALSIM_NATIVE_HALF
-template <>
-struct numeric_limits<_Float16> {
+template <> struct numeric_limits<_Float16> {
   static constexpr bool is_specialized = true;
-  static constexpr _Float16 infinity() { return _Float16(__builtin_huge_valf()); }
-  static constexpr _Float16 quiet_NaN() { return _Float16(__builtin_nanf("")); }
-  static constexpr _Float16 max() { return _Float16(65504.0f); }
-  static constexpr _Float16 lowest() { return _Float16(-65504.0f); }
-  static constexpr _Float16 min() { return _Float16(6.103515625e-05f); }
-  static constexpr _Float16 epsilon() { return _Float16(0.0009765625f); }
+  static constexpr _Float16 infinity() {
+    return _Float16(__builtin_huge_valf());
+  }
+  static constexpr _Float16 quiet_NaN() {
+    return _Float16(__builtin_nanf(""));
+  }
+  static constexpr _Float16 max() {
+    return _Float16(65504.0f);
+  }
+  static constexpr _Float16 lowest() {
+    return _Float16(-65504.0f);
+  }
+  static constexpr _Float16 min() {
+    return _Float16(6.103515625e-05f);
+  }
+  static constexpr _Float16 epsilon() {
+    return _Float16(0.0009765625f);
+  }
 };
 #endif
 
@@ -404,17 +465,16 @@ struct numeric_limits<_Float16> {
 // ---------------------------------------------------------------- math
 
 // Scalar float math is computed in float (half/bfloat round on return); vectors elementwise.
-#define METALSIM_UNARY(name, expr)                                                      \
-  template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0>                   \
-  inline T name(T x_) {                                                                 \
-    float x = float(x_);                                                                \
-    return T(expr);                                                                     \
-  }                                                                                     \
-  template <class T, int N, bool P>                                                     \
-  inline vec<T, N, P> name(const vec<T, N, P>& v) {                                     \
-    vec<T, N, P> r;                                                                     \
-    for (int i = 0; i < N; ++i) r.elems[i] = name(v.elems[i]);                          \
-    return r;                                                                           \
+#define METALSIM_UNARY(name, expr)                                                                 \
+  template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0> inline T name(T x_) {        \
+    float x = float(x_);                                                                           \
+    return T(expr);                                                                                \
+  }                                                                                                \
+  template <class T, int N, bool P> inline vec<T, N, P> name(const vec<T, N, P>& v) {              \
+    vec<T, N, P> r;                                                                                \
+    for (int i = 0; i < N; ++i)                                                                    \
+      r.elems[i] = name(v.elems[i]);                                                               \
+    return r;                                                                                      \
   }
 METALSIM_UNARY(exp, std::exp(x))
 METALSIM_UNARY(exp2, std::exp2(x))
@@ -445,8 +505,7 @@ METALSIM_UNARY(recip, 1.0f / x)
 METALSIM_UNARY(erf, std::erf(x))
 #undef METALSIM_UNARY
 
-template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0>
-inline T abs(T x) {
+template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0> inline T abs(T x) {
   return T(std::fabs(float(x)));
 }
 template <class T, std::enable_if_t<std::is_integral_v<T> && std::is_signed_v<T>, int> = 0>
@@ -457,80 +516,98 @@ template <class T, std::enable_if_t<std::is_integral_v<T> && std::is_unsigned_v<
 inline T abs(T x) {
   return x;
 }
-template <class T, int N, bool P>
-inline vec<T, N, P> abs(const vec<T, N, P>& v) {
+template <class T, int N, bool P> inline vec<T, N, P> abs(const vec<T, N, P>& v) {
   vec<T, N, P> r;
-  for (int i = 0; i < N; ++i) r.elems[i] = abs(v.elems[i]);
+  for (int i = 0; i < N; ++i)
+    r.elems[i] = abs(v.elems[i]);
   return r;
 }
 
-template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0>
-inline bool isnan(T x) { return std::isnan(float(x)); }
-template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0>
-inline bool isinf(T x) { return std::isinf(float(x)); }
-template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0>
-inline bool isfinite(T x) { return std::isfinite(float(x)); }
-template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0>
-inline bool signbit(T x) { return std::signbit(float(x)); }
+template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0> inline bool isnan(T x) {
+  return std::isnan(float(x));
+}
+template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0> inline bool isinf(T x) {
+  return std::isinf(float(x));
+}
+template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0> inline bool isfinite(T x) {
+  return std::isfinite(float(x));
+}
+template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0> inline bool signbit(T x) {
+  return std::signbit(float(x));
+}
 
 // max/min follow Metal (fmax/fmin for floats: a NaN argument yields the other one).
-template <class T, std::enable_if_t<is_scalar_v<T>, int> = 0>
-inline T max(T a, T b) {
+template <class T, std::enable_if_t<is_scalar_v<T>, int> = 0> inline T max(T a, T b) {
   if constexpr (is_float_scalar_v<T>) {
     return T(std::fmax(float(a), float(b)));
   } else {
     return a < b ? b : a;
   }
 }
-template <class T, std::enable_if_t<is_scalar_v<T>, int> = 0>
-inline T min(T a, T b) {
+template <class T, std::enable_if_t<is_scalar_v<T>, int> = 0> inline T min(T a, T b) {
   if constexpr (is_float_scalar_v<T>) {
     return T(std::fmin(float(a), float(b)));
   } else {
     return b < a ? b : a;
   }
 }
-template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0>
-inline T fmax(T a, T b) { return max(a, b); }
-template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0>
-inline T fmin(T a, T b) { return min(a, b); }
-template <class T, std::enable_if_t<is_scalar_v<T>, int> = 0>
-inline T clamp(T x, T lo, T hi) { return min(max(x, lo), hi); }
-template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0>
-inline T saturate(T x) { return clamp(x, T(0), T(1)); }
-template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0>
-inline T pow(T a, T b) { return T(std::pow(float(a), float(b))); }
-template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0>
-inline T powr(T a, T b) { return T(std::pow(float(a), float(b))); }
-template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0>
-inline T fmod(T a, T b) { return T(std::fmod(float(a), float(b))); }
-template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0>
-inline T atan2(T a, T b) { return T(std::atan2(float(a), float(b))); }
-template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0>
-inline T copysign(T a, T b) { return T(std::copysign(float(a), float(b))); }
-template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0>
-inline T step(T edge, T x) { return T(float(x) < float(edge) ? 0.0f : 1.0f); }
-template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0>
-inline T divide(T a, T b) { return T(float(a) / float(b)); }
-template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0>
-inline T fma(T a, T b, T c) { return T(std::fma(float(a), float(b), float(c))); }
-template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0>
-inline T mad(T a, T b, T c) { return T(float(a) * float(b) + float(c)); }
-template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0>
-inline T mix(T x, T y, T a) { return T(float(x) + (float(y) - float(x)) * float(a)); }
-template <class T, std::enable_if_t<is_scalar_v<T>, int> = 0>
-inline T select(T a, T b, bool c) { return c ? b : a; }
+template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0> inline T fmax(T a, T b) {
+  return max(a, b);
+}
+template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0> inline T fmin(T a, T b) {
+  return min(a, b);
+}
+template <class T, std::enable_if_t<is_scalar_v<T>, int> = 0> inline T clamp(T x, T lo, T hi) {
+  return min(max(x, lo), hi);
+}
+template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0> inline T saturate(T x) {
+  return clamp(x, T(0), T(1));
+}
+template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0> inline T pow(T a, T b) {
+  return T(std::pow(float(a), float(b)));
+}
+template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0> inline T powr(T a, T b) {
+  return T(std::pow(float(a), float(b)));
+}
+template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0> inline T fmod(T a, T b) {
+  return T(std::fmod(float(a), float(b)));
+}
+template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0> inline T atan2(T a, T b) {
+  return T(std::atan2(float(a), float(b)));
+}
+template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0> inline T copysign(T a, T b) {
+  return T(std::copysign(float(a), float(b)));
+}
+template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0> inline T step(T edge, T x) {
+  return T(float(x) < float(edge) ? 0.0f : 1.0f);
+}
+template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0> inline T divide(T a, T b) {
+  return T(float(a) / float(b));
+}
+template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0> inline T fma(T a, T b, T c) {
+  return T(std::fma(float(a), float(b), float(c)));
+}
+template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0> inline T mad(T a, T b, T c) {
+  return T(float(a) * float(b) + float(c));
+}
+template <class T, std::enable_if_t<is_float_scalar_v<T>, int> = 0> inline T mix(T x, T y, T a) {
+  return T(float(x) + (float(y) - float(x)) * float(a));
+}
+template <class T, std::enable_if_t<is_scalar_v<T>, int> = 0> inline T select(T a, T b, bool c) {
+  return c ? b : a;
+}
 
-#define METALSIM_VEC_BINARY(name)                                                       \
-  template <class T, int N, bool P>                                                     \
-  inline vec<T, N, P> name(const vec<T, N, P>& a, const vec<T, N, P>& b) {              \
-    vec<T, N, P> r;                                                                     \
-    for (int i = 0; i < N; ++i) r.elems[i] = name(a.elems[i], b.elems[i]);              \
-    return r;                                                                           \
-  }                                                                                     \
-  template <class T, int N, bool P, class U, std::enable_if_t<is_scalar_v<U>, int> = 0> \
-  inline vec<T, N, P> name(const vec<T, N, P>& a, U b) {                                \
-    return name(a, vec<T, N, P>(T(b)));                                                 \
+#define METALSIM_VEC_BINARY(name)                                                                  \
+  template <class T, int N, bool P>                                                                \
+  inline vec<T, N, P> name(const vec<T, N, P>& a, const vec<T, N, P>& b) {                         \
+    vec<T, N, P> r;                                                                                \
+    for (int i = 0; i < N; ++i)                                                                    \
+      r.elems[i] = name(a.elems[i], b.elems[i]);                                                   \
+    return r;                                                                                      \
+  }                                                                                                \
+  template <class T, int N, bool P, class U, std::enable_if_t<is_scalar_v<U>, int> = 0>            \
+  inline vec<T, N, P> name(const vec<T, N, P>& a, U b) {                                           \
+    return name(a, vec<T, N, P>(T(b)));                                                            \
   }
 METALSIM_VEC_BINARY(max)
 METALSIM_VEC_BINARY(min)
@@ -545,13 +622,13 @@ METALSIM_VEC_BINARY(step)
 METALSIM_VEC_BINARY(divide)
 #undef METALSIM_VEC_BINARY
 
-#define METALSIM_VEC_TERNARY(name)                                                          \
-  template <class T, int N, bool P>                                                         \
-  inline vec<T, N, P> name(const vec<T, N, P>& a, const vec<T, N, P>& b,                    \
-                           const vec<T, N, P>& c) {                                         \
-    vec<T, N, P> r;                                                                         \
-    for (int i = 0; i < N; ++i) r.elems[i] = name(a.elems[i], b.elems[i], c.elems[i]);      \
-    return r;                                                                               \
+#define METALSIM_VEC_TERNARY(name)                                                                 \
+  template <class T, int N, bool P>                                                                \
+  inline vec<T, N, P> name(const vec<T, N, P>& a, const vec<T, N, P>& b, const vec<T, N, P>& c) {  \
+    vec<T, N, P> r;                                                                                \
+    for (int i = 0; i < N; ++i)                                                                    \
+      r.elems[i] = name(a.elems[i], b.elems[i], c.elems[i]);                                       \
+    return r;                                                                                      \
   }
 METALSIM_VEC_TERNARY(fma)
 METALSIM_VEC_TERNARY(mad)
@@ -565,76 +642,102 @@ inline vec<T, N, P> clamp(const vec<T, N, P>& x, U lo, U hi) {
 template <class T, int N, bool P>
 inline vec<T, N, P> select(const vec<T, N, P>& a, const vec<T, N, P>& b, const vec<bool, N>& c) {
   vec<T, N, P> r;
-  for (int i = 0; i < N; ++i) r.elems[i] = c.elems[i] ? b.elems[i] : a.elems[i];
+  for (int i = 0; i < N; ++i)
+    r.elems[i] = c.elems[i] ? b.elems[i] : a.elems[i];
   return r;
 }
 template <class T, int N, bool P>
 inline vec<T, N, P> select(const vec<T, N, P>& a, const vec<T, N, P>& b, bool c) {
   return c ? b : a;
 }
-template <class T, int N, bool P>
-inline T dot(const vec<T, N, P>& a, const vec<T, N, P>& b) {
+template <class T, int N, bool P> inline T dot(const vec<T, N, P>& a, const vec<T, N, P>& b) {
   float s = 0.0f;
-  for (int i = 0; i < N; ++i) s += float(a.elems[i]) * float(b.elems[i]);
+  for (int i = 0; i < N; ++i)
+    s += float(a.elems[i]) * float(b.elems[i]);
   return T(s);
 }
-template <class T, int N, bool P>
-inline T length(const vec<T, N, P>& a) {
+template <class T, int N, bool P> inline T length(const vec<T, N, P>& a) {
   return T(std::sqrt(float(dot(a, a))));
 }
-template <class T, int N, bool P>
-inline vec<T, N, P> normalize(const vec<T, N, P>& a) {
+template <class T, int N, bool P> inline vec<T, N, P> normalize(const vec<T, N, P>& a) {
   return a * T(1.0f / float(length(a)));
 }
-template <int N>
-inline bool all(const vec<bool, N>& v) {
+template <int N> inline bool all(const vec<bool, N>& v) {
   for (int i = 0; i < N; ++i)
-    if (!v.elems[i]) return false;
+    if (!v.elems[i])
+      return false;
   return true;
 }
-template <int N>
-inline bool any(const vec<bool, N>& v) {
+template <int N> inline bool any(const vec<bool, N>& v) {
   for (int i = 0; i < N; ++i)
-    if (v.elems[i]) return true;
+    if (v.elems[i])
+      return true;
   return false;
 }
-inline bool all(bool b) { return b; }
-inline bool any(bool b) { return b; }
+inline bool all(bool b) {
+  return b;
+}
+inline bool any(bool b) {
+  return b;
+}
 
-template <class T, std::enable_if_t<std::is_integral_v<T>, int> = 0>
-inline T popcount(T x) { return T(__builtin_popcountll((unsigned long long)(std::make_unsigned_t<T>)x)); }
-template <class T, std::enable_if_t<std::is_integral_v<T>, int> = 0>
-inline T clz(T x) {
+template <class T, std::enable_if_t<std::is_integral_v<T>, int> = 0> inline T popcount(T x) {
+  return T(__builtin_popcountll((unsigned long long)(std::make_unsigned_t<T>)x));
+}
+template <class T, std::enable_if_t<std::is_integral_v<T>, int> = 0> inline T clz(T x) {
   using U = std::make_unsigned_t<T>;
   U u = U(x);
-  if (u == 0) return T(sizeof(T) * 8);
+  if (u == 0)
+    return T(sizeof(T) * 8);
   return T(__builtin_clzll((unsigned long long)u) - (64 - int(sizeof(T) * 8)));
 }
-template <class T, std::enable_if_t<std::is_integral_v<T>, int> = 0>
-inline T ctz(T x) {
+template <class T, std::enable_if_t<std::is_integral_v<T>, int> = 0> inline T ctz(T x) {
   using U = std::make_unsigned_t<T>;
   U u = U(x);
-  if (u == 0) return T(sizeof(T) * 8);
+  if (u == 0)
+    return T(sizeof(T) * 8);
   return T(__builtin_ctzll((unsigned long long)u));
 }
-template <class T, std::enable_if_t<std::is_integral_v<T>, int> = 0>
-inline T mulhi(T a, T b) {
+template <class T, std::enable_if_t<std::is_integral_v<T>, int> = 0> inline T mulhi(T a, T b) {
   return T((int64_t(a) * int64_t(b)) >> (sizeof(T) * 8));
 }
 
 // fast:: and precise:: name the same functions (the simulator computes in float either way).
 namespace fast {
-using metal::abs; using metal::cos; using metal::divide; using metal::exp; using metal::exp10;
-using metal::exp2; using metal::fabs; using metal::floor; using metal::ceil; using metal::fmax;
-using metal::fmin; using metal::log; using metal::log2; using metal::log10; using metal::max;
-using metal::min; using metal::pow; using metal::powr; using metal::rsqrt; using metal::sin;
-using metal::sqrt; using metal::tanh; using metal::tan; using metal::clamp; using metal::round;
-using metal::trunc; using metal::fract; using metal::sign; using metal::normalize;
+using metal::abs;
+using metal::ceil;
+using metal::clamp;
+using metal::cos;
+using metal::divide;
+using metal::exp;
+using metal::exp10;
+using metal::exp2;
+using metal::fabs;
+using metal::floor;
+using metal::fmax;
+using metal::fmin;
+using metal::fract;
 using metal::length;
-}  // namespace fast
+using metal::log;
+using metal::log10;
+using metal::log2;
+using metal::max;
+using metal::min;
+using metal::normalize;
+using metal::pow;
+using metal::powr;
+using metal::round;
+using metal::rsqrt;
+using metal::sign;
+using metal::sin;
+using metal::sqrt;
+using metal::tan;
+using metal::tanh;
+using metal::trunc;
+} // namespace fast
 namespace precise {
 using namespace fast;
 using metal::fma;
-}  // namespace precise
+} // namespace precise
 
-}  // namespace metal
+} // namespace metal

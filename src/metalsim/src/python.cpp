@@ -22,22 +22,36 @@ NB_MODULE(_core, m) {
   nb::exception<metalsim::DispatchError>(m, "DispatchError", base);
 
   nb::class_<metalsim::Library>(m, "Library")
-      .def_static("from_files", &metalsim::Library::from_files, "paths"_a, "include_dirs"_a,
-                  nb::call_guard<nb::gil_scoped_release>())
-      .def_static("from_source", &metalsim::Library::from_source, "source"_a, "name"_a,
-                  "include_dirs"_a, nb::call_guard<nb::gil_scoped_release>())
-      .def_static("from_manifest", &metalsim::Library::from_manifest, "path"_a,
-                  nb::call_guard<nb::gil_scoped_release>())
+      .def_static(
+          "from_files",
+          &metalsim::Library::from_files,
+          "paths"_a,
+          "include_dirs"_a,
+          nb::call_guard<nb::gil_scoped_release>())
+      .def_static(
+          "from_source",
+          &metalsim::Library::from_source,
+          "source"_a,
+          "name"_a,
+          "include_dirs"_a,
+          nb::call_guard<nb::gil_scoped_release>())
+      .def_static(
+          "from_manifest",
+          &metalsim::Library::from_manifest,
+          "path"_a,
+          nb::call_guard<nb::gil_scoped_release>())
       .def_prop_ro("kernel_names", &metalsim::Library::kernel_names)
       .def_prop_ro("path", &metalsim::Library::path)
       // buffers: (index, address, size, dtype code, is_bytes); threadgroup: (index, length)
       .def(
           "dispatch",
-          [](const metalsim::Library& lib, const std::string& kernel,
+          [](const metalsim::Library& lib,
+             const std::string& kernel,
              std::tuple<uint64_t, uint64_t, uint64_t> grid,
              std::tuple<uint64_t, uint64_t, uint64_t> group,
              const std::vector<std::tuple<int, uintptr_t, uint64_t, int, bool>>& buffers,
-             const std::vector<std::tuple<int, uint64_t>>& threadgroup, bool grid_is_threads,
+             const std::vector<std::tuple<int, uint64_t>>& threadgroup,
+             bool grid_is_threads,
              int workers) {
             metalsim::Bindings b;
             for (auto& [idx, addr, size, dtype, is_bytes] : buffers) {
@@ -46,13 +60,23 @@ NB_MODULE(_core, m) {
               else
                 b.buffer(idx, reinterpret_cast<void*>(addr), size, metalsim::Dtype(dtype));
             }
-            for (auto& [idx, len] : threadgroup) b.threadgroup(idx, len);
+            for (auto& [idx, len] : threadgroup)
+              b.threadgroup(idx, len);
             nb::gil_scoped_release release;
-            lib.dispatch(kernel, {std::get<0>(grid), std::get<1>(grid), std::get<2>(grid)},
-                         {std::get<0>(group), std::get<1>(group), std::get<2>(group)}, b,
-                         grid_is_threads, workers);
+            lib.dispatch(
+                kernel,
+                {std::get<0>(grid), std::get<1>(grid), std::get<2>(grid)},
+                {std::get<0>(group), std::get<1>(group), std::get<2>(group)},
+                b,
+                grid_is_threads,
+                workers);
           },
-          "kernel"_a, "grid"_a, "group"_a, "buffers"_a, "threadgroup"_a, "grid_is_threads"_a,
+          "kernel"_a,
+          "grid"_a,
+          "group"_a,
+          "buffers"_a,
+          "threadgroup"_a,
+          "grid_is_threads"_a,
           "workers"_a);
 
   m.def("cache_dir", &metalsim::cache_dir);

@@ -16,7 +16,7 @@ extern "C" {
 
 // Element type of a bound buffer, used to check a binding against the kernel's parameter type.
 enum metalsim_dtype {
-  METALSIM_UNTYPED = 0,  // raw bytes: matches any parameter type
+  METALSIM_UNTYPED = 0, // raw bytes: matches any parameter type
   METALSIM_BOOL,
   METALSIM_UINT8,
   METALSIM_UINT16,
@@ -45,23 +45,23 @@ enum metalsim_status {
 };
 
 typedef struct metalsim_binding {
-  void* data;      // NULL: this index is not bound
-  uint64_t size;   // bytes visible to the kernel from data
-  int32_t dtype;   // enum metalsim_dtype
-  int32_t is_bytes;  // 1: set_bytes (a copy), 0: a buffer/array
+  void* data;       // NULL: this index is not bound
+  uint64_t size;    // bytes visible to the kernel from data
+  int32_t dtype;    // enum metalsim_dtype
+  int32_t is_bytes; // 1: set_bytes (a copy), 0: a buffer/array
 } metalsim_binding;
 
 typedef struct metalsim_dispatch_args {
-  uint32_t abi_version;          // METALSIM_ABI_VERSION
-  const char* kernel;            // kernel (function) name
-  uint64_t grid[3];              // threadgroups per grid, or threads per grid if grid_is_threads
-  uint64_t group[3];             // threads per threadgroup
-  int32_t grid_is_threads;       // 1: dispatch_threads (edge groups may be partial)
-  uint32_t n_buffers;            // bindings[i] is [[buffer(i)]]
+  uint32_t abi_version;    // METALSIM_ABI_VERSION
+  const char* kernel;      // kernel (function) name
+  uint64_t grid[3];        // threadgroups per grid, or threads per grid if grid_is_threads
+  uint64_t group[3];       // threads per threadgroup
+  int32_t grid_is_threads; // 1: dispatch_threads (edge groups may be partial)
+  uint32_t n_buffers;      // bindings[i] is [[buffer(i)]]
   const metalsim_binding* buffers;
-  uint32_t n_threadgroup;        // threadgroup_lengths[i] is [[threadgroup(i)]] (0 = unset)
+  uint32_t n_threadgroup; // threadgroup_lengths[i] is [[threadgroup(i)]] (0 = unset)
   const uint64_t* threadgroup_lengths;
-  int32_t n_workers;             // OS threads to spread threadgroups over (<= 0: automatic)
+  int32_t n_workers; // OS threads to spread threadgroups over (<= 0: automatic)
 } metalsim_dispatch_args;
 
 // Returns a metalsim_status; on error writes a NUL-terminated message into err.

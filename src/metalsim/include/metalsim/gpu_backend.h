@@ -44,7 +44,8 @@
 // tiny_attn_extension.cmake defines it on a Mac whose MLX has Metal), so a missing metal-cpp
 // is an error here rather than a fallback to the simulator that fails at link time.
 #if defined(METALSIM_USE_METAL) && !defined(METALSIM_FORCE) && !__has_include(<Metal/Metal.hpp>)
-#error "metalsim/gpu_backend.h: this build uses MLX's Metal backend (METALSIM_USE_METAL), but <Metal/Metal.hpp> (metal-cpp) is not on the include path. MLX's Metal build ships it in <mlx package>/include/metal_cpp: reinstall MLX (pip install --force-reinstall mlx) and install Apple's command line tools (xcode-select --install); or run the kernels on the simulator instead: cmake -DMETALSIM_FORCE=ON build/tiny_attn_ext (build/tiny_attn_ext_ref for the reference), then pdm run build-ext (build-ext-ref) again."
+#error                                                                                             \
+    "metalsim/gpu_backend.h: this build uses MLX's Metal backend (METALSIM_USE_METAL), but <Metal/Metal.hpp> (metal-cpp) is not on the include path. MLX's Metal build ships it in <mlx package>/include/metal_cpp: reinstall MLX (pip install --force-reinstall mlx) and install Apple's command line tools (xcode-select --install); or run the kernels on the simulator instead: cmake -DMETALSIM_FORCE=ON build/tiny_attn_ext (build/tiny_attn_ext_ref for the reference), then pdm run build-ext (build-ext-ref) again."
 #endif
 
 #if defined(__APPLE__) && __has_include(<Metal/Metal.hpp>) && !defined(METALSIM_FORCE)
@@ -62,8 +63,10 @@ namespace metalsim {
 
 // True if `s` asks for the GPU: mx.gpu, a GPU stream, or nothing while the default device is GPU.
 inline bool wants_gpu(const mlx::core::StreamOrDevice& s) {
-  if (auto* st = std::get_if<mlx::core::Stream>(&s)) return st->device == mlx::core::Device::gpu;
-  if (auto* dv = std::get_if<mlx::core::Device>(&s)) return *dv == mlx::core::Device::gpu;
+  if (auto* st = std::get_if<mlx::core::Stream>(&s))
+    return st->device == mlx::core::Device::gpu;
+  if (auto* dv = std::get_if<mlx::core::Device>(&s))
+    return *dv == mlx::core::Device::gpu;
   return mlx::core::default_device() == mlx::core::Device::gpu;
 }
 
@@ -88,4 +91,4 @@ inline mlx::core::Stream simulator_stream() {
   return mlx::core::default_stream(mlx::core::Device::cpu);
 }
 
-}  // namespace metalsim
+} // namespace metalsim

@@ -25,8 +25,8 @@
 #include <map>
 #include <memory>
 #include <stdexcept>
-#include <type_traits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace metalsim {
@@ -51,8 +51,7 @@ enum class Dtype : int32_t {
 };
 
 // The dtype of a C++ scalar type (untyped for anything else, e.g. a struct).
-template <class T>
-constexpr Dtype dtype_of();
+template <class T> constexpr Dtype dtype_of();
 
 class Error : public std::runtime_error {
  public:
@@ -103,7 +102,7 @@ class Bindings {
     uint64_t size = 0;
     Dtype dtype = Dtype::untyped;
     bool is_bytes = false;
-    std::shared_ptr<std::vector<unsigned char>> copy;  // owned bytes for set_bytes
+    std::shared_ptr<std::vector<unsigned char>> copy; // owned bytes for set_bytes
   };
   // A buffer the kernel reads/writes in place (memory that does not start 16-byte aligned, as
   // every Metal buffer does, is run on an aligned copy and written back after the dispatch).
@@ -113,8 +112,12 @@ class Bindings {
   // Length in bytes of [[threadgroup(index)]] memory (a multiple of 16).
   void threadgroup(int index, uint64_t length);
 
-  const std::map<int, Buffer>& buffers() const { return buffers_; }
-  const std::map<int, uint64_t>& threadgroup_lengths() const { return threadgroup_; }
+  const std::map<int, Buffer>& buffers() const {
+    return buffers_;
+  }
+  const std::map<int, uint64_t>& threadgroup_lengths() const {
+    return threadgroup_;
+  }
 
  private:
   std::map<int, Buffer> buffers_;
@@ -125,26 +128,36 @@ class Library {
  public:
   // Compiles (or takes from the cache) a library made of these .metal files.
   // include_dirs are searched by #include "..." in addition to each file's folder.
-  static std::shared_ptr<Library> from_files(const std::vector<std::string>& paths,
-                                             const std::vector<std::string>& include_dirs = {});
+  static std::shared_ptr<Library> from_files(
+      const std::vector<std::string>& paths, const std::vector<std::string>& include_dirs = {});
   // Same from source text; `name` is the file name diagnostics show.
-  static std::shared_ptr<Library> from_source(const std::string& source,
-                                              const std::string& name = "source.metal",
-                                              const std::vector<std::string>& include_dirs = {});
+  static std::shared_ptr<Library> from_source(
+      const std::string& source,
+      const std::string& name = "source.metal",
+      const std::vector<std::string>& include_dirs = {});
   // A manifest written by the CMake function metalsim_build_library (<dir>/<title>.metalsim).
   static std::shared_ptr<Library> from_manifest(const std::string& manifest_path);
 
-  const std::vector<std::string>& kernel_names() const { return kernel_names_; }
+  const std::vector<std::string>& kernel_names() const {
+    return kernel_names_;
+  }
   bool has_kernel(const std::string& name) const;
   // The compiled shared object (in the cache).
-  const std::string& path() const { return so_path_; }
+  const std::string& path() const {
+    return so_path_;
+  }
 
   // Runs `kernel` over `grid` threadgroups of `group` threads (Metal's dispatchThreadgroups);
   // with grid_is_threads, `grid` counts threads and edge threadgroups are cut to fit
   // (dispatchThreads). Returns when every threadgroup has finished; throws an Error otherwise.
   // workers <= 0: one OS thread per core (METALSIM_THREADS overrides).
-  void dispatch(const std::string& kernel, Size3 grid, Size3 group, const Bindings& bindings,
-                bool grid_is_threads = false, int workers = 0) const;
+  void dispatch(
+      const std::string& kernel,
+      Size3 grid,
+      Size3 group,
+      const Bindings& bindings,
+      bool grid_is_threads = false,
+      int workers = 0) const;
 
   Library(const Library&) = delete;
   Library& operator=(const Library&) = delete;
@@ -152,9 +165,10 @@ class Library {
 
  private:
   Library() = default;
-  static std::shared_ptr<Library> build(const std::vector<std::string>& paths,
-                                        const std::vector<std::string>& sources,
-                                        const std::vector<std::string>& include_dirs);
+  static std::shared_ptr<Library> build(
+      const std::vector<std::string>& paths,
+      const std::vector<std::string>& sources,
+      const std::vector<std::string>& include_dirs);
   std::string so_path_;
   void* handle_ = nullptr;
   void* dispatch_fn_ = nullptr;
@@ -171,18 +185,26 @@ std::string compiler();
 // the cache, or a compile that already failed in this process, does not run it again).
 uint64_t compiler_runs();
 
-template <class T>
-constexpr Dtype dtype_of() {
-  if constexpr (std::is_same_v<T, bool>) return Dtype::bool_;
-  else if constexpr (std::is_same_v<T, float>) return Dtype::float32;
-  else if constexpr (std::is_same_v<T, double>) return Dtype::float64;
+template <class T> constexpr Dtype dtype_of() {
+  if constexpr (std::is_same_v<T, bool>)
+    return Dtype::bool_;
+  else if constexpr (std::is_same_v<T, float>)
+    return Dtype::float32;
+  else if constexpr (std::is_same_v<T, double>)
+    return Dtype::float64;
   else if constexpr (std::is_integral_v<T> && std::is_signed_v<T>) {
-    return sizeof(T) == 1 ? Dtype::int8 : sizeof(T) == 2 ? Dtype::int16 : sizeof(T) == 4 ? Dtype::int32 : Dtype::int64;
+    return sizeof(T) == 1   ? Dtype::int8
+           : sizeof(T) == 2 ? Dtype::int16
+           : sizeof(T) == 4 ? Dtype::int32
+                            : Dtype::int64;
   } else if constexpr (std::is_integral_v<T> && std::is_unsigned_v<T>) {
-    return sizeof(T) == 1 ? Dtype::uint8 : sizeof(T) == 2 ? Dtype::uint16 : sizeof(T) == 4 ? Dtype::uint32 : Dtype::uint64;
+    return sizeof(T) == 1   ? Dtype::uint8
+           : sizeof(T) == 2 ? Dtype::uint16
+           : sizeof(T) == 4 ? Dtype::uint32
+                            : Dtype::uint64;
   } else {
     return Dtype::untyped;
   }
 }
 
-}  // namespace metalsim
+} // namespace metalsim

@@ -33,11 +33,11 @@
 #include <unordered_map>
 #include <vector>
 
+#include "metalsim/host.h"
 #include "mlx/array.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/device.h"
 #include "mlx/stream.h"
-#include "metalsim/host.h"
 
 namespace MTL {
 
@@ -46,7 +46,9 @@ struct Size {
   size_t width = 1, height = 1, depth = 1;
   Size() = default;
   Size(size_t w, size_t h = 1, size_t d = 1) : width(w), height(h), depth(d) {}
-  static Size Make(size_t w, size_t h, size_t d) { return Size(w, h, d); }
+  static Size Make(size_t w, size_t h, size_t d) {
+    return Size(w, h, d);
+  }
 };
 
 // A kernel of a library (what Device::get_kernel returns).
@@ -54,10 +56,18 @@ class ComputePipelineState {
  public:
   ComputePipelineState(std::shared_ptr<metalsim::Library> lib, std::string name)
       : lib_(std::move(lib)), name_(std::move(name)) {}
-  size_t maxTotalThreadsPerThreadgroup() const { return 1024; }
-  size_t threadExecutionWidth() const { return 32; }
-  const std::string& name() const { return name_; }
-  const std::shared_ptr<metalsim::Library>& library() const { return lib_; }
+  size_t maxTotalThreadsPerThreadgroup() const {
+    return 1024;
+  }
+  size_t threadExecutionWidth() const {
+    return 32;
+  }
+  const std::string& name() const {
+    return name_;
+  }
+  const std::shared_ptr<metalsim::Library>& library() const {
+    return lib_;
+  }
 
  private:
   std::shared_ptr<metalsim::Library> lib_;
@@ -67,42 +77,61 @@ class ComputePipelineState {
 class Library {
  public:
   explicit Library(std::shared_ptr<metalsim::Library> lib) : lib_(std::move(lib)) {}
-  const std::shared_ptr<metalsim::Library>& get() const { return lib_; }
+  const std::shared_ptr<metalsim::Library>& get() const {
+    return lib_;
+  }
 
  private:
   std::shared_ptr<metalsim::Library> lib_;
 };
 
-}  // namespace MTL
+} // namespace MTL
 
 namespace metalsim::shim {
 
 inline Dtype to_dtype(const mlx::core::Dtype& t) {
   using V = mlx::core::Dtype::Val;
   switch (t.val()) {
-    case V::bool_: return Dtype::bool_;
-    case V::uint8: return Dtype::uint8;
-    case V::uint16: return Dtype::uint16;
-    case V::uint32: return Dtype::uint32;
-    case V::uint64: return Dtype::uint64;
-    case V::int8: return Dtype::int8;
-    case V::int16: return Dtype::int16;
-    case V::int32: return Dtype::int32;
-    case V::int64: return Dtype::int64;
-    case V::float16: return Dtype::float16;
-    case V::bfloat16: return Dtype::bfloat16;
-    case V::float32: return Dtype::float32;
-    case V::float64: return Dtype::float64;
-    case V::complex64: return Dtype::complex64;
-    default: return Dtype::untyped;
+  case V::bool_:
+    return Dtype::bool_;
+  case V::uint8:
+    return Dtype::uint8;
+  case V::uint16:
+    return Dtype::uint16;
+  case V::uint32:
+    return Dtype::uint32;
+  case V::uint64:
+    return Dtype::uint64;
+  case V::int8:
+    return Dtype::int8;
+  case V::int16:
+    return Dtype::int16;
+  case V::int32:
+    return Dtype::int32;
+  case V::int64:
+    return Dtype::int64;
+  case V::float16:
+    return Dtype::float16;
+  case V::bfloat16:
+    return Dtype::bfloat16;
+  case V::float32:
+    return Dtype::float32;
+  case V::float64:
+    return Dtype::float64;
+  case V::complex64:
+    return Dtype::complex64;
+  default:
+    return Dtype::untyped;
   }
 }
 
-template <class T>
-constexpr Dtype host_dtype() {
-  if constexpr (std::is_same_v<T, mlx::core::float16_t>) return Dtype::float16;
-  else if constexpr (std::is_same_v<T, mlx::core::bfloat16_t>) return Dtype::bfloat16;
-  else return dtype_of<T>();
+template <class T> constexpr Dtype host_dtype() {
+  if constexpr (std::is_same_v<T, mlx::core::float16_t>)
+    return Dtype::float16;
+  else if constexpr (std::is_same_v<T, mlx::core::bfloat16_t>)
+    return Dtype::bfloat16;
+  else
+    return dtype_of<T>();
 }
 
 class CommandEncoder {
@@ -111,7 +140,9 @@ class CommandEncoder {
   CommandEncoder(const CommandEncoder&) = delete;
   CommandEncoder& operator=(const CommandEncoder&) = delete;
 
-  void set_compute_pipeline_state(MTL::ComputePipelineState* kernel) { kernel_ = kernel; }
+  void set_compute_pipeline_state(MTL::ComputePipelineState* kernel) {
+    kernel_ = kernel;
+  }
 
   void set_input_array(const mlx::core::array& a, int idx, int64_t offset = 0) {
     args_.insert_or_assign(idx, Arg{true, a, offset, {}, Dtype::untyped});
@@ -121,16 +152,13 @@ class CommandEncoder {
   }
   void register_output_array(const mlx::core::array&) {}
 
-  template <typename T>
-  void set_bytes(const T& v, int idx) {
+  template <typename T> void set_bytes(const T& v, int idx) {
     set_raw_bytes(&v, sizeof(T), host_dtype<T>(), idx);
   }
-  template <typename T>
-  void set_bytes(const T* v, int n, int idx) {
+  template <typename T> void set_bytes(const T* v, int n, int idx) {
     set_raw_bytes(v, size_t(n) * sizeof(T), host_dtype<T>(), idx);
   }
-  template <typename Vec>
-  void set_vector_bytes(const Vec& vec, size_t nelems, int idx) {
+  template <typename Vec> void set_vector_bytes(const Vec& vec, size_t nelems, int idx) {
     using T = typename Vec::value_type;
     if (nelems > 0) {
       set_raw_bytes(vec.data(), nelems * sizeof(T), host_dtype<T>(), idx);
@@ -139,12 +167,13 @@ class CommandEncoder {
       set_raw_bytes(&val, sizeof(T), host_dtype<T>(), idx);
     }
   }
-  template <typename Vec>
-  void set_vector_bytes(const Vec& vec, int idx) {
+  template <typename Vec> void set_vector_bytes(const Vec& vec, int idx) {
     set_vector_bytes(vec, vec.size(), idx);
   }
 
-  void set_threadgroup_memory_length(size_t length, int idx) { tg_[idx] = length; }
+  void set_threadgroup_memory_length(size_t length, int idx) {
+    tg_[idx] = length;
+  }
 
   void dispatch_threadgroups(MTL::Size grid_dims, MTL::Size group_dims) {
     enqueue(grid_dims, group_dims, false);
@@ -153,9 +182,12 @@ class CommandEncoder {
     enqueue(grid_dims, group_dims, true);
   }
 
-  void add_temporary(mlx::core::array arr) { temporaries_.push_back(std::move(arr)); }
+  void add_temporary(mlx::core::array arr) {
+    temporaries_.push_back(std::move(arr));
+  }
   void add_temporaries(std::vector<mlx::core::array> arrays) {
-    for (auto& a : arrays) temporaries_.push_back(std::move(a));
+    for (auto& a : arrays)
+      temporaries_.push_back(std::move(a));
   }
   // Dispatches run one after another on the stream: there is nothing to order.
   void barrier() {}
@@ -172,7 +204,8 @@ class CommandEncoder {
 
   void set_raw_bytes(const void* p, size_t n, Dtype dt, int idx) {
     Arg a{false, mlx::core::array(0), 0, std::vector<unsigned char>(n), dt};
-    if (n) std::memcpy(a.bytes.data(), p, n);
+    if (n)
+      std::memcpy(a.bytes.data(), p, n);
     args_.insert_or_assign(idx, std::move(a));
   }
 
@@ -192,9 +225,16 @@ class CommandEncoder {
     Size3 t{group.width, group.height, group.depth};
     auto& cpu_enc = mlx::core::cpu::get_command_encoder(stream_);
     for (auto& [idx, a] : args)
-      if (a.is_array) cpu_enc.set_input_array(a.arr);
-    cpu_enc.dispatch([lib, name, args = std::move(args), tg = std::move(tg),
-                      temps = std::move(temps), g, t, grid_is_threads]() mutable {
+      if (a.is_array)
+        cpu_enc.set_input_array(a.arr);
+    cpu_enc.dispatch([lib,
+                      name,
+                      args = std::move(args),
+                      tg = std::move(tg),
+                      temps = std::move(temps),
+                      g,
+                      t,
+                      grid_is_threads]() mutable {
       Bindings b;
       for (auto& [idx, a] : args) {
         if (a.is_array) {
@@ -205,7 +245,8 @@ class CommandEncoder {
           b.bytes(idx, a.bytes.data(), a.bytes.size(), a.dtype);
         }
       }
-      for (auto& [idx, len] : tg) b.threadgroup(idx, len);
+      for (auto& [idx, len] : tg)
+        b.threadgroup(idx, len);
       lib->dispatch(name, g, t, b, grid_is_threads);
     });
   }
@@ -224,7 +265,8 @@ class Device {
   MTL::Library* get_library(const std::string& name, const std::string& path = "") {
     std::lock_guard<std::mutex> lk(mu_);
     auto it = libraries_.find(name);
-    if (it != libraries_.end()) return it->second.get();
+    if (it != libraries_.end())
+      return it->second.get();
     std::string manifest;
     const std::string ext = ".metallib";
     if (path.size() > ext.size() && path.compare(path.size() - ext.size(), ext.size(), ext) == 0)
@@ -235,27 +277,34 @@ class Device {
     return (libraries_[name] = std::move(lib)).get();
   }
   // A library JIT-compiled from source text (MLX's get_library(name, builder)).
-  MTL::Library* get_library(const std::string& name, const std::function<std::string(void)>& builder) {
+  MTL::Library*
+  get_library(const std::string& name, const std::function<std::string(void)>& builder) {
     std::lock_guard<std::mutex> lk(mu_);
     auto it = libraries_.find(name);
-    if (it != libraries_.end()) return it->second.get();
-    auto lib = std::make_unique<MTL::Library>(metalsim::Library::from_source(builder(), name + ".metal"));
+    if (it != libraries_.end())
+      return it->second.get();
+    auto lib =
+        std::make_unique<MTL::Library>(metalsim::Library::from_source(builder(), name + ".metal"));
     return (libraries_[name] = std::move(lib)).get();
   }
 
-  MTL::ComputePipelineState* get_kernel(const std::string& base_name, MTL::Library* lib,
-                                        const std::string& hash_name = "") {
-    if (!lib) throw std::runtime_error("[metalsim::Device] get_kernel: no library");
+  MTL::ComputePipelineState*
+  get_kernel(const std::string& base_name, MTL::Library* lib, const std::string& hash_name = "") {
+    if (!lib)
+      throw std::runtime_error("[metalsim::Device] get_kernel: no library");
     std::lock_guard<std::mutex> lk(mu_);
     auto key = std::make_pair(lib, hash_name.empty() ? base_name : hash_name);
     auto it = kernels_.find(key);
-    if (it != kernels_.end()) return it->second.get();
+    if (it != kernels_.end())
+      return it->second.get();
     if (!lib->get()->has_kernel(base_name)) {
       std::string names;
-      for (auto& n : lib->get()->kernel_names()) names += (names.empty() ? "" : ", ") + n;
-      throw std::runtime_error("[metalsim::Device] Unable to load kernel " + base_name +
-                               ": no kernel of that name in the library (kernels: " +
-                               (names.empty() ? std::string("none") : names) + ")");
+      for (auto& n : lib->get()->kernel_names())
+        names += (names.empty() ? "" : ", ") + n;
+      throw std::runtime_error(
+          "[metalsim::Device] Unable to load kernel " + base_name +
+          ": no kernel of that name in the library (kernels: " +
+          (names.empty() ? std::string("none") : names) + ")");
     }
     auto k = std::make_unique<MTL::ComputePipelineState>(lib->get(), base_name);
     return (kernels_[key] = std::move(k)).get();
@@ -264,7 +313,8 @@ class Device {
  private:
   std::mutex mu_;
   std::unordered_map<std::string, std::unique_ptr<MTL::Library>> libraries_;
-  std::map<std::pair<MTL::Library*, std::string>, std::unique_ptr<MTL::ComputePipelineState>> kernels_;
+  std::map<std::pair<MTL::Library*, std::string>, std::unique_ptr<MTL::ComputePipelineState>>
+      kernels_;
 };
 
 // One simulated device for every mlx device (there is no GPU behind it).
@@ -279,11 +329,14 @@ inline CommandEncoder& get_command_encoder(mlx::core::Stream s) {
   static auto* encoders = new std::unordered_map<int, std::unique_ptr<CommandEncoder>>();
   std::lock_guard<std::mutex> lk(mu);
   auto& e = (*encoders)[s.index];
-  if (!e) e = std::make_unique<CommandEncoder>(s);
+  if (!e)
+    e = std::make_unique<CommandEncoder>(s);
   return *e;
 }
 
 // There is no Metal device behind the shim.
-inline bool is_available() { return false; }
+inline bool is_available() {
+  return false;
+}
 
-}  // namespace metalsim::shim
+} // namespace metalsim::shim

@@ -16,8 +16,11 @@ NB_MODULE(_ext, m) {
       [](const mlx::core::array& x, int threads, const metalsim::DeviceOrStream& stream) {
         return metalsim_example::row_softmax(x, threads, metalsim::to_stream_or_device(stream));
       },
-      "x"_a, nb::kw_only(), "threads"_a = 0, "stream"_a = nb::none(),
-        R"(Softmax over the last axis of a 2-D float32 array.
+      "x"_a,
+      nb::kw_only(),
+      "threads"_a = 0,
+      "stream"_a = nb::none(),
+      R"(Softmax over the last axis of a 2-D float32 array.
 
 With stream=mx.gpu the Metal kernel row_softmax_f32 runs (on the simulator where there is no
 Metal device); otherwise the CPU implementation.)");

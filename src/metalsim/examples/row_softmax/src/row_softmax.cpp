@@ -23,31 +23,39 @@ static std::string binary_dir() {
 }
 
 mx::array row_softmax(const mx::array& x, int threads, mx::StreamOrDevice s) {
-  if (x.ndim() != 2) throw std::invalid_argument("row_softmax: x must be 2-D (rows, cols)");
-  if (x.dtype() != mx::float32) throw std::invalid_argument("row_softmax: x must be float32");
+  if (x.ndim() != 2)
+    throw std::invalid_argument("row_softmax: x must be 2-D (rows, cols)");
+  if (x.dtype() != mx::float32)
+    throw std::invalid_argument("row_softmax: x must be float32");
   bool sim = metalsim::use_simulator(s);
   mx::Stream stream = sim ? metalsim::simulator_stream() : mx::to_stream(s);
   mx::array xc = mx::contiguous(x, false, stream);
-  return mx::array(x.shape(), mx::float32, std::make_shared<RowSoftmax>(stream, sim, threads), {xc});
+  return mx::array(
+      x.shape(), mx::float32, std::make_shared<RowSoftmax>(stream, sim, threads), {xc});
 }
 
 void RowSoftmax::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
-  if (on_simulator_) return eval_gpu(inputs, outputs);
+  if (on_simulator_)
+    return eval_gpu(inputs, outputs);
   const mx::array& x = inputs[0];
   mx::array& out = outputs[0];
   out.set_data(mx::allocator::malloc(out.nbytes()));
   auto& enc = mx::cpu::get_command_encoder(stream());
   enc.set_input_array(x);
   enc.set_output_array(out);
-  enc.dispatch([xp = x.data<float>(), op = out.data<float>(), rows = x.shape(0), cols = x.shape(1)] {
-    for (int r = 0; r < rows; ++r) {
-      const float* xr = xp + size_t(r) * cols;
-      float m = -INFINITY, l = 0.0f;
-      for (int j = 0; j < cols; ++j) m = std::fmax(m, xr[j]);
-      for (int j = 0; j < cols; ++j) l += std::exp(xr[j] - m);
-      for (int j = 0; j < cols; ++j) op[size_t(r) * cols + j] = std::exp(xr[j] - m) / l;
-    }
-  });
+  enc.dispatch(
+      [xp = x.data<float>(), op = out.data<float>(), rows = x.shape(0), cols = x.shape(1)] {
+        for (int r = 0; r < rows; ++r) {
+          const float* xr = xp + size_t(r) * cols;
+          float m = -INFINITY, l = 0.0f;
+          for (int j = 0; j < cols; ++j)
+            m = std::fmax(m, xr[j]);
+          for (int j = 0; j < cols; ++j)
+            l += std::exp(xr[j] - m);
+          for (int j = 0; j < cols; ++j)
+            op[size_t(r) * cols + j] = std::exp(xr[j] - m) / l;
+        }
+      });
 }
 
 // The same code on a Mac (Metal) and elsewhere (metalsim).
@@ -57,12 +65,13 @@ void RowSoftmax::eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::
   out.set_data(mx::allocator::malloc(out.nbytes()));
   auto& s = stream();
   auto& d = gpu::device(s.device);
-  auto* kernel = d.get_kernel("row_softmax_f32", d.get_library("metalsim_row_softmax", binary_dir()));
+  auto* kernel =
+      d.get_kernel("row_softmax_f32", d.get_library("metalsim_row_softmax", binary_dir()));
   auto& enc = gpu::get_command_encoder(s);
   enc.set_compute_pipeline_state(kernel);
   int n_cols = x.shape(1);
-  size_t n_threads = threads_ > 0 ? size_t(threads_)
-                                   : std::min<size_t>(1024, (size_t(n_cols) + 31) / 32 * 32);
+  size_t n_threads =
+      threads_ > 0 ? size_t(threads_) : std::min<size_t>(1024, (size_t(n_cols) + 31) / 32 * 32);
   enc.set_input_array(x, 0);
   enc.set_output_array(out, 1);
   enc.set_bytes(n_cols, 2);
@@ -70,4 +79,4 @@ void RowSoftmax::eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::
   enc.dispatch_threadgroups(MTL::Size(x.shape(0), 1, 1), MTL::Size(n_threads, 1, 1));
 }
 
-}  // namespace metalsim_example
+} // namespace metalsim_example

@@ -20,15 +20,17 @@ class RowSoftmax : public mx::Primitive {
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
   void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
-  const char* name() const override { return "RowSoftmax"; }
+  const char* name() const override {
+    return "RowSoftmax";
+  }
   bool is_equivalent(const mx::Primitive& other) const override {
     auto& o = static_cast<const RowSoftmax&>(other);
     return on_simulator_ == o.on_simulator_ && threads_ == o.threads_;
   }
 
  private:
-  bool on_simulator_;  // built for the GPU but scheduled on the CPU stream: run eval_gpu there
+  bool on_simulator_; // built for the GPU but scheduled on the CPU stream: run eval_gpu there
   int threads_;
 };
 
-}  // namespace metalsim_example
+} // namespace metalsim_example
