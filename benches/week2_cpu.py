@@ -31,16 +31,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
+from tiny_attn_testing import attention_flops  # noqa: E402
+
 IMAGES = ROOT / "book" / "src" / "images"
 
 # Past these sizes a path is skipped: too slow (minutes) or too big for the machine.
 LIMITS = {"python-tiled": 1024, "cpp-simple": 2048, "mlx-naive": 4096, "mlx-fast": 4096}
 MiB = 1024 * 1024
-
-
-def flops(H: int, N: int, E: int, causal: bool) -> float:
-    f = 4.0 * H * N * N * E
-    return f / 2 if causal else f
 
 
 def numpy_naive(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float) -> np.ndarray:
@@ -108,7 +105,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     rows: list[dict] = []
 
     def record(name: str, N: int, h: int, causal: bool, seconds: float, mib: float) -> None:
-        gflops = flops(h, N, E, causal) / seconds / 1e9
+        gflops = attention_flops(1, h, N, N, E, causal) / seconds / 1e9
         rows.append(dict(path=name, N=N, H=h, causal=causal, s=seconds, gflops=gflops, mib=mib))
         label = name + (" causal" if causal else "")
         print(

@@ -16,8 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bootstrap import IMPORT_ROOTS
+
 ROOT = Path(__file__).resolve().parent.parent
-IMPORT_ROOTS = ["src", "src/extensions", "refsol", "refsol/extensions_ref", "tools"]
 
 
 def transplant(work: Path) -> int:
