@@ -76,6 +76,33 @@ def _check_mask_shape(mask: mx.array, target: tuple[int, ...], layout: str) -> N
         )
 
 
+def _check_softmax_args(x: Any, axis: Any) -> None:
+    """The checks every softmax of the course makes: a floating mx.array and a valid axis."""
+    if not isinstance(x, mx.array):
+        raise TypeError(f"x must be an mx.array, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        got = _dtype_name(x.dtype)
+        raise TypeError(f"x must be float32, float16 or bfloat16, got {got}")
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise TypeError(f"axis must be an int, got {type(axis).__name__}")
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"axis must be in [{-x.ndim}, {x.ndim}) for x of shape {x.shape}")
+
+
+def _check_key_value_shapes(query: mx.array, key: mx.array, value: mx.array) -> None:
+    """key's E matches query's, and value is key's shape but for its last dimension."""
+    E = query.shape[-1]
+    if key.shape[-1] != E:
+        raise ValueError(
+            f"key's last dimension must equal query's E={E}, got key shape {tuple(key.shape)}"
+        )
+    if value.shape[:-1] != key.shape[:-1]:
+        raise ValueError(
+            f"value must have shape {tuple(key.shape[:-1])} + (Ev,) to match key, "
+            f"got {tuple(value.shape)}"
+        )
+
+
 def softmax(x: mx.array, axis: int = -1) -> mx.array:
     """Numerically stable softmax of `x` along `axis`.
 
@@ -91,15 +118,7 @@ def softmax(x: mx.array, axis: int = -1) -> mx.array:
         TypeError: x is not a floating-point mx.array, or axis is not an int.
         ValueError: axis is out of range for x.
     """
-    if not isinstance(x, mx.array):
-        raise TypeError(f"x must be an mx.array, got {type(x).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
-        got = _dtype_name(x.dtype)
-        raise TypeError(f"x must be float32, float16 or bfloat16, got {got}")
-    if isinstance(axis, bool) or not isinstance(axis, int):
-        raise TypeError(f"axis must be an int, got {type(axis).__name__}")
-    if not -x.ndim <= axis < x.ndim:
-        raise ValueError(f"axis must be in [{-x.ndim}, {x.ndim}) for x of shape {x.shape}")
+    _check_softmax_args(x, axis)
     # Half precision has 10 (or 7) mantissa bits: sum the exponentials in float32.
     xf = x.astype(mx.float32)
     # Subtracting the row maximum changes nothing mathematically (it cancels between the
@@ -146,15 +165,7 @@ def scaled_dot_product_attention_simple(
     _check_scale(scale)
     L, E = query.shape[-2:]
     S = key.shape[-2]
-    if key.shape[-1] != E:
-        raise ValueError(
-            f"key's last dimension must equal query's E={E}, got key shape {tuple(key.shape)}"
-        )
-    if value.shape[:-1] != key.shape[:-1]:
-        raise ValueError(
-            f"value must have shape {tuple(key.shape[:-1])} + (Ev,) to match key, "
-            f"got {tuple(value.shape)}"
-        )
+    _check_key_value_shapes(query, key, value)
     if L == 0 or S == 0:
         raise ValueError(f"L and S must be at least 1, got query L={L} and key S={S}")
     try:

@@ -19,6 +19,7 @@ import mlx.core as mx
 from .basics import (
     _FLOAT_DTYPES,
     _check_array,
+    _check_key_value_shapes,
     _check_mask_dtype,
     _check_mask_shape,
     _check_scale,
@@ -60,15 +61,7 @@ def _check_attention_inputs(
             f"key's batch dimensions must equal query's {tuple(batch)}, got shape "
             f"{tuple(key.shape)}"
         )
-    if key.shape[-1] != E:
-        raise ValueError(
-            f"key's last dimension must equal query's E={E}, got key shape {tuple(key.shape)}"
-        )
-    if value.shape[:-1] != key.shape[:-1]:
-        raise ValueError(
-            f"value must have shape {tuple(key.shape[:-1])} + (Ev,) to match key, "
-            f"got {tuple(value.shape)}"
-        )
+    _check_key_value_shapes(query, key, value)
     if H == 0 or H_q % H != 0:
         raise ValueError(f"query's heads H_q={H_q} must be a multiple of key/value heads H={H}")
     if L == 0 or S == 0:

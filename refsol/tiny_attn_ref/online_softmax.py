@@ -159,10 +159,7 @@ def online_softmax(x: mx.array, block_size: int, axis: int = -1) -> mx.array:
         TypeError: x is not a floating-point mx.array, or axis or block_size is not an int.
         ValueError: axis is out of range, x has no element along it, or block_size < 1.
     """
-    _check_array(x, "x", 1, "(...)")
-    axis = _check_axis(x, axis)
-    _check_block_size(block_size)
-    m, l = online_softmax_state(x, block_size, axis)
+    m, l = online_softmax_state(x, block_size, axis)  # checks x, block_size and axis
     m, l = m[..., None], l[..., None]
     xt = mx.moveaxis(x, axis, -1).astype(mx.float32)
     blocks = [

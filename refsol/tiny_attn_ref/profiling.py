@@ -18,7 +18,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from .basics import _FLOAT_DTYPES, _dtype_name
+from .basics import _check_softmax_args
 
 
 @dataclass(frozen=True)
@@ -172,14 +172,6 @@ def softmax_naive(x: mx.array, axis: int = -1) -> mx.array:
         TypeError: x is not a floating-point mx.array, or axis is not an int.
         ValueError: axis is out of range for x.
     """
-    if not isinstance(x, mx.array):
-        raise TypeError(f"x must be an mx.array, got {type(x).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
-        got = _dtype_name(x.dtype)
-        raise TypeError(f"x must be float32, float16 or bfloat16, got {got}")
-    if isinstance(axis, bool) or not isinstance(axis, int):
-        raise TypeError(f"axis must be an int, got {type(axis).__name__}")
-    if not -x.ndim <= axis < x.ndim:
-        raise ValueError(f"axis must be in [{-x.ndim}, {x.ndim}) for x of shape {x.shape}")
+    _check_softmax_args(x, axis)
     e = mx.exp(x)
     return e / mx.sum(e, axis=axis, keepdims=True)
