@@ -20,6 +20,7 @@ from tiny_attn_base import (
     numpy_attention,
     qkv,
     rand,
+    rand_keep,
     ta,
     to_numpy,
 )
@@ -176,10 +177,6 @@ def test_task_2_causal_fully_masked_rows_average_the_values():
     assert_allclose(out[..., :7, :], mean_v, **TOL_F32_REORDERED, what="fully masked rows")
 
 
-def bool_mask(shape, seed, p_keep=0.6) -> mx.array:
-    return mx.array(np.random.default_rng(seed).random(shape) < p_keep)
-
-
 def additive_mask(shape, seed) -> mx.array:
     rng = np.random.default_rng(seed)
     bias = rng.standard_normal(shape).astype(np.float32)
@@ -195,7 +192,7 @@ MASK_SHAPES = [(2, 4, 21, 35), (4, 21, 35), (21, 35), (2, 1, 1, 35), (1, 1, 21, 
 @pytest.mark.parametrize("mask_shape", MASK_SHAPES, ids=str)
 def test_task_2_boolean_mask(mask_shape):
     q, k, v = qkv((2,), 4, 2, 21, 35, 8, seed=11)
-    check(q, k, v, mask=bool_mask(mask_shape, seed=12), block_q=8, block_k=16)
+    check(q, k, v, mask=rand_keep(mask_shape, seed=12, p_keep=0.6), block_q=8, block_k=16)
 
 
 @pytest.mark.parametrize("mask_shape", MASK_SHAPES, ids=str)
@@ -234,7 +231,7 @@ def test_task_2_mask_per_query_head_with_gqa():
     # A different mask for each of the H_q = 6 query heads sharing H = 2 key/value heads:
     # query head i reads key/value head i // 3; the mask's heads must stay in query-head order.
     q, k, v = qkv((1,), 6, 2, 16, 24, 8, seed=18)
-    check(q, k, v, mask=bool_mask((1, 6, 16, 24), seed=19), block_q=8, block_k=8)
+    check(q, k, v, mask=rand_keep((1, 6, 16, 24), seed=19, p_keep=0.6), block_q=8, block_k=8)
     check(q, k, v, mask=additive_mask((6, 16, 24), seed=20), block_q=8, block_k=8)
 
 
@@ -242,7 +239,7 @@ def test_task_2_masks_in_half_precision():
     q, k, v = qkv((1,), 2, 1, 20, 33, 16, seed=21, dtype=mx.float16)
     for mask in (
         "causal",
-        bool_mask((20, 33), seed=22),
+        rand_keep((20, 33), seed=22, p_keep=0.6),
         rand((20, 33), seed=23).astype(mx.float16),
     ):
         out, _ = ta.flash_attention_tiled(q, k, v, mask=mask, block_q=8, block_k=8)

@@ -242,7 +242,7 @@ def test_task_3_flash_attention_matches_mlx_on_random_problems(ext, problem):
     elif p["kind"] == "additive":
         mask = rand(p["mask_shape"], seed=p["seed"] + 3, scale=2.0)
     elif p["kind"] == "bool":  # some rows may keep no key at all: MLX averages V there
-        mask = mx.array(np.random.default_rng(p["seed"] + 4).random(p["mask_shape"]) < 0.7)
+        mask = rand_keep(p["mask_shape"], seed=p["seed"] + 4, p_keep=0.7)
     out = call(ext, q, k, v, mask, scale=p["scale"])
     expected = mlx_sdpa(q, k, v, scale=p["scale"], mask=mask)
     assert_allclose(out, expected, **TOL_F32_REORDERED, what=str(p))

@@ -151,7 +151,7 @@ def test_task_2_fast_kernel_matches_mlx_on_random_problems(
     elif kind == "additive":
         mask = rand((1, H * group, L, S), seed=seed + 3, scale=2.0)
     elif kind == "bool":
-        mask = mx.array(np.random.default_rng(seed + 4).random((N, 1, L, S)) < 0.7)
+        mask = rand_keep((N, 1, L, S), seed=seed + 4, p_keep=0.7)
     out = fast(ext, q, k, v, mask, num_threads=num_threads)
     expected = mlx_sdpa(q, k, v, mask=mask)
     what = f"N={N}, H_q={H * group}, H={H}, L={L}, S={S}, E={E}, {kind}, {num_threads} threads"

@@ -67,10 +67,6 @@ def test_task_2_causal_gpu_ignores_future_keys(ext):
 # --------------------------------------------------------------------- Task 3: mask arrays
 
 
-def bool_mask(shape, seed, p_keep=0.7):
-    return mx.array(np.random.default_rng(seed).random(shape) < p_keep)
-
-
 @pytest.mark.parametrize(
     "mask_shape",
     [(20, 45), (1, 1, 20, 45), (2, 1, 20, 45), (2, 4, 20, 45), (2, 1, 1, 45), (4, 1, 45)],
@@ -90,7 +86,7 @@ def test_task_3_additive_mask_gpu(ext, mask_shape):
 )
 def test_task_3_boolean_mask_gpu(ext, mask_shape):
     q, k, v = qkv((2,), 4, 4, 20, 45, 80, seed=41)
-    mask = bool_mask(mask_shape, seed=42)
+    mask = rand_keep(mask_shape, seed=42, p_keep=0.7)
     out = gpu_attention(ext, q, k, v, mask=mask)
     assert_allclose(
         out, mlx_sdpa(q, k, v, mask=mask), **TOL_F32_REORDERED, what=f"boolean mask {mask_shape}"
@@ -135,7 +131,7 @@ def test_task_3_fully_masked_rows_gpu(ext):
 
 def test_task_3_mask_and_gqa_gpu(ext):
     q, k, v = qkv((2,), 6, 2, 33, 70, 128, seed=71)
-    mask = bool_mask((2, 6, 33, 70), seed=72, p_keep=0.8)
+    mask = rand_keep((2, 6, 33, 70), seed=72, p_keep=0.8)
     out = gpu_attention(ext, q, k, v, mask=mask)
     assert_allclose(
         out, mlx_sdpa(q, k, v, mask=mask), **TOL_F32_REORDERED, what="GQA with a full boolean mask"
@@ -147,7 +143,7 @@ def test_task_3_python_wrapper_on_gpu(ext):
     # the same kernel, for any number of batch dimensions (MLX's own op takes rank 4 only).
     # (kernel="fast" is day 4's kernel: tested there.)
     q, k, v = qkv((2, 3), 4, 2, 18, 37, 64, seed=81)
-    mask = bool_mask((3, 1, 18, 37), seed=82)
+    mask = rand_keep((3, 1, 18, 37), seed=82, p_keep=0.7)
     out = ta.flash_attention(q, k, v, mask=mask, kernel="simple", stream=GPU)
     assert_allclose(
         out,
@@ -179,7 +175,7 @@ def test_task_3_random_problems_gpu(ext, L, S, E, group, kind, seed):
     if kind == "additive":
         mask = rand((L, S), seed=seed + 3)
     elif kind == "boolean":
-        mask = bool_mask((1, H_q, L, S), seed=seed + 4)
+        mask = rand_keep((1, H_q, L, S), seed=seed + 4, p_keep=0.7)
     out = gpu_attention(ext, q, k, v, mask=mask, causal=kind == "causal")
     expected = mlx_sdpa(q, k, v, mask="causal" if kind == "causal" else mask)
     assert_allclose(out, expected, **TOL_F32_REORDERED, what=f"{kind}, {q.shape}")

@@ -118,7 +118,7 @@ def test_task_2_python_wrapper_fast_on_gpu(ext):
     # ta.flash_attention(kernel="fast") (Week 2) with stream=mx.gpu reaches this kernel, for
     # any number of batch dimensions.
     q, k, v = qkv((2, 3), 4, 2, 18, 37, 64, seed=81)
-    mask = mx.array(np.random.default_rng(82).random((3, 1, 18, 37)) < 0.7)
+    mask = rand_keep((3, 1, 18, 37), seed=82, p_keep=0.7)
     for m in (mask, "causal"):
         out = ta.flash_attention(q, k, v, mask=m, kernel="fast", stream=GPU)
         assert_allclose(
@@ -146,7 +146,7 @@ def test_task_2_random_problems_fast_gpu(ext, L, S, E, group, kind, seed):
     if kind == "additive":
         mask = rand((L, S), seed=seed + 3)
     elif kind == "boolean":
-        mask = mx.array(np.random.default_rng(seed + 4).random((1, H_q, L, S)) < 0.7)
+        mask = rand_keep((1, H_q, L, S), seed=seed + 4, p_keep=0.7)
     out = fast_gpu(ext, q, k, v, mask=mask, causal=kind == "causal")
     expected = mlx_sdpa(q, k, v, mask="causal" if kind == "causal" else mask)
     assert_allclose(out, expected, **TOL_F32_REORDERED, what=f"fast, {kind}, {q.shape}")

@@ -55,6 +55,11 @@ def rand(
     return mx.array(values.astype(np.float32)).astype(dtype)
 
 
+def rand_keep(shape: Sequence[int], *, seed: int, p_keep: float) -> mx.array:
+    """A boolean keep-mask (True = attend), each entry True with probability `p_keep`."""
+    return mx.array(np.random.default_rng(seed).random(tuple(shape)) < p_keep)
+
+
 def qkv(
     batch: Sequence[int],
     h_q: int,
