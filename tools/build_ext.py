@@ -20,6 +20,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import course
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # which -> (source folder, Python package inside it)
@@ -88,10 +90,9 @@ def is_up_to_date(which: str) -> bool:
 
 def _tool(name: str) -> str:
     """A build tool from the virtual environment first, then from PATH."""
-    venv_bin = Path(sys.executable).parent
-    for candidate in (venv_bin / name, shutil.which(name)):
-        if candidate and Path(candidate).exists():
-            return str(candidate)
+    found = course.find_program(name)
+    if found:
+        return found
     raise BuildError(
         f"`{name}` was not found. It comes with the course's environment: run any "
         f"`pdm run ...` command once (it installs the locked packages), or `pip install {name}`."

@@ -10,10 +10,11 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import course
 
 try:
     import tomllib
@@ -110,7 +111,7 @@ def check_chapter(md: Path, words: set[str], scripts: set[str]) -> list[str]:
 
 
 def main() -> int:
-    mdbook = shutil.which("mdbook") or str(ROOT / ".venv" / "bin" / "mdbook")
+    mdbook = course.find_program("mdbook") or "mdbook"
     print("[check-book] building the book with mdBook ...", flush=True)
     build = subprocess.run([mdbook, "build", str(BOOK)], capture_output=True, text=True)
     problems = []

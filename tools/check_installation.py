@@ -9,8 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import course
+
 ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
 
 
 def version_of(cmd: list[str]) -> str | None:
@@ -20,11 +21,6 @@ def version_of(cmd: list[str]) -> str | None:
         return None
     text = (out.stdout or out.stderr).strip().splitlines()
     return text[0] if out.returncode == 0 and text else None
-
-
-def find_program(name: str) -> str | None:
-    local = VENV_BIN / name
-    return str(local) if local.exists() else shutil.which(name)
 
 
 def main() -> int:
@@ -70,7 +66,7 @@ def main() -> int:
         ("ruff", "`pdm sync`"),
         ("clang-format", "`pdm sync` (clang-format comes from PyPI)"),
     ):
-        exe = find_program(prog)
+        exe = course.find_program(prog)
         row(prog, version_of([exe, "--version"]) if exe else None, fix)
     if platform.system() == "Darwin":
         row(

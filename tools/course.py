@@ -24,6 +24,12 @@ TASK_NAME = re.compile(r"test_task_(\d+)")
 STUB_MARKER = "not implemented"
 
 
+def find_program(name: str) -> str | None:
+    """A program of the course's environment (its bin/ folder) first, then from PATH."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else shutil.which(name)
+
+
 def test_file_name(week: int, day: int) -> str:
     return f"test_week_{week}_day_{day}.py"
 

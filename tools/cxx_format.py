@@ -8,10 +8,11 @@ The .metal kernels are left as written: they are laid out to read like the chapt
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import course
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = ["src/extensions", "refsol/extensions_ref", "src/metalsim"]
@@ -29,9 +30,7 @@ def cxx_files() -> list[str]:
 
 
 def main() -> int:
-    exe = str(Path(sys.executable).parent / "clang-format")
-    if not Path(exe).exists():
-        exe = shutil.which("clang-format") or ""
+    exe = course.find_program("clang-format")
     if not exe:
         print("clang-format is missing: `pdm sync` installs it from PyPI", file=sys.stderr)
         return 1
