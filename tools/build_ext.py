@@ -167,9 +167,21 @@ def _build_locked(which: str, *, verbose: bool) -> Path:
     return module
 
 
+# Extensions already checked (or built) by this process. A Python process cannot reload a
+# compiled module, so checking again on every call would only cost time: the Python wrappers
+# call ensure_built before each op, and the check stats every source file.
+_checked: set[str] = set()
+
+
 def ensure_built(which: str) -> None:
-    """Build the extension if a source changed since the last build; otherwise do nothing."""
+    """Build the extension if a source changed since the last build; otherwise do nothing.
+
+    Checks once per process: later calls return at once.
+    """
+    if which in _checked:
+        return
     if is_up_to_date(which):
+        _checked.add(which)
         return
     _, package, _, _ = _paths(which)
     print(f"[build-ext] {package} is missing or out of date: building it ...", flush=True)
@@ -183,6 +195,7 @@ def ensure_built(which: str) -> None:
         raise BuildError(
             f"building {package} failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
         )
+    _checked.add(which)
     if package in sys.modules:
         print(f"[build-ext] {package} was imported before this build: restart Python to load it")
 
