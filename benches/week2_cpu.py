@@ -76,6 +76,19 @@ def time_numpy(fn: Callable[[], np.ndarray], repeats: int) -> tuple[float, float
     return best, peak / MiB
 
 
+def blas_baseline(n: int) -> None:
+    """One n x n float32 matmul in MLX and in NumPy: the BLAS each naive path stands on."""
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    am = mx.array(a)
+    mlx_s, _ = time_mlx(lambda: am @ am, repeats=2)
+    numpy_s, _ = time_numpy(lambda: a @ a, repeats=2)
+    f = 2.0 * n**3
+    print(
+        f"[bench] BLAS baseline, one {n}x{n} float32 matmul: MLX {f / mlx_s / 1e9:.1f} GFLOP/s, "
+        f"NumPy {f / numpy_s / 1e9:.1f} GFLOP/s"
+    )
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     import build_ext
 
@@ -102,6 +115,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     if tiled is not None:
         paths["python-tiled"] = lambda q, k, v, c: tiled(q, k, v, scale, "causal" if c else None)[0]
 
+    blas_baseline(512 if args.quick else 2048)
     rows: list[dict] = []
 
     def record(name: str, N: int, h: int, causal: bool, seconds: float, mib: float) -> None:
