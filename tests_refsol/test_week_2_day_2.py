@@ -149,6 +149,48 @@ def test_task_1_lse_merges_two_halves_of_the_keys():
     assert_allclose(lse[..., 0], whole_lse, **TOL_F32_REORDERED, what="merged lse")
 
 
+def test_task_1_counts_every_tile_it_computes():
+    # count_tile once per (Q tile, K/V tile) pair: with no mask, all Tr x Tc of them, none masked.
+    q, k, v = qkv((2,), 4, 2, 70, 45, 8, seed=31)
+    ta.reset_tile_counts()
+    mx.eval(ta.flash_attention_tiled(q, k, v, block_q=32, block_k=16))
+    counts = ta.tile_counts()
+    assert (counts.visited, counts.masked) == (3 * 3, 0), counts
+
+
+def _peak_bytes(fn) -> int:
+    """The most memory MLX held while evaluating fn(), above what it held before."""
+    mx.synchronize()
+    mx.clear_cache()
+    before = mx.get_active_memory()
+    mx.reset_peak_memory()
+    mx.eval(fn())
+    mx.synchronize()
+    return mx.get_peak_memory() - before
+
+
+def test_task_1_never_holds_the_L_by_S_scores():
+    # The point of tiling: the (L, S) scores never exist. Here they would be 16 MiB; the inputs,
+    # the output and a few (Br, Bc) tiles take well under a quarter of that.
+    L = S = 2048
+    q, k, v = qkv((1,), 1, 1, L, S, 16, seed=32)
+    mx.eval(q, k, v)
+    peak = _peak_bytes(lambda: ta.flash_attention_tiled(q, k, v, block_q=256, block_k=256))
+    scores = L * S * 4
+    assert peak < scores // 4, f"peak {peak} B: the (L, S) = {scores} B scores were formed"
+
+
+def test_task_1_gqa_reads_key_value_in_place():
+    # 16 query heads share one key/value head: repeating K and V for them would hold 16 copies
+    # (2 x 16 MiB here); broadcasting reads the one copy.
+    H_q, S, E = 16, 4096, 64
+    q, k, v = qkv((1,), H_q, 1, 32, S, E, seed=33)
+    mx.eval(q, k, v)
+    peak = _peak_bytes(lambda: ta.flash_attention_tiled(q, k, v, block_q=32, block_k=512))
+    repeated = 2 * H_q * S * E * 4
+    assert peak < repeated // 4, f"peak {peak} B: K and V were repeated ({repeated} B)"
+
+
 # --- Task 2: masks -----------------------------------------------------------------------------
 
 CAUSAL_SHAPES = [
@@ -166,6 +208,45 @@ def test_task_2_causal(shape):
     batch, h_q, h, L, S, E, br, bc = shape
     q, k, v = qkv(batch, h_q, h, L, S, E, seed=L * S)
     check(q, k, v, mask="causal", block_q=br, block_k=bc, what="causal")
+
+
+def causal_tile_counts(L, S, br, bc):
+    """(visited, masked) for a causal mask: per Q tile, the K tiles some row sees, and of
+    those the ones not every row sees whole. A tile of rows that see no key visits every tile."""
+    visited = masked = 0
+    for q0 in range(0, L, br):
+        q1 = min(q0 + br, L)
+        for k0 in range(0, S, bc):
+            k1 = min(k0 + bc, S)
+            sees_nothing = q0 + S - L < 0
+            if sees_nothing or k0 <= q1 - 1 + S - L:  # some row sees some key of the tile
+                visited += 1
+                masked += k1 - 1 > q0 + S - L  # the first row does not see the whole tile
+    return visited, masked
+
+
+@pytest.mark.parametrize(
+    "L,S,br,bc", [(128, 128, 32, 32), (64, 200, 16, 32), (100, 60, 32, 16)], ids=str
+)
+def test_task_2_causal_skips_hidden_tiles_and_their_mask(L, S, br, bc):
+    # Tiles past the diagonal are skipped; tiles every row sees whole need no mask: the count
+    # of both is the chapter's picture, whatever the answer.
+    q, k, v = qkv((1,), 2, 1, L, S, 8, seed=L + S)
+    ta.reset_tile_counts()
+    mx.eval(ta.flash_attention_tiled(q, k, v, mask="causal", block_q=br, block_k=bc))
+    counts = ta.tile_counts()
+    assert (counts.visited, counts.masked) == causal_tile_counts(L, S, br, bc), counts
+    if L == S:
+        tr = L // br
+        assert counts.visited == tr * (tr + 1) // 2, "about half of the Tr x Tc tiles"
+
+
+def test_task_2_array_masks_apply_to_every_tile():
+    q, k, v = qkv((1,), 2, 2, 40, 50, 8, seed=34)
+    ta.reset_tile_counts()
+    mx.eval(ta.flash_attention_tiled(q, k, v, mask=rand_keep((40, 50), seed=35, p_keep=0.5)))
+    counts = ta.tile_counts()
+    assert counts.visited == counts.masked == 2 * 2, counts
 
 
 def test_task_2_causal_fully_masked_rows_average_the_values():

@@ -80,6 +80,16 @@ def test_task_1_fast_kernel_agrees_with_the_simple_one(ext):
     assert_allclose(out, simple, **TOL_F32_REORDERED)
 
 
+def test_task_1_fast_op_runs_the_fast_kernel(ext):
+    # Each kernel reports itself when it runs (report_cpu_kernel): the day's op must run the
+    # day's kernel, and day 4's op still runs day 4's.
+    q, k, v = qkv((1,), 2, 2, 64, 64, 16, seed=11)
+    ext.reset_cpu_kernel_runs()
+    mx.eval(fast(ext, q, k, v, "causal", num_threads=1))
+    mx.eval(ext.flash_attention(q, k, v, 0.25))
+    assert ext.cpu_kernel_runs() == [("fast", 1), ("simple", 1)]
+
+
 # --- Task 2: threads --------------------------------------------------------------------------
 
 
@@ -110,10 +120,24 @@ def test_task_2_fast_kernel_visits_the_same_tiles(ext):
     assert counts["full"] == 4 * 64
 
 
+def test_task_2_fast_kernel_shares_the_work_between_threads(ext):
+    # 2 x 4 heads x 5 Q tiles = 40 work items: enough for 3 threads, and for 40 but no more.
+    q, k, v = qkv((2,), 4, 2, 150, 120, 16, seed=12)
+    runs = {}
+    for n in (3, 64):
+        ext.reset_cpu_kernel_runs()
+        mx.eval(fast(ext, q, k, v, num_threads=n))
+        runs[n] = ext.cpu_kernel_runs()
+    assert runs == {3: [("fast", 3)], 64: [("fast", 40)]}
+
+
 @pytest.mark.parametrize("batch", [(), (2, 2)])
-def test_task_2_wrapper_uses_the_fast_kernel(batch):
+def test_task_2_wrapper_uses_the_fast_kernel(ext, batch):
     q, k, v = qkv(batch, 4, 1, 65, 90, 64, seed=9)
+    ext.reset_cpu_kernel_runs()
     out = ta.flash_attention(q, k, v, mask="causal")
+    mx.eval(out)
+    assert [name for name, _ in ext.cpu_kernel_runs()] == ["fast"], "kernel='fast' by default"
     n = math.prod(batch)
     expected = mlx_sdpa(
         q.reshape(n, 4, 65, 64), k.reshape(n, 1, 90, 64), v.reshape(n, 1, 90, 64), mask="causal"

@@ -30,6 +30,15 @@ def test_task_1_softmax_rows_gpu(ext, shape):
     assert_allclose(y, softmax_numpy(x), **TOL_F32, what=f"softmax_rows on the GPU, {shape}")
 
 
+def test_task_1_softmax_rows_gpu_dispatches_one_threadgroup_per_row(ext):
+    # What ran, as the dispatch code recorded it: the chapter's kernel, one threadgroup per row,
+    # as many threads as columns rounded up to whole SIMD groups.
+    x = rand((6, 77), seed=2)
+    ext.reset_gpu_dispatches()
+    mx.eval(ext.softmax_rows(x, stream=GPU))
+    assert ext.gpu_dispatches() == [("softmax_rows_f32", (6, 1, 1), (96, 1, 1))]
+
+
 def test_task_1_softmax_rows_gpu_matches_cpu(ext):
     x = rand((6, 77), seed=3, scale=5.0)
     gpu = ext.softmax_rows(x, stream=GPU)

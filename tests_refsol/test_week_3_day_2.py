@@ -25,6 +25,14 @@ def gpu_attention(ext, q, k, v, **kwargs):
 # --------------------------------------------------------------------- Task 1: eval_gpu
 
 
+def test_task_1_gpu_dispatches_the_e128_kernel(ext):
+    # One threadgroup of 1024 threads per (batch, query head) and Q tile of 32 rows.
+    q, k, v = qkv((2,), 3, 3, 70, 40, 64, seed=2)
+    ext.reset_gpu_dispatches()
+    gpu_attention(ext, q, k, v)
+    assert ext.gpu_dispatches() == [("flash_attention_f32_e128", (2 * 3, 3, 1), (1024, 1, 1))]
+
+
 @pytest.mark.parametrize("E", [129, 160])
 def test_task_1_gpu_rejects_head_dim_over_128(ext, E):
     q, k, v = qkv((1,), 1, 1, 4, 4, E, seed=1)

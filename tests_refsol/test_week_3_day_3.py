@@ -64,6 +64,34 @@ def test_task_2_causal_gpu_ignores_future_keys(ext):
     )
 
 
+def causal_row_tiles(L, S):
+    """(visited, masked) summed over the rows of one head: row i visits the K/V tiles up to the
+    one holding its last key i + S - L (all of them if it sees no key); a tile it sees whole
+    needs no mask."""
+    Tc = -(-S // 32)
+    visited = masked = 0
+    for i in range(L):
+        last_key = i + S - L
+        tiles = Tc if last_key < 0 else min(Tc, last_key // 32 + 1)
+        whole = sum(1 for j in range(tiles) if (j + 1) * 32 - 1 <= last_key)
+        visited += tiles
+        masked += tiles - whole
+    return visited, masked
+
+
+@pytest.mark.parametrize("L,S", [(128, 128), (40, 100), (70, 20)], ids=str)
+def test_task_2_causal_gpu_skips_hidden_tiles_and_their_mask(ext, L, S):
+    # Each row stops after the tile of its last key, and only tiles it sees in part go through
+    # mask_score. The kernel counts both into ext.gpu_tile_counts().
+    q, k, v = qkv((1,), 2, 1, L, S, 64, seed=L + S)
+    ext.reset_gpu_tile_counts()
+    gpu_attention(ext, q, k, v, causal=True)
+    visited, masked = causal_row_tiles(L, S)
+    assert ext.gpu_tile_counts() == (2 * visited, 2 * masked)
+    if L == S:
+        assert ext.gpu_tile_counts()[0] == 2 * 32 * (1 + 2 + 3 + 4), "about half of 2 x 128 x 4"
+
+
 # --------------------------------------------------------------------- Task 3: mask arrays
 
 
@@ -91,6 +119,16 @@ def test_task_3_boolean_mask_gpu(ext, mask_shape):
     assert_allclose(
         out, mlx_sdpa(q, k, v, mask=mask), **TOL_F32_REORDERED, what=f"boolean mask {mask_shape}"
     )
+
+
+def test_task_3_mask_arrays_go_through_every_tile(ext):
+    q, k, v = qkv((1,), 2, 1, 20, 45, 64, seed=33)
+    ext.reset_gpu_tile_counts()
+    gpu_attention(ext, q, k, v, mask=rand((20, 45), seed=34))
+    assert ext.gpu_tile_counts() == (2 * 20 * 2, 2 * 20 * 2), "every row, both K/V tiles"
+    ext.reset_gpu_tile_counts()
+    gpu_attention(ext, q, k, v)
+    assert ext.gpu_tile_counts() == (2 * 20 * 2, 0), "no mask: no tile needs one"
 
 
 def test_task_3_strided_mask_gpu(ext):

@@ -35,6 +35,15 @@ SHAPES = [
 ]
 
 
+def test_task_1_fast_op_dispatches_the_simdgroup_kernel(ext):
+    # The day's kernel is the one that runs: 128 threads (4 SIMD groups of 8 rows) per
+    # (batch, query head) and Q tile of 32 rows.
+    q, k, v = qkv((2,), 3, 3, 70, 40, 64, seed=2)
+    ext.reset_gpu_dispatches()
+    fast_gpu(ext, q, k, v)
+    assert ext.gpu_dispatches() == [("flash_attention_simdgroup_f32", (2 * 3, 3, 1), (128, 1, 1))]
+
+
 @pytest.mark.parametrize("N,H,L,S,E", SHAPES, ids=lambda v: str(v))
 def test_task_1_simdgroup_kernel(ext, N, H, L, S, E):
     q, k, v = qkv((N,), H, H, L, S, E, seed=7 * L + S + E)
@@ -83,6 +92,23 @@ def test_task_2_simdgroup_kernel_causal(ext, L, S):
     assert_allclose(
         out, mlx_sdpa(q, k, v, mask="causal"), **TOL_F32_REORDERED, what=f"causal, L={L}, S={S}"
     )
+
+
+@pytest.mark.parametrize("L,S", [(128, 128), (70, 100), (100, 40)], ids=str)
+def test_task_2_simdgroup_kernel_skips_causal_tiles(ext, L, S):
+    # The 32 rows of a threadgroup share their K/V tiles: the block stops after the tile that
+    # holds its last row's last key (all tiles if its first row sees no key, when L > S).
+    # The kernel counts (query row, K/V tile) pairs into ext.gpu_tile_counts().
+    q, k, v = qkv((1,), 2, 1, L, S, 64, seed=L + S)
+    Tc = -(-S // 32)
+    expected = 0
+    for first in range(0, L, 32):
+        last = min(first + 32, L) - 1
+        tiles = Tc if first + S - L < 0 else min(Tc, (last + S - L) // 32 + 1)
+        expected += tiles * (last - first + 1)
+    ext.reset_gpu_tile_counts()
+    fast_gpu(ext, q, k, v, causal=True)
+    assert ext.gpu_tile_counts()[0] == 2 * expected
 
 
 def test_task_2_simdgroup_kernel_masks(ext):

@@ -45,6 +45,20 @@ def test_task_1_half_simple_kernel(ext, dtype_name, shape):
     check(ext, "simple", dtype_name, shape, seed=sum(shape))
 
 
+def dispatched_kernels(ext, kernel, dtype_name):
+    q, k, v = qkv((1,), 1, 1, 8, 8, 64, seed=5, dtype=HALF[dtype_name][0])
+    ext.reset_gpu_dispatches()
+    run(ext, kernel, q, k, v)
+    return [d[0] for d in ext.gpu_dispatches()]
+
+
+@pytest.mark.parametrize("dtype_name", list(HALF))
+def test_task_1_half_inputs_run_the_half_kernel(ext, dtype_name):
+    # 16-bit inputs are read as 16-bit by the kernel of their type, not converted first.
+    t = {"float16": "f16", "bfloat16": "bf16"}[dtype_name]
+    assert dispatched_kernels(ext, "simple", dtype_name) == [f"flash_attention_{t}_e128"]
+
+
 def test_task_1_half_simple_kernel_causal_and_mask(ext):
     check(ext, "simple", "float16", (1, 2, 1, 33, 40, 64), causal=True, seed=5)
     mask = rand((33, 40), seed=6)  # a float32 additive mask with float16 inputs
@@ -80,6 +94,12 @@ def test_task_1_half_dtype_rules(ext):
 @pytest.mark.parametrize("shape", [(1, 2, 2, 40, 70, 64), (2, 4, 2, 9, 33, 128)], ids=str)
 def test_task_2_half_simdgroup_kernel(ext, dtype_name, shape):
     check(ext, "fast", dtype_name, shape, seed=sum(shape) + 1)
+
+
+@pytest.mark.parametrize("dtype_name", list(HALF))
+def test_task_2_half_inputs_run_the_half_simdgroup_kernel(ext, dtype_name):
+    t = {"float16": "f16", "bfloat16": "bf16"}[dtype_name]
+    assert dispatched_kernels(ext, "fast", dtype_name) == [f"flash_attention_simdgroup_{t}"]
 
 
 def test_task_2_half_simdgroup_kernel_causal(ext):

@@ -2,7 +2,13 @@
 
 from .basics import scaled_dot_product_attention_simple, softmax
 from .flash_attention import flash_attention
-from .flash_attention_tiled import flash_attention_tiled
+from .flash_attention_tiled import (
+    TileCounts,
+    count_tile,
+    flash_attention_tiled,
+    reset_tile_counts,
+    tile_counts,
+)
 from .masks import causal_mask, padding_mask, scaled_dot_product_attention
 from .multihead import MultiHeadAttention, merge_heads, split_heads
 from .online_softmax import (
@@ -37,5 +43,9 @@ __all__ = [
     "online_softmax",
     "merge_attention_partials",
     "flash_attention_tiled",
+    "TileCounts",
+    "count_tile",
+    "tile_counts",
+    "reset_tile_counts",
     "flash_attention",
 ]

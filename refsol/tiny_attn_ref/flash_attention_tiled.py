@@ -17,6 +17,7 @@ and after the last K tile: O_i = o_i / l_i, lse_i = m_i + log(l_i).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
@@ -27,6 +28,33 @@ from .masks import _check_attention_inputs
 # A row that may see no key at all then holds equal scores and averages the values, where -inf
 # would give 0 / 0 = NaN.
 MASKED = float(mx.finfo(mx.float32).min)
+
+
+@dataclass
+class TileCounts:
+    """What flash_attention_tiled computed since the last reset_tile_counts()."""
+
+    visited: int = 0  # (Q tile, K/V tile) pairs whose scores were computed
+    masked: int = 0  # of those, the pairs whose scores went through a mask
+
+
+_TILE_COUNTS = TileCounts()
+
+
+def count_tile(masked: bool) -> None:
+    """Call once per (Q tile, K/V tile) pair you compute; masked: a mask touched its scores."""
+    _TILE_COUNTS.visited += 1
+    _TILE_COUNTS.masked += int(masked)
+
+
+def tile_counts() -> TileCounts:
+    """The counts so far (a copy). The tests read them to see which tiles were skipped."""
+    return TileCounts(_TILE_COUNTS.visited, _TILE_COUNTS.masked)
+
+
+def reset_tile_counts() -> None:
+    """Set both counts back to 0."""
+    _TILE_COUNTS.visited = _TILE_COUNTS.masked = 0
 
 
 def _check_block(n: Any, name: str) -> None:
@@ -141,7 +169,9 @@ def flash_attention_tiled(
         for j in range(n_tiles):  # inner loop: one K/V tile, Bc keys
             k0, k1 = j * Bc, min((j + 1) * Bc, S)
             S_ij = Q_i @ mx.swapaxes(K[..., k0:k1, :], -1, -2)  # (B..., H, G, Br, Bc)
-            if causal and k1 - 1 > q0 + S - L:  # the tile crosses the diagonal
+            crosses_diagonal = causal and k1 - 1 > q0 + S - L
+            count_tile(masked=crosses_diagonal or grouped_mask is not None)
+            if crosses_diagonal:  # below the diagonal every key is visible: no mask needed
                 rows = mx.arange(q0, q1)[:, None]
                 cols = mx.arange(k0, k1)[None, :]
                 S_ij = mx.where(cols <= rows + (S - L), S_ij, masked)
@@ -161,6 +191,10 @@ def flash_attention_tiled(
             l_i = alpha * l_i + mx.sum(P_ij, axis=-1)
             o_i = alpha[..., None] * o_i + P_ij @ V[..., k0:k1, :]
             m_i = m_new
+            # MLX is lazy: the loops only build a graph. Evaluated in one go at the end, that
+            # graph holds every S_ij at once, the L x S scores again; evaluating the running
+            # state here keeps one tile in memory at a time.
+            mx.eval(m_i, l_i, o_i)
         # Normalise once, at the end (FlashAttention-2), not after every K tile.
         o_tiles.append(o_i / l_i[..., None])
         lse_tiles.append(m_i + mx.log(l_i))

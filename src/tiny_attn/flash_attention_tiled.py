@@ -16,6 +16,8 @@ and after the last K tile: O_i = o_i / l_i, lse_i = m_i + log(l_i).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import mlx.core as mx
 
 _CHAPTER = "book/src/week2-02-flash-attention-tiled.md"
@@ -25,6 +27,33 @@ _CHAPTER = "book/src/week2-02-flash-attention-tiled.md"
 # A row that may see no key at all then holds equal scores and averages the values, where -inf
 # would give 0 / 0 = NaN.
 MASKED = float(mx.finfo(mx.float32).min)
+
+
+@dataclass
+class TileCounts:
+    """What flash_attention_tiled computed since the last reset_tile_counts()."""
+
+    visited: int = 0  # (Q tile, K/V tile) pairs whose scores were computed
+    masked: int = 0  # of those, the pairs whose scores went through a mask
+
+
+_TILE_COUNTS = TileCounts()
+
+
+def count_tile(masked: bool) -> None:
+    """Call once per (Q tile, K/V tile) pair you compute; masked: a mask touched its scores."""
+    _TILE_COUNTS.visited += 1
+    _TILE_COUNTS.masked += int(masked)
+
+
+def tile_counts() -> TileCounts:
+    """The counts so far (a copy). The tests read them to see which tiles were skipped."""
+    return TileCounts(_TILE_COUNTS.visited, _TILE_COUNTS.masked)
+
+
+def reset_tile_counts() -> None:
+    """Set both counts back to 0."""
+    _TILE_COUNTS.visited = _TILE_COUNTS.masked = 0
 
 
 def flash_attention_tiled(
@@ -68,7 +97,9 @@ def flash_attention_tiled(
             a mask string other than "causal", or block_q / block_k < 1.
     """
     # TODO(Task 1): outer loop over Q tiles, inner loop over K/V tiles, keeping m_i, l_i, o_i.
-    # TODO(Task 2): apply the mask to each score tile; skip the K tiles "causal" hides.
+    # TODO(Task 1): call count_tile(masked=...) once for every (Q tile, K/V tile) pair.
+    # TODO(Task 2): apply the mask to each score tile; skip the K tiles "causal" hides, and
+    #   the mask test on causal tiles that every row sees whole.
     # TODO(Task 3): check the arguments first, with errors that name the argument.
     raise NotImplementedError(
         f"flash_attention_tiled is not implemented yet: see {_CHAPTER}, Task 1"

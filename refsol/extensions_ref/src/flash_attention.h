@@ -3,7 +3,10 @@
 
 #include <atomic>
 #include <cstdint>
+#include <mutex>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "mlx/ops.h"
 #include "mlx/primitives.h"
@@ -70,6 +73,26 @@ void flash_attention_fast_cpu(const AttentionProblem& p, int num_threads);
 // Counts the (Q tile, K/V tile) pairs the kernels compute: a kernel adds one for every tile
 // of scores it evaluates. Tests read it to check causal block skipping without timing.
 std::atomic<int64_t>& tiles_visited();
+
+// Which CPU kernel ran, on how many threads: every kernel reports itself once per call, the
+// simple one as report_cpu_kernel("simple", 1), the fast one with the threads it started.
+// Tests read the list (ext.cpu_kernel_runs()) to check that the fast op runs the fast kernel.
+struct CpuKernelRun {
+  std::string name;
+  int threads;
+};
+inline std::vector<CpuKernelRun>& cpu_kernel_runs() {
+  static std::vector<CpuKernelRun> runs;
+  return runs;
+}
+inline std::mutex& cpu_kernel_runs_mutex() {
+  static std::mutex mu;
+  return mu;
+}
+inline void report_cpu_kernel(const char* name, int threads) {
+  std::lock_guard<std::mutex> lock(cpu_kernel_runs_mutex());
+  cpu_kernel_runs().push_back({name, threads});
+}
 
 class FlashAttention : public mx::Primitive {
  public:

@@ -78,6 +78,14 @@ inline int tiles_to_visit(int first_row, int last_row, constant AttentionParams&
   return min(Tc, (last_row + p.S - p.L) / Bc + 1);
 }
 
+// Day 3: the work counters bound at [[buffer(7)]] (tile_counts in flash_attention_gpu.h). A
+// thread adds, for its query rows, the (row, K/V tile) pairs computed and how many of those went
+// through mask_score; the tests read them to see that a causal mask skips what it hides.
+inline void count_tiles(device atomic_int* tile_counts, int visited, int masked) {
+  atomic_fetch_add_explicit(&tile_counts[0], visited, memory_order_relaxed);
+  atomic_fetch_add_explicit(&tile_counts[1], masked, memory_order_relaxed);
+}
+
 // ============================================================================================
 // Days 2-3: flash_attention_<t>_e128
 //
@@ -104,6 +112,7 @@ void flash_attention_e128_impl(
     device const float* mask_add,
     device const bool* mask_keep,
     constant AttentionParams& p,
+    device atomic_int* tile_counts,
     threadgroup float (*Q_tile)[E_MAX],
     threadgroup float (*O_acc)[E_MAX],
     uint2 group,
@@ -139,9 +148,13 @@ void flash_attention_e128_impl(
   // different numbers of iterations.
   const int last_key = row + p.S - p.L;
   const int tiles = row_valid ? tiles_to_visit(row, row, p) : 0;
+  int masked_tiles = 0; // tiles whose scores went through mask_score
   for (int j = 0; j < tiles; ++j) {
     const int col = j * Bc + b; // the key of lane b
     const bool col_valid = col < p.S;
+    // A causal tile that row a sees whole needs no comparison (nor a mask read).
+    const bool whole = p.mask_kind == MASK_CAUSAL && (j + 1) * Bc - 1 <= last_key;
+    masked_tiles += p.mask_kind != MASK_NONE && !whole;
 
     // S = Q K^T: one score per thread.
     float s = -INFINITY; // keys past S take no part in the max and get p = 0
@@ -151,8 +164,6 @@ void flash_attention_e128_impl(
       for (int e = 0; e < E; ++e) {
         dot += Q_tile[a][e] * float(k_row[e]);
       }
-      // A causal tile that row a sees whole needs no comparison (nor a mask read).
-      const bool whole = p.mask_kind == MASK_CAUSAL && (j + 1) * Bc - 1 <= last_key;
       s = whole ? dot * p.scale
                 : mask_score(dot * p.scale, col, last_key, mask_add_row, mask_keep_row, p);
     }
@@ -178,6 +189,10 @@ void flash_attention_e128_impl(
     }
   }
 
+  if (b == 0 && row_valid) {
+    count_tiles(tile_counts, tiles, masked_tiles);
+  }
+
   // Barrier 2: lane b is about to read O_acc[a], which lane 0 wrote.
   threadgroup_barrier(mem_flags::mem_threadgroup);
   if (row_valid) {
@@ -198,13 +213,14 @@ void flash_attention_e128_impl(
     device const float* mask_add [[buffer(4)]],
     device const bool* mask_keep [[buffer(5)]],
     constant AttentionParams& p [[buffer(6)]],
+    device atomic_int* tile_counts [[buffer(7)]],
     uint2 group [[threadgroup_position_in_grid]],
     uint a [[simdgroup_index_in_threadgroup]],
     uint b [[thread_index_in_simdgroup]]) {
   threadgroup float Q_tile[Br][E_MAX]; // 16 KiB
   threadgroup float O_acc[Br][E_MAX]; // 16 KiB: with Q_tile, the whole 32 KiB
   flash_attention_e128_impl<float>(
-      q, k, v, out, mask_add, mask_keep, p, Q_tile, O_acc, group, a, b);
+      q, k, v, out, mask_add, mask_keep, p, tile_counts, Q_tile, O_acc, group, a, b);
 }
 
 [[kernel]] void flash_attention_f16_e128(
@@ -215,13 +231,14 @@ void flash_attention_e128_impl(
     device const float* mask_add [[buffer(4)]],
     device const bool* mask_keep [[buffer(5)]],
     constant AttentionParams& p [[buffer(6)]],
+    device atomic_int* tile_counts [[buffer(7)]],
     uint2 group [[threadgroup_position_in_grid]],
     uint a [[simdgroup_index_in_threadgroup]],
     uint b [[thread_index_in_simdgroup]]) {
   threadgroup float Q_tile[Br][E_MAX]; // 16 KiB
   threadgroup float O_acc[Br][E_MAX]; // 16 KiB: with Q_tile, the whole 32 KiB
   flash_attention_e128_impl<half>(
-      q, k, v, out, mask_add, mask_keep, p, Q_tile, O_acc, group, a, b);
+      q, k, v, out, mask_add, mask_keep, p, tile_counts, Q_tile, O_acc, group, a, b);
 }
 
 #if __METAL_VERSION__ >= 310 // bfloat needs Metal 3.1 (macOS 14)
@@ -233,13 +250,14 @@ void flash_attention_e128_impl(
     device const float* mask_add [[buffer(4)]],
     device const bool* mask_keep [[buffer(5)]],
     constant AttentionParams& p [[buffer(6)]],
+    device atomic_int* tile_counts [[buffer(7)]],
     uint2 group [[threadgroup_position_in_grid]],
     uint a [[simdgroup_index_in_threadgroup]],
     uint b [[thread_index_in_simdgroup]]) {
   threadgroup float Q_tile[Br][E_MAX]; // 16 KiB
   threadgroup float O_acc[Br][E_MAX]; // 16 KiB: with Q_tile, the whole 32 KiB
   flash_attention_e128_impl<bfloat>(
-      q, k, v, out, mask_add, mask_keep, p, Q_tile, O_acc, group, a, b);
+      q, k, v, out, mask_add, mask_keep, p, tile_counts, Q_tile, O_acc, group, a, b);
 }
 #endif
 
@@ -322,6 +340,7 @@ void flash_attention_simdgroup_impl(
     device const float* mask_add,
     device const bool* mask_keep,
     constant AttentionParams& p,
+    device atomic_int* tile_counts,
     threadgroup float* tile,
     threadgroup float (*scores)[SCORES_SIZE],
     threadgroup float (*spill)[BLOCK_SIZE],
@@ -436,6 +455,12 @@ void flash_attention_simdgroup_impl(
     }
   }
 
+  // Every tile went through mask_score (unless there is no mask), for each row that exists.
+  const int my_rows = clamp(p.L - my_first_row, 0, SG_ROWS);
+  if (lane == 0) {
+    count_tiles(tile_counts, tiles * my_rows, p.mask_kind == MASK_NONE ? 0 : tiles * my_rows);
+  }
+
   // Write O_g / l_i, block by block through `spill`, for the rows that exist.
   for (int r = 0; r < SG_ROWS; ++r) {
     if (lane == 0) {
@@ -465,6 +490,7 @@ void flash_attention_simdgroup_impl(
     device const float* mask_add [[buffer(4)]],
     device const bool* mask_keep [[buffer(5)]],
     constant AttentionParams& p [[buffer(6)]],
+    device atomic_int* tile_counts [[buffer(7)]],
     uint2 group [[threadgroup_position_in_grid]],
     uint g [[simdgroup_index_in_threadgroup]],
     uint lane [[thread_index_in_simdgroup]],
@@ -474,7 +500,7 @@ void flash_attention_simdgroup_impl(
   threadgroup float spill[SG_COUNT][BLOCK_SIZE];
   threadgroup float row_alpha[SG_COUNT][SG_ROWS];
   flash_attention_simdgroup_impl<float>(
-      q, k, v, out, mask_add, mask_keep, p, tile, scores, spill, row_alpha, group, g, lane, tid);
+      q, k, v, out, mask_add, mask_keep, p, tile_counts, tile, scores, spill, row_alpha, group, g, lane, tid);
 }
 
 [[kernel]] void flash_attention_simdgroup_f16(
@@ -485,6 +511,7 @@ void flash_attention_simdgroup_impl(
     device const float* mask_add [[buffer(4)]],
     device const bool* mask_keep [[buffer(5)]],
     constant AttentionParams& p [[buffer(6)]],
+    device atomic_int* tile_counts [[buffer(7)]],
     uint2 group [[threadgroup_position_in_grid]],
     uint g [[simdgroup_index_in_threadgroup]],
     uint lane [[thread_index_in_simdgroup]],
@@ -494,7 +521,7 @@ void flash_attention_simdgroup_impl(
   threadgroup float spill[SG_COUNT][BLOCK_SIZE];
   threadgroup float row_alpha[SG_COUNT][SG_ROWS];
   flash_attention_simdgroup_impl<half>(
-      q, k, v, out, mask_add, mask_keep, p, tile, scores, spill, row_alpha, group, g, lane, tid);
+      q, k, v, out, mask_add, mask_keep, p, tile_counts, tile, scores, spill, row_alpha, group, g, lane, tid);
 }
 
 #if __METAL_VERSION__ >= 310 // bfloat needs Metal 3.1 (macOS 14)
@@ -506,6 +533,7 @@ void flash_attention_simdgroup_impl(
     device const float* mask_add [[buffer(4)]],
     device const bool* mask_keep [[buffer(5)]],
     constant AttentionParams& p [[buffer(6)]],
+    device atomic_int* tile_counts [[buffer(7)]],
     uint2 group [[threadgroup_position_in_grid]],
     uint g [[simdgroup_index_in_threadgroup]],
     uint lane [[thread_index_in_simdgroup]],
@@ -515,7 +543,7 @@ void flash_attention_simdgroup_impl(
   threadgroup float spill[SG_COUNT][BLOCK_SIZE];
   threadgroup float row_alpha[SG_COUNT][SG_ROWS];
   flash_attention_simdgroup_impl<bfloat>(
-      q, k, v, out, mask_add, mask_keep, p, tile, scores, spill, row_alpha, group, g, lane, tid);
+      q, k, v, out, mask_add, mask_keep, p, tile_counts, tile, scores, spill, row_alpha, group, g, lane, tid);
 }
 #endif
 

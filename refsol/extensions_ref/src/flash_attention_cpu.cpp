@@ -26,6 +26,7 @@ void flash_attention_simple_cpu(const AttentionProblem& p) {
   const float lowest = std::numeric_limits<float>::lowest();
   std::vector<float> s_tile(kBr * kBc), o(kBr * E), m(kBr), l(kBr);
   int64_t tiles = 0;
+  report_cpu_kernel("simple", 1);
 
   for (int n = 0; n < p.N; ++n) {
     for (int h = 0; h < p.H_q; ++h) {

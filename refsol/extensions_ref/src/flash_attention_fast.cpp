@@ -223,6 +223,7 @@ void flash_attention_fast_cpu(const AttentionProblem& p, int num_threads) {
   const int64_t n_items = int64_t(p.N) * p.H_q * tiles_per_head;
   int threads = num_threads > 0 ? num_threads : std::max(1u, std::thread::hardware_concurrency());
   threads = static_cast<int>(std::min<int64_t>(threads, n_items));
+  report_cpu_kernel("fast", threads);
 
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> tiles{0};

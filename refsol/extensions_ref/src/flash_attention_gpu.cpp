@@ -116,6 +116,7 @@ void FlashAttention::eval_gpu(
   enc.set_input_array(p.mask_kind == kMaskKeep ? *mask : no_keep, 5);
   enc.add_temporaries({no_add, no_keep});
   enc.set_bytes(p, 6);
+  enc.set_output_array(gpu_tile_counts(), kTileCountsBuffer); // the kernels add to it
 
   const int Tr = (L + kBr - 1) / kBr;
   enc.dispatch_threadgroups(MTL::Size(N * H_q, Tr, 1), MTL::Size(threads, 1, 1));

@@ -3,6 +3,8 @@
 
 #include <cstdint>
 
+#include "mlx/array.h"
+
 namespace tiny_attn {
 
 // The largest head dimension the kernels hold in threadgroup memory (E_MAX in the .metal).
@@ -34,5 +36,17 @@ struct AttentionParams {
   int32_t mask_kind;
 };
 static_assert(sizeof(AttentionParams) == 64, "AttentionParams must match the .metal side");
+
+// Day 3: what the kernels count, bound at [[buffer(7)]] as two int32 (atomic_int in the .metal):
+//   [0] (query row, K/V tile) pairs whose scores a kernel computed,
+//   [1] of those, the pairs whose scores went through the mask (mask_score).
+// One buffer for the whole process, added to by every dispatch; tests zero it and read it
+// through ext.gpu_tile_counts() to see the tiles a causal mask skips, without timing anything.
+constexpr int kTileCountsBuffer = 7;
+inline mlx::core::array& gpu_tile_counts() {
+  // Never freed: it must outlive every dispatch, up to the end of the process.
+  static auto* counts = new mlx::core::array({0, 0}, mlx::core::int32);
+  return *counts;
+}
 
 } // namespace tiny_attn

@@ -3,14 +3,26 @@
 import mlx.core  # noqa: F401  (loads libmlx before the extension that links to it)
 
 from ._core import (
+    cpu_kernel_runs,
     flash_attention,
     flash_attention_fast,
+    gpu_dispatches,
+    gpu_tile_counts,
+    reset_cpu_kernel_runs,
+    reset_gpu_dispatches,
+    reset_gpu_tile_counts,
     reset_tiles_visited,
     softmax_rows,
     tiles_visited,
 )
 
 __all__ = [
+    "cpu_kernel_runs",
+    "gpu_dispatches",
+    "gpu_tile_counts",
+    "reset_cpu_kernel_runs",
+    "reset_gpu_dispatches",
+    "reset_gpu_tile_counts",
     "flash_attention",
     "flash_attention_fast",
     "reset_tiles_visited",

@@ -68,6 +68,14 @@ inline int tiles_to_visit(int first_row, int last_row, constant AttentionParams&
   return Tc;
 }
 
+// Day 3: the work counters bound at [[buffer(7)]] (tile_counts in flash_attention_gpu.h). A
+// thread adds, for its query rows, the (row, K/V tile) pairs computed and how many of those went
+// through mask_score; the tests read them to see that a causal mask skips what it hides.
+inline void count_tiles(device atomic_int* tile_counts, int visited, int masked) {
+  atomic_fetch_add_explicit(&tile_counts[0], visited, memory_order_relaxed);
+  atomic_fetch_add_explicit(&tile_counts[1], masked, memory_order_relaxed);
+}
+
 // ============================================================================================
 // Days 2-3: flash_attention_<t>_e128
 //
@@ -85,6 +93,7 @@ void flash_attention_e128_impl(
     device const float* mask_add,
     device const bool* mask_keep,
     constant AttentionParams& p,
+    device atomic_int* tile_counts,
     threadgroup float (*Q_tile)[E_MAX],
     threadgroup float (*O_acc)[E_MAX],
     uint2 group,
@@ -113,6 +122,8 @@ void flash_attention_e128_impl(
   //   - m_new = max(m_i, simd_max(s)); p_ab = exp(s - m_new) (mind m_new = -inf);
   //     alpha = exp(m_i - m_new); l_i = l_i * alpha + simd_sum(p_ab);
   //   - for each column e: pv = simd_sum(p_ab * V[b, e]); lane 0: O_acc[a][e] = ... .
+  // TODO(day 3, Task 2): lane 0 of a valid row: count_tiles(tile_counts, the tiles it
+  //   visited, how many of them went through mask_score).
   // TODO(Task 2): a barrier, then the lanes write out[row, :] = O_acc[a][:] / l_i.
   if (row_valid) {
     for (int e = b; e < E; e += 32) {
@@ -129,16 +140,18 @@ void flash_attention_e128_impl(
     device const float* mask_add [[buffer(4)]],
     device const bool* mask_keep [[buffer(5)]],
     constant AttentionParams& p [[buffer(6)]],
+    device atomic_int* tile_counts [[buffer(7)]],
     uint2 group [[threadgroup_position_in_grid]],
     uint a [[simdgroup_index_in_threadgroup]],
     uint b [[thread_index_in_simdgroup]]) {
   threadgroup float Q_tile[Br][E_MAX]; // 16 KiB
   threadgroup float O_acc[Br][E_MAX]; // 16 KiB: with Q_tile, the whole 32 KiB
   flash_attention_e128_impl<float>(
-      q, k, v, out, mask_add, mask_keep, p, Q_tile, O_acc, group, a, b);
+      q, k, v, out, mask_add, mask_keep, p, tile_counts, Q_tile, O_acc, group, a, b);
 }
 
 // TODO(day 5, Task 1): flash_attention_f16_e128 (half) and flash_attention_bf16_e128 (bfloat,
+//   the same buffers 0..7,
 //   inside `#if __METAL_VERSION__ >= 310`: bfloat needs Metal 3.1).
 
 // ============================================================================================
@@ -164,6 +177,7 @@ void flash_attention_simdgroup_impl(
     device const float* mask_add,
     device const bool* mask_keep,
     constant AttentionParams& p,
+    device atomic_int* tile_counts,
     threadgroup float* tile,
     threadgroup float (*scores)[SCORES_SIZE],
     threadgroup float (*spill)[BLOCK_SIZE],
@@ -181,7 +195,9 @@ void flash_attention_simdgroup_impl(
   // TODO(Task 1): for each K/V tile: load K into `tile` (float4 loads), S_g = Q_g K^T into
   //   scores[g], load V into `tile`, online softmax of the 8 rows (S_g becomes P_g), rescale
   //   O_g through spill[g], O_g += P_g V; with the four barriers of the chapter.
-  // TODO(Task 2): mask_score on every score, the GQA head, tiles_to_visit for the block.
+  // TODO(Task 2): mask_score on every score, the GQA head, tiles_to_visit for the block;
+  //   lane 0: count_tiles(tile_counts, tiles * rows, tiles * rows if there is a mask, else 0)
+  //   for the rows < L of the SIMD group.
   // TODO(Task 1): write O_g / l_i for the rows < L.
   for (int idx = lane; idx < SG_ROWS * E; idx += 32) {
     const int row = my_first_row + idx / E;
@@ -199,6 +215,7 @@ void flash_attention_simdgroup_impl(
     device const float* mask_add [[buffer(4)]],
     device const bool* mask_keep [[buffer(5)]],
     constant AttentionParams& p [[buffer(6)]],
+    device atomic_int* tile_counts [[buffer(7)]],
     uint2 group [[threadgroup_position_in_grid]],
     uint g [[simdgroup_index_in_threadgroup]],
     uint lane [[thread_index_in_simdgroup]],
@@ -208,7 +225,7 @@ void flash_attention_simdgroup_impl(
   threadgroup float spill[SG_COUNT][BLOCK_SIZE];
   threadgroup float row_alpha[SG_COUNT][SG_ROWS];
   flash_attention_simdgroup_impl<float>(
-      q, k, v, out, mask_add, mask_keep, p, tile, scores, spill, row_alpha, group, g, lane, tid);
+      q, k, v, out, mask_add, mask_keep, p, tile_counts, tile, scores, spill, row_alpha, group, g, lane, tid);
 }
 
 // TODO(day 5, Task 2): flash_attention_simdgroup_f16 and flash_attention_simdgroup_bf16.

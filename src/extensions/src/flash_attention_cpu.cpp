@@ -22,7 +22,7 @@ namespace tiny_attn {
 void flash_attention_simple_cpu(const AttentionProblem& p) {
   // TODO(Task 2): the tile loops and the online softmax (m, l, O per row of a Q tile);
   // query head h reads key/value head h / (H_q / H). Add the number of K/V tiles you
-  // computed to tiles_visited().
+  // computed to tiles_visited(), and report the kernel: report_cpu_kernel("simple", 1).
   // TODO(Task 3): the masks (additive, boolean, causal) and causal block skipping.
   throw std::runtime_error(
       "flash_attention_simple_cpu is not implemented yet: see "

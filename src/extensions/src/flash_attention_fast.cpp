@@ -22,7 +22,8 @@ void flash_attention_fast_cpu(const AttentionProblem& p, int num_threads) {
   // TODO(Task 1): one Q tile at a time: pack qT, the score micro-kernel, the vectorised
   // online softmax, the P V micro-kernel (the masks and causal skipping as on day 4).
   // TODO(Task 2): threads: work items (n, h, Q tile) taken from an atomic counter.
-  // Add the number of K/V tiles computed to tiles_visited().
+  // Add the number of K/V tiles computed to tiles_visited(), and report the kernel with
+  // report_cpu_kernel("fast", the number of threads that share the work).
   throw std::runtime_error(
       "flash_attention_fast_cpu is not implemented yet: see "
       "book/src/week2-05-fast-cpu.md, Task 1");

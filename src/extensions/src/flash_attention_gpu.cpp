@@ -29,7 +29,8 @@ void FlashAttention::eval_gpu(
   // TODO(Task 1): get the kernel (d.get_kernel(name, metalsim::extension_library(d)) with
   //   auto& d = gpu::device(stream().device)) and the encoder (gpu::get_command_encoder(stream()));
   //   bind buffers 0..5 as the kernel declares them (a placeholder array where there is no
-  //   mask), set_bytes the params at 6, and dispatch (N * H_q, Tr) threadgroups of
+  //   mask), set_bytes the params at 6, gpu_tile_counts() at kTileCountsBuffer (7), and
+  //   dispatch (N * H_q, Tr) threadgroups of
   //   kSimpleKernelThreads (or kSimdgroupKernelThreads for the fast kernel).
   throw std::runtime_error(
       "FlashAttention::eval_gpu is not implemented yet: see "

@@ -11,7 +11,8 @@
 //   }
 //
 // `gpu` is mlx::core::metal on macOS with Metal, metalsim::shim otherwise (configure with
-// -DMETALSIM_FORCE=ON, i.e. define METALSIM_FORCE, to use the simulator on a Mac as well).
+// -DMETALSIM_FORCE=ON, i.e. define METALSIM_FORCE, to use the simulator on a Mac as well); on
+// both, its device and command encoder record every dispatch (metalsim/dispatch_log.h).
 // A build that defines METALSIM_USE_METAL must find <Metal/Metal.hpp>, or it stops with an
 // #error saying what to install.
 //
@@ -34,6 +35,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <unordered_map>
 #include <variant>
 
 #include "mlx/device.h"
@@ -51,13 +53,35 @@
 #if defined(__APPLE__) && __has_include(<Metal/Metal.hpp>) && !defined(METALSIM_FORCE)
 #include "mlx/backend/metal/device.h"
 #include "mlx/backend/metal/utils.h"
-namespace gpu = mlx::core::metal;
+namespace metalsim_backend = mlx::core::metal;
 #define METALSIM_GPU_IS_SIMULATED 0
 #else
 #include "metalsim/mlx_shim.h"
-namespace gpu = metalsim::shim;
+namespace metalsim_backend = metalsim::shim;
 #define METALSIM_GPU_IS_SIMULATED 1
 #endif
+
+#include "metalsim/dispatch_log.h"
+
+// `gpu` is the backend, with its device and command encoder seen through metalsim's dispatch
+// log (dispatch_log.h): the same recording on Metal and on the simulator.
+namespace gpu {
+using namespace metalsim_backend;
+using Device = metalsim::RecordingDevice<metalsim_backend::Device>;
+using CommandEncoder = metalsim::RecordingEncoder<metalsim_backend::CommandEncoder>;
+
+inline Device& device(mlx::core::Device d) {
+  thread_local Device recording(&metalsim_backend::device(d));
+  return recording;
+}
+
+inline CommandEncoder& get_command_encoder(mlx::core::Stream s) {
+  thread_local std::unordered_map<int, CommandEncoder> encoders;
+  CommandEncoder& recording = encoders[s.index];
+  recording.bind(&metalsim_backend::get_command_encoder(s)); // MLX may replace a stream's encoder
+  return recording;
+}
+} // namespace gpu
 
 namespace metalsim {
 
