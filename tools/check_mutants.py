@@ -1,0 +1,401 @@
+"""Course check: a green day proves its goal, not only its numbers.
+
+Each day keeps a few mutants of the reference solution: minimal, named edits that defeat what
+the day teaches (the day's kernel is not the one that runs, causal tiles are computed instead of
+skipped, the L x S scores come back, ...) while the answers stay right or nearly right. Applied
+one at a time to a scratch copy of the repository, every mutant must make at least one of the
+day's graded tests fail. A day without mutants says why.
+
+  pdm run check-mutants                  every day
+  pdm run check-mutants --week 3 --day 4 one day
+  pdm run check-mutants --list           the table, without running anything
+
+The scratch copy lives in build/mutants/ and keeps its own build of the reference extension:
+only the sources a mutant touches are recompiled (and metalsim caches compiled kernels by their
+text), so a run costs a few minutes, most of it in C++ and Metal recompiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import course
+from bootstrap import IMPORT_ROOTS
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRATCH = ROOT / "build" / "mutants"
+TIMEOUT_S = 600  # one mutant, its rebuild included
+
+
+@dataclass
+class Mutant:
+    name: str  # what the mutant does to the day's goal
+    path: str  # the reference file it edits, relative to the repository
+    edits: list[tuple[str, str]] = field(default_factory=list)  # (text, replacement), each once
+
+
+FA_TILED = "refsol/tiny_attn_ref/flash_attention_tiled.py"
+FA_CPP = "refsol/extensions_ref/src/flash_attention.cpp"
+FA_GPU = "refsol/extensions_ref/src/flash_attention_gpu.cpp"
+FA_METAL = "refsol/extensions_ref/src/flash_attention.metal"
+
+# Week, day -> its mutants, or the reason it has none.
+MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
+    (1, 1): [
+        Mutant(
+            "softmax does not subtract the row maximum",
+            "refsol/tiny_attn_ref/basics.py",
+            [("shifted = xf - mx.max(xf, axis=axis, keepdims=True)", "shifted = xf")],
+        ),
+    ],
+    (1, 2): "multi-head attention is the day's numbers: a head split, merged or projected "
+    "wrongly changes every output, which the tests compare with mlx.nn.MultiHeadAttention",
+    (1, 3): [
+        Mutant(
+            "K/V are repeated (materialised) for grouped-query attention",
+            "refsol/tiny_attn_ref/masks.py",
+            [
+                (
+                    "k = mx.expand_dims(key, -3)  # (B..., H, 1, S, E)",
+                    "k = mx.repeat(key, group, axis=-3).reshape(*batch, H, group, S, E)",
+                ),
+                (
+                    "v = mx.expand_dims(value, -3)  # (B..., H, 1, S, Ev)",
+                    "v = mx.repeat(value, group, axis=-3).reshape(*batch, H, group, S, -1)",
+                ),
+            ],
+        ),
+    ],
+    (1, 4): [
+        Mutant(
+            "profile measures without evaluating the lazy result",
+            "refsol/tiny_attn_ref/profiling.py",
+            [("        mx.eval(arrays)\n        return arrays", "        return arrays")],
+        ),
+    ],
+    (2, 1): [
+        Mutant(
+            "merging two softmax states does not rescale them to the common maximum",
+            "refsol/tiny_attn_ref/online_softmax.py",
+            [("l = a.l * mx.exp(a.m - shift) + b.l * mx.exp(b.m - shift)", "l = a.l + b.l")],
+        ),
+    ],
+    (2, 2): [
+        Mutant(
+            "causal K/V tiles are computed instead of skipped",
+            FA_TILED,
+            [("n_tiles = _causal_kv_tiles(q0, q1, L, S, Bc) if causal else Tc", "n_tiles = Tc")],
+        ),
+        Mutant(
+            "the causal mask is applied on tiles every row sees whole",
+            FA_TILED,
+            [("crosses_diagonal = causal and k1 - 1 > q0 + S - L", "crosses_diagonal = causal")],
+        ),
+        Mutant(
+            "K/V are repeated (materialised) for grouped-query attention",
+            FA_TILED,
+            [
+                (
+                    "K = mx.expand_dims(key.astype(mx.float32), -3)",
+                    "K = mx.repeat(key.astype(mx.float32), G, axis=-3).reshape(*batch, H, G, S, E)",
+                ),
+                (
+                    "V = mx.expand_dims(value.astype(mx.float32), -3)",
+                    "V = mx.repeat(value.astype(mx.float32), G, axis=-3)"
+                    ".reshape(*batch, H, G, S, Ev)",
+                ),
+            ],
+        ),
+        Mutant(
+            "the L x S scores are computed once and sliced into tiles",
+            FA_TILED,
+            [
+                (
+                    "S_ij = Q_i @ mx.swapaxes(K[..., k0:k1, :], -1, -2)",
+                    "S_ij = ((Q * scale) @ mx.swapaxes(K, -1, -2))[..., q0:q1, k0:k1]",
+                )
+            ],
+        ),
+        Mutant(
+            "the running state is not evaluated per tile: the lazy graph holds every tile",
+            FA_TILED,
+            [("            mx.eval(m_i, l_i, o_i)\n", "")],
+        ),
+        Mutant(
+            "the accumulator is not rescaled when the row maximum grows",
+            FA_TILED,
+            [("o_i = alpha[..., None] * o_i + P_ij", "o_i = o_i + P_ij")],
+        ),
+    ],
+    (2, 3): [
+        Mutant(
+            "eval_cpu does not subtract the row maximum",
+            "refsol/extensions_ref/src/softmax_rows.cpp",
+            [("y[j] = std::exp(row[j] - m);", "y[j] = std::exp(row[j]);")],
+        ),
+    ],
+    (2, 4): [
+        Mutant(
+            "causal K/V tiles are computed instead of skipped",
+            "refsol/extensions_ref/src/flash_attention_cpu.cpp",
+            [
+                (
+                    "const int j_end = (p.causal && first_limit >= 0) ? std::min(S, last_limit + 1) : S;",
+                    "const int j_end = S;",
+                )
+            ],
+        ),
+        Mutant(
+            "the accumulator is not rescaled when the row maximum grows",
+            "refsol/extensions_ref/src/flash_attention_cpu.cpp",
+            [("o_row[e] *= alpha;", "o_row[e] *= 1.0f;")],
+        ),
+    ],
+    (2, 5): [
+        Mutant(
+            "the fast kernel falls back to the simple one",
+            "refsol/extensions_ref/src/flash_attention_fast.cpp",
+            [
+                (
+                    "void flash_attention_fast_cpu(const AttentionProblem& p, int num_threads) {\n",
+                    "void flash_attention_fast_cpu(const AttentionProblem& p, int num_threads) {\n"
+                    "  return flash_attention_simple_cpu(p);\n",
+                )
+            ],
+        ),
+        Mutant(
+            "the fast op runs the simple kernel",
+            FA_CPP,
+            [("if (kernel_ == CpuKernel::Simple) {", "if (true) {")],
+        ),
+        Mutant(
+            "the fast kernel ignores num_threads and runs on one thread",
+            "refsol/extensions_ref/src/flash_attention_fast.cpp",
+            [
+                (
+                    "threads = static_cast<int>(std::min<int64_t>(threads, n_items));",
+                    "threads = 1;",
+                )
+            ],
+        ),
+    ],
+    (3, 1): [
+        Mutant(
+            "a GPU call computes on the CPU instead of dispatching the kernel",
+            "refsol/extensions_ref/src/softmax_rows.cpp",
+            [("if (simulated_) {", "if (false) {")],
+        ),
+        Mutant(
+            "every row gets 1024 threads, not its columns rounded up to SIMD groups",
+            "refsol/extensions_ref/src/softmax_rows_gpu.cpp",
+            [("const int threads = std::min(1024, (n + 31) / 32 * 32);", "const int threads = 1024;")],
+        ),
+    ],
+    (3, 2): [
+        Mutant(
+            "a GPU call runs the CPU kernel instead of dispatching the Metal one",
+            FA_CPP,
+            [("if (simulated_) {", "if (false) {")],
+        ),
+        Mutant(
+            "flash_attention dispatches the simdgroup_matrix kernel, not the day's",
+            FA_GPU,
+            [("const bool fast = kernel_ == CpuKernel::Fast;", "const bool fast = true;")],
+        ),
+    ],
+    (3, 3): [
+        Mutant(
+            "causal K/V tiles are computed instead of skipped",
+            FA_METAL,
+            [("if (p.mask_kind != MASK_CAUSAL || first_row + p.S - p.L < 0) {", "if (true) {")],
+        ),
+        Mutant(
+            "the causal test runs on tiles a row sees whole",
+            FA_METAL,
+            [
+                (
+                    "const bool whole = p.mask_kind == MASK_CAUSAL && (j + 1) * Bc - 1 <= last_key;",
+                    "const bool whole = false;",
+                )
+            ],
+        ),
+    ],
+    (3, 4): [
+        Mutant(
+            "flash_attention_fast dispatches the day 2 kernel",
+            FA_GPU,
+            [("const bool fast = kernel_ == CpuKernel::Fast;", "const bool fast = false;")],
+        ),
+        Mutant(
+            "a threadgroup visits every K/V tile under a causal mask",
+            FA_METAL,
+            [
+                (
+                    "const int tiles = tiles_to_visit(first_row, last_row, p);",
+                    "const int tiles = (p.S + Bc - 1) / Bc;",
+                )
+            ],
+        ),
+        Mutant(
+            "the accumulator is not rescaled between K/V tiles",
+            FA_METAL,
+            [
+                ("      spill[g][lane] *= row_alpha[g][lane / 8];\n", ""),
+                ("      spill[g][lane + 32] *= row_alpha[g][lane / 8 + 4];\n", ""),
+            ],
+        ),
+    ],
+    (3, 5): [
+        Mutant(
+            "16-bit inputs run the float32 kernels",
+            FA_GPU,
+            [("const char* suffix = type_suffix(q.dtype());", 'const char* suffix = "f32";')],
+        ),
+    ],
+}
+
+
+def source_files() -> list[str]:
+    """The repository's files as git sees them: tracked, and new ones not ignored."""
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
+    return sorted({n.decode() for n in out.split(b"\0") if n and (ROOT / n.decode()).is_file()})
+
+
+def sync_scratch() -> None:
+    """Make build/mutants/ a copy of the repository, rewriting only the files that differ (so
+    that the scratch build recompiles only what changed) and removing sources that are gone."""
+    files = source_files()
+    for rel in files:
+        src, dst = ROOT / rel, SCRATCH / rel
+        data = src.read_bytes()
+        if not dst.is_file() or dst.read_bytes() != data:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(data)  # a fresh mtime: ninja sees the change
+            dst.chmod(src.stat().st_mode)
+    keep = set(files)
+    for folder in ("src", "refsol", "tools", "tests_refsol", "cmake"):
+        for p in (SCRATCH / folder).rglob("*"):
+            rel = p.relative_to(SCRATCH).as_posix()
+            stale_source = p.suffix in {".py", ".cpp", ".h", ".metal", ".txt", ".cmake"}
+            if p.is_file() and stale_source and "__pycache__" not in p.parts and rel not in keep:
+                p.unlink()
+
+
+def apply(mutant: Mutant) -> str:
+    """Write the mutant into the scratch copy; return the original text to restore."""
+    target = SCRATCH / mutant.path
+    original = target.read_text()
+    text = original
+    for old, new in mutant.edits:
+        n = text.count(old)
+        if n != 1:
+            raise SystemExit(
+                f"[check-mutants] the mutant {mutant.name!r} no longer applies: {mutant.path} "
+                f"holds its text {n} times, not once:\n    {old!r}\n"
+                "Update it in tools/check_mutants.py to the reference as it is now."
+            )
+        text = text.replace(old, new)
+    target.write_text(text)
+    return original
+
+
+def run_day(week: int, day: int) -> tuple[int, str]:
+    """Run the day's graded tests in the scratch copy, stopping at the first failure."""
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    env["PYTHONPATH"] = os.pathsep.join(str(SCRATCH / d) for d in IMPORT_ROOTS)
+    cmd = [sys.executable, "tools/run_tests.py", "--refsol", "--week", str(week)]
+    cmd += ["--day", str(day), "--", "-x", "-q", "-p", "no:cacheprovider", "-rfE"]
+    try:
+        r = subprocess.run(
+            cmd, cwd=SCRATCH, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        return -1, f"timed out after {TIMEOUT_S} s"
+    return r.returncode, r.stdout + r.stderr
+
+
+def verdict(rc: int, output: str) -> tuple[bool, str]:
+    """(caught, why): caught means a graded test failed; why is pytest's one-line summary."""
+    if rc == 0:
+        return False, "NOT CAUGHT: every test of the day passes"
+    if rc == -1:
+        return False, "BROKEN: " + output
+    if "did not build" in output or "BuildError" in output:
+        return False, "BROKEN: the mutant does not build"
+    for line in output.splitlines():
+        if line.startswith("FAILED "):
+            return True, line[len("FAILED ") :].split("::", 1)[-1]
+    tail = output.strip().splitlines()[-1:] or ["(no output)"]
+    return False, f"BROKEN: no test failed (pytest exit code {rc}): {tail[0]}"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="pdm run check-mutants", description=__doc__)
+    parser.add_argument("--week", type=int)
+    parser.add_argument("--day", type=int)
+    parser.add_argument("--list", action="store_true", help="print the mutants, run nothing")
+    args = parser.parse_args(argv)
+
+    days = course.select_days(args.week, args.day)
+    missing = [f"w{w}d{d}" for w, d in course.available_days() if (w, d) not in MUTANTS]
+    if missing:
+        print(f"[check-mutants] FAILED: no mutants (nor a reason why not) for {missing}")
+        return 1
+
+    start = time.monotonic()
+    if not args.list:
+        print("[check-mutants] syncing the scratch copy build/mutants/ ...", flush=True)
+        SCRATCH.mkdir(parents=True, exist_ok=True)
+        sync_scratch()
+    rows, failures = [], 0
+    for week, day in days:
+        entry = MUTANTS[(week, day)]
+        if isinstance(entry, str):
+            rows.append((f"w{week}d{day}", "(no mutant)", "-", entry))
+            continue
+        for mutant in entry:
+            if args.list:
+                rows.append((f"w{week}d{day}", mutant.name, "-", mutant.path))
+                continue
+            t0 = time.monotonic()
+            original = apply(mutant)
+            try:
+                rc, output = run_day(week, day)
+            finally:
+                (SCRATCH / mutant.path).write_text(original)
+            caught, why = verdict(rc, output)
+            failures += not caught
+            result = f"caught ({time.monotonic() - t0:.0f} s)" if caught else "NOT CAUGHT"
+            rows.append((f"w{week}d{day}", mutant.name, result, why))
+            print(f"  w{week}d{day}  {mutant.name}: {result}: {why}", flush=True)
+            if not caught:
+                print(output[-3000:], flush=True)
+
+    print()
+    width = max(len(r[1]) for r in rows)
+    print(f"{'day':5} {'mutant':{width}}  {'result':14} failing test (or why no mutant)")
+    for day_label, name, result, why in rows:
+        print(f"{day_label:5} {name:{width}}  {result:14} {why[:160]}")
+    if args.list:
+        return 0
+    print(f"\n[check-mutants] {time.monotonic() - start:.0f} s in all")
+    if failures:
+        print(f"[check-mutants] FAILED: {failures} mutant(s) not caught by their day's tests")
+        return 1
+    print("[check-mutants] ok: every mutant makes one of its day's graded tests fail")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
