@@ -181,10 +181,10 @@ def test_task_1_never_holds_the_L_by_S_scores():
 
 
 def test_task_1_gqa_reads_key_value_in_place():
-    # 16 query heads share one key/value head: repeating K and V for them would hold 16 copies
-    # (2 x 16 MiB here); broadcasting reads the one copy.
-    H_q, S, E = 16, 4096, 64
-    q, k, v = qkv((1,), H_q, 1, 32, S, E, seed=33)
+    # 16 query heads in 2 groups of 8 share 2 key/value heads: repeating K and V for them would
+    # hold 8 copies of each (2 x 16 MiB here); broadcasting reads the one copy.
+    H_q, H, S, E = 16, 2, 4096, 64
+    q, k, v = qkv((1,), H_q, H, 32, S, E, seed=33)
     mx.eval(q, k, v)
     peak = _peak_bytes(lambda: ta.flash_attention_tiled(q, k, v, block_q=32, block_k=512))
     repeated = 2 * H_q * S * E * 4

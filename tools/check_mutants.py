@@ -328,7 +328,7 @@ def run_day(week: int, day: int) -> tuple[int, str]:
 def verdict(rc: int, output: str) -> tuple[bool, str]:
     """(caught, why): caught means a graded test failed; why is pytest's one-line summary."""
     if rc == 0:
-        return False, "NOT CAUGHT: every test of the day passes"
+        return False, "every test of the day passes"
     if rc == -1:
         return False, "BROKEN: " + output
     if "did not build" in output or "BuildError" in output:
