@@ -146,7 +146,8 @@ MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
             "refsol/extensions_ref/src/flash_attention_cpu.cpp",
             [
                 (
-                    "const int j_end = (p.causal && first_limit >= 0) ? std::min(S, last_limit + 1) : S;",
+                    "const int j_end = (p.causal && first_limit >= 0) ? "
+                    "std::min(S, last_limit + 1) : S;",
                     "const int j_end = S;",
                 )
             ],
@@ -194,7 +195,12 @@ MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
         Mutant(
             "every row gets 1024 threads, not its columns rounded up to SIMD groups",
             "refsol/extensions_ref/src/softmax_rows_gpu.cpp",
-            [("const int threads = std::min(1024, (n + 31) / 32 * 32);", "const int threads = 1024;")],
+            [
+                (
+                    "const int threads = std::min(1024, (n + 31) / 32 * 32);",
+                    "const int threads = 1024;",
+                )
+            ],
         ),
     ],
     (3, 2): [
@@ -220,7 +226,8 @@ MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
             FA_METAL,
             [
                 (
-                    "const bool whole = p.mask_kind == MASK_CAUSAL && (j + 1) * Bc - 1 <= last_key;",
+                    "const bool whole = p.mask_kind == MASK_CAUSAL && "
+                    "(j + 1) * Bc - 1 <= last_key;",
                     "const bool whole = false;",
                 )
             ],

@@ -24,10 +24,10 @@
 namespace metalsim {
 
 struct DispatchRecord {
-  std::string kernel;                 // the name given to get_kernel
-  std::array<size_t, 3> grid;         // threadgroups (dispatch_threadgroups) or threads
-  std::array<size_t, 3> threadgroup;  // threads per threadgroup
-  bool grid_is_threads;               // dispatch_threads: `grid` counts threads
+  std::string kernel;                // the name given to get_kernel
+  std::array<size_t, 3> grid;        // threadgroups (dispatch_threadgroups) or threads
+  std::array<size_t, 3> threadgroup; // threads per threadgroup
+  bool grid_is_threads;              // dispatch_threads: `grid` counts threads
 };
 
 namespace detail {
@@ -137,11 +137,12 @@ template <class Enc> class RecordingEncoder {
   template <class Size> void record(const Size& grid, const Size& group, bool grid_is_threads) {
     std::lock_guard<std::mutex> lk(detail::log_mutex());
     auto it = detail::kernel_names().find(kernel_);
-    detail::log_entries().push_back(DispatchRecord{
-        it == detail::kernel_names().end() ? std::string("?") : it->second,
-        {size_t(grid.width), size_t(grid.height), size_t(grid.depth)},
-        {size_t(group.width), size_t(group.height), size_t(group.depth)},
-        grid_is_threads});
+    detail::log_entries().push_back(
+        DispatchRecord{
+            it == detail::kernel_names().end() ? std::string("?") : it->second,
+            {size_t(grid.width), size_t(grid.height), size_t(grid.depth)},
+            {size_t(group.width), size_t(group.height), size_t(group.depth)},
+            grid_is_threads});
   }
 
   Enc* e_ = nullptr;
