@@ -18,6 +18,7 @@ from tiny_attn_base import (
     assert_allclose,
     mlx_sdpa,
     numpy_attention,
+    peak_bytes_while,
     qkv,
     rand,
     rand_keep,
@@ -158,24 +159,13 @@ def test_task_1_counts_every_tile_it_computes():
     assert (counts.visited, counts.masked) == (3 * 3, 0), counts
 
 
-def _peak_bytes(fn) -> int:
-    """The most memory MLX held while evaluating fn(), above what it held before."""
-    mx.synchronize()
-    mx.clear_cache()
-    before = mx.get_active_memory()
-    mx.reset_peak_memory()
-    mx.eval(fn())
-    mx.synchronize()
-    return mx.get_peak_memory() - before
-
-
 def test_task_1_never_holds_the_L_by_S_scores():
     # The point of tiling: the (L, S) scores never exist. Here they would be 16 MiB; the inputs,
     # the output and a few (Br, Bc) tiles take well under a quarter of that.
     L = S = 2048
     q, k, v = qkv((1,), 1, 1, L, S, 16, seed=32)
     mx.eval(q, k, v)
-    peak = _peak_bytes(lambda: ta.flash_attention_tiled(q, k, v, block_q=256, block_k=256))
+    peak = peak_bytes_while(lambda: ta.flash_attention_tiled(q, k, v, block_q=256, block_k=256))
     scores = L * S * 4
     assert peak < scores // 4, f"peak {peak} B: the (L, S) = {scores} B scores were formed"
 
@@ -186,7 +176,7 @@ def test_task_1_gqa_reads_key_value_in_place():
     H_q, H, S, E = 16, 2, 4096, 64
     q, k, v = qkv((1,), H_q, H, 32, S, E, seed=33)
     mx.eval(q, k, v)
-    peak = _peak_bytes(lambda: ta.flash_attention_tiled(q, k, v, block_q=32, block_k=512))
+    peak = peak_bytes_while(lambda: ta.flash_attention_tiled(q, k, v, block_q=32, block_k=512))
     repeated = 2 * H_q * S * E * 4
     assert peak < repeated // 4, f"peak {peak} B: K and V were repeated ({repeated} B)"
 

@@ -319,7 +319,8 @@ def apply(mutant: Mutant) -> str:
 
 def run_day(week: int, day: int) -> tuple[int, str]:
     """Run the day's graded tests in the scratch copy, stopping at the first failure."""
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    # COLUMNS: pytest's one-line summary keeps the failure's message, not only the test's name.
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", COLUMNS="400")
     env["PYTHONPATH"] = os.pathsep.join(str(SCRATCH / d) for d in IMPORT_ROOTS)
     cmd = [sys.executable, "tools/run_tests.py", "--refsol", "--week", str(week)]
     cmd += ["--day", str(day), "--", "-x", "-q", "-p", "no:cacheprovider", "-rfE"]

@@ -123,6 +123,21 @@ def numpy_attention(
     return out
 
 
+def peak_bytes_while(fn: Any) -> int:
+    """The most memory MLX held while evaluating fn(), above what it held just before.
+
+    The same measurement as Week 1's profile (its peak_bytes): MLX's cache emptied first, so
+    that reused buffers do not hide allocations, and the result evaluated inside.
+    """
+    mx.synchronize()
+    mx.clear_cache()
+    before = mx.get_active_memory()
+    mx.reset_peak_memory()
+    mx.eval(fn())
+    mx.synchronize()
+    return max(mx.get_peak_memory() - before, 0)
+
+
 def attention_flops(B: int, H: int, L: int, S: int, E: int, causal: bool = False) -> float:
     """4·B·H·L·S·E (two matmuls, a multiply and an add each), halved for causal."""
     flops = 4.0 * B * H * L * S * E
