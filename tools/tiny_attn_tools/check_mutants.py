@@ -25,10 +25,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import course
-from bootstrap import IMPORT_ROOTS
+from tiny_attn_tools import course
+from tiny_attn_tools.check_solvable import PACKAGE_FOLDERS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRATCH = ROOT / "build" / "mutants"
 TIMEOUT_S = 600  # one mutant, its rebuild included
 
@@ -41,7 +41,7 @@ class Mutant:
 
 
 FA_TILED = "refsol/tiny_attn_ref/flash_attention_tiled.py"
-FA_CPP = "refsol/extensions_ref/src/flash_attention.cpp"
+FA_EVAL_CPU = "src/extension_common/flash_attention_eval.cpp"  # given, shared by both trees
 FA_GPU = "refsol/extensions_ref/src/flash_attention_gpu.cpp"
 FA_METAL = "refsol/extensions_ref/src/flash_attention.metal"
 
@@ -172,7 +172,7 @@ MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
         ),
         Mutant(
             "the fast op runs the simple kernel",
-            FA_CPP,
+            FA_EVAL_CPU,
             [("if (kernel_ == CpuKernel::Simple) {", "if (true) {")],
         ),
         Mutant(
@@ -206,7 +206,7 @@ MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
     (3, 2): [
         Mutant(
             "a GPU call runs the CPU kernel instead of dispatching the Metal one",
-            FA_CPP,
+            FA_EVAL_CPU,
             [("if (simulated_) {", "if (false) {")],
         ),
         Mutant(
@@ -291,7 +291,7 @@ def sync_scratch() -> None:
             dst.write_bytes(data)  # a fresh mtime: ninja sees the change
             dst.chmod(src.stat().st_mode)
     keep = set(files)
-    for folder in ("src", "refsol", "tools", "tests_refsol", "cmake"):
+    for folder in ("src", "refsol", "tools", "tests_refsol", "cmake"):  # the build globs sources
         for p in (SCRATCH / folder).rglob("*"):
             rel = p.relative_to(SCRATCH).as_posix()
             stale_source = p.suffix in {".py", ".cpp", ".h", ".metal", ".txt", ".cmake"}
@@ -310,7 +310,7 @@ def apply(mutant: Mutant) -> str:
             raise SystemExit(
                 f"[check-mutants] the mutant {mutant.name!r} no longer applies: {mutant.path} "
                 f"holds its text {n} times, not once:\n    {old!r}\n"
-                "Update it in tools/check_mutants.py to the reference as it is now."
+                "Update it in tools/tiny_attn_tools/check_mutants.py to the reference as it is now."
             )
         text = text.replace(old, new)
     target.write_text(text)
@@ -321,8 +321,8 @@ def run_day(week: int, day: int) -> tuple[int, str]:
     """Run the day's graded tests in the scratch copy, stopping at the first failure."""
     # COLUMNS: pytest's one-line summary keeps the failure's message, not only the test's name.
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", COLUMNS="400")
-    env["PYTHONPATH"] = os.pathsep.join(str(SCRATCH / d) for d in IMPORT_ROOTS)
-    cmd = [sys.executable, "tools/run_tests.py", "--refsol", "--week", str(week)]
+    env["PYTHONPATH"] = os.pathsep.join(str(SCRATCH / d) for d in PACKAGE_FOLDERS)
+    cmd = [sys.executable, "-m", "tiny_attn_tools.run_tests", "--refsol", "--week", str(week)]
     cmd += ["--day", str(day), "--", "-x", "-q", "-p", "no:cacheprovider", "-rfE"]
     try:
         r = subprocess.run(
