@@ -1,9 +1,11 @@
 // What an extension's eval_gpu dispatched: the kernel by name, the grid and the threadgroup size.
 //
-// gpu_backend.h routes `gpu::device(...)` and `gpu::get_command_encoder(...)` through the two
-// thin wrappers below, on a Mac with Metal (around MLX's metal::Device and CommandEncoder) and on
-// metalsim (around its shim) alike: the same code records every dispatch on both, so a test can
-// ask which kernel an op ran without looking at its source or timing it.
+// The glue header names its backend `metalsim_backend` (MLX's metal::Device and CommandEncoder
+// on a Mac with Metal, metalsim's shim elsewhere) and includes this file, which defines the
+// `gpu` namespace an eval_gpu uses: the backend, with `gpu::device(...)` and
+// `gpu::get_command_encoder(...)` seen through the two thin wrappers below. The same code
+// records every dispatch on Metal and on metalsim, so a test can ask which kernel an op ran
+// without looking at its source or timing it.
 //
 //   metalsim::dispatch_log()    every dispatch since the last clear_dispatch_log(), in order
 //
@@ -20,6 +22,8 @@
 #include <vector>
 
 #include "mlx/array.h"
+#include "mlx/device.h"
+#include "mlx/stream.h"
 
 namespace metalsim {
 
@@ -150,3 +154,23 @@ template <class Enc> class RecordingEncoder {
 };
 
 } // namespace metalsim
+
+// The `gpu` namespace an eval_gpu uses. The glue header that includes this file first names
+// the backend `metalsim_backend` (mlx::core::metal with Metal, metalsim::shim without).
+namespace gpu {
+using namespace metalsim_backend;
+using Device = metalsim::RecordingDevice<metalsim_backend::Device>;
+using CommandEncoder = metalsim::RecordingEncoder<metalsim_backend::CommandEncoder>;
+
+inline Device& device(mlx::core::Device d) {
+  thread_local Device recording(&metalsim_backend::device(d));
+  return recording;
+}
+
+inline CommandEncoder& get_command_encoder(mlx::core::Stream s) {
+  thread_local std::unordered_map<int, CommandEncoder> encoders;
+  CommandEncoder& recording = encoders[s.index];
+  recording.bind(&metalsim_backend::get_command_encoder(s)); // MLX may replace a stream's encoder
+  return recording;
+}
+} // namespace gpu

@@ -35,7 +35,6 @@
 
 #include <cstdlib>
 #include <cstring>
-#include <unordered_map>
 #include <variant>
 
 #include "mlx/device.h"
@@ -61,27 +60,8 @@ namespace metalsim_backend = metalsim::shim;
 #define METALSIM_GPU_IS_SIMULATED 1
 #endif
 
+// `gpu`: the backend seen through metalsim's dispatch log (defined in dispatch_log.h).
 #include "metalsim/dispatch_log.h"
-
-// `gpu` is the backend, with its device and command encoder seen through metalsim's dispatch
-// log (dispatch_log.h): the same recording on Metal and on the simulator.
-namespace gpu {
-using namespace metalsim_backend;
-using Device = metalsim::RecordingDevice<metalsim_backend::Device>;
-using CommandEncoder = metalsim::RecordingEncoder<metalsim_backend::CommandEncoder>;
-
-inline Device& device(mlx::core::Device d) {
-  thread_local Device recording(&metalsim_backend::device(d));
-  return recording;
-}
-
-inline CommandEncoder& get_command_encoder(mlx::core::Stream s) {
-  thread_local std::unordered_map<int, CommandEncoder> encoders;
-  CommandEncoder& recording = encoders[s.index];
-  recording.bind(&metalsim_backend::get_command_encoder(s)); // MLX may replace a stream's encoder
-  return recording;
-}
-} // namespace gpu
 
 namespace metalsim {
 
