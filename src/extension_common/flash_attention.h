@@ -63,6 +63,13 @@ struct AttentionProblem {
 
 // Day 4: one thread, plain loops (src/flash_attention_cpu.cpp).
 void flash_attention_simple_cpu(const AttentionProblem& p);
+// Causal block skipping (day 4, Task 3, in src/flash_attention_cpu.cpp; day 5 reuses it): how
+// many K/V tiles, from the first, query rows first_row..last_row must visit. Row i sees keys
+// j <= i + S - L, so with p.causal the tiles after the one holding last_row's last key are
+// skipped; not when first_row sees no key at all (only if L > S): such a row averages every
+// value, as MLX does. Without p.causal, every tile. The same rule, under the same name, is
+// kv_tiles_to_visit in flash_attention.metal and in tiny_attn/flash_attention_tiled.py.
+int kv_tiles_to_visit(const AttentionProblem& p, int first_row, int last_row);
 // Day 5: packed tiles, 8-wide micro-kernels, threads (src/flash_attention_fast.cpp).
 // num_threads = 0 means one per hardware thread.
 void flash_attention_fast_cpu(const AttentionProblem& p, int num_threads);

@@ -66,11 +66,12 @@ inline float mask_score(
   }
 }
 
-// How many K/V tiles query rows up to `last_row` must visit. With a causal mask, a tile
+// How many K/V tiles query rows up to `last_row` must visit: the rule of Week 2, Day 4's
+// kv_tiles_to_visit (src/flash_attention_cpu.cpp), under the same name. With a causal mask, a tile
 // whose first key lies beyond the last key of `last_row` is fully masked and skipped. One
 // exception: a row that sees no key at all (only when L > S) gets uniform weights over
 // every key, as in MLX, so a block holding such a row visits every tile.
-inline int tiles_to_visit(int first_row, int last_row, constant AttentionParams& p) {
+inline int kv_tiles_to_visit(int first_row, int last_row, constant AttentionParams& p) {
   const int Tc = (p.S + Bc - 1) / Bc;
   if (p.mask_kind != MASK_CAUSAL || first_row + p.S - p.L < 0) {
     return Tc;
@@ -138,7 +139,7 @@ void flash_attention_e128_impl(
   // Tiles are skipped per row: no barrier sits inside this loop, so SIMD groups may run
   // different numbers of iterations.
   const int last_key = row + p.S - p.L;
-  const int tiles = row_valid ? tiles_to_visit(row, row, p) : 0;
+  const int tiles = row_valid ? kv_tiles_to_visit(row, row, p) : 0;
   for (int j = 0; j < tiles; ++j) {
     const int col = j * Bc + b; // the key of lane b
     const bool col_valid = col < p.S;
@@ -362,7 +363,7 @@ void flash_attention_simdgroup_impl(
 
   // Every SIMD group of the block runs the same tiles: the barriers below need all of them.
   const int last_row = min(first_row + Br, p.L) - 1;
-  const int tiles = tiles_to_visit(first_row, last_row, p);
+  const int tiles = kv_tiles_to_visit(first_row, last_row, p);
   threadgroup float* S_g = scores[g];
   for (int j = 0; j < tiles; ++j) {
     const int first_col = j * Bc;

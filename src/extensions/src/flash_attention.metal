@@ -60,8 +60,9 @@ inline float mask_score(
   return s;
 }
 
-// How many K/V tiles query rows first_row..last_row must visit.
-inline int tiles_to_visit(int first_row, int last_row, constant AttentionParams& p) {
+// How many K/V tiles query rows first_row..last_row must visit: the rule of Week 2, Day 4's
+// kv_tiles_to_visit (src/extensions/src/flash_attention_cpu.cpp), under the same name.
+inline int kv_tiles_to_visit(int first_row, int last_row, constant AttentionParams& p) {
   const int Tc = (p.S + Bc - 1) / Bc;
   // TODO(day 3, Task 2): with a causal mask, skip the tiles past the last key of last_row,
   //   except when a row sees no key at all (first_row + S - L < 0): see the chapter.
@@ -108,7 +109,7 @@ void flash_attention_e128_impl(
 
   // TODO(Task 2): SIMD group a stages Q row `row` into Q_tile[a] (zeros if !row_valid) and
   //   zeroes O_acc[a]; then the barrier the chapter explains.
-  // TODO(Task 2): m_i = -inf, l_i = 0; for each of the tiles_to_visit(row, row, p) K tiles:
+  // TODO(Task 2): m_i = -inf, l_i = 0; for each of the kv_tiles_to_visit(row, row, p) K tiles:
   //   - lane b: score s of key j * Bc + b (-inf past S), through mask_score;
   //   - m_new = max(m_i, simd_max(s)); p_ab = exp(s - m_new) (mind m_new = -inf);
   //     alpha = exp(m_i - m_new); l_i = l_i * alpha + simd_sum(p_ab);
@@ -181,7 +182,7 @@ void flash_attention_simdgroup_impl(
   // TODO(Task 1): for each K/V tile: load K into `tile` (float4 loads), S_g = Q_g K^T into
   //   scores[g], load V into `tile`, online softmax of the 8 rows (S_g becomes P_g), rescale
   //   O_g through spill[g], O_g += P_g V; with the four barriers of the chapter.
-  // TODO(Task 2): mask_score on every score, the GQA head, tiles_to_visit for the block.
+  // TODO(Task 2): mask_score on every score, the GQA head, kv_tiles_to_visit for the block.
   // TODO(Task 1): write O_g / l_i for the rows < L.
   for (int idx = lane; idx < SG_ROWS * E; idx += 32) {
     const int row = my_first_row + idx / E;
