@@ -157,7 +157,7 @@ Raises:
             scale_arg(op, scale),
             mask_arg(op, mask),
             bool_arg(op, "causal", causal),
-            tiny_attn::CpuKernel::Simple,
+            tiny_attn::Kernel::Simple,
             1,
             stream_arg(op, stream));
       },
@@ -209,7 +209,7 @@ Raises:
             scale_arg(op, scale),
             mask_arg(op, mask),
             bool_arg(op, "causal", causal),
-            tiny_attn::CpuKernel::Fast,
+            tiny_attn::Kernel::Fast,
             int_arg(op, "num_threads", num_threads),
             stream_arg(op, stream));
       },

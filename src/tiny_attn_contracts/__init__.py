@@ -252,6 +252,11 @@ def check_wrapper_inputs(
             raise ValueError(
                 f"{name} must have the batch dimensions {batch} of query, got {tuple(x.shape[:-3])}"
             )
+    if math.prod(batch) > MAX_ELEMENTS:
+        raise ValueError(
+            f"query's batch dimensions {batch} flatten to N = {math.prod(batch)}, more than "
+            "the 2^31 - 1 an MLX dimension holds"
+        )
     check_kernel(kernel, kernels, num_threads)
     check_scale(scale)
     check_head_dim(query.shape[-1])

@@ -1,6 +1,6 @@
 // Week 2, day 5: the fast CPU kernel.
 //
-// The same algorithm as day 4 (src/flash_attention_cpu.cpp), rearranged for the machine:
+// The same algorithm as day 4 (src/flash_attention_simple.cpp), rearranged for the machine:
 //
 //  * Everything is vectorised over the Q tile's 32 rows. Q is packed transposed (qT[e][a],
 //    scale folded in), the scores are kept transposed (sT[b][a]) and so is the accumulator

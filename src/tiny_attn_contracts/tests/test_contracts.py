@@ -330,6 +330,14 @@ CASES = [
     # Week 2, Day 4: what the Python face of the C++ op checks before the op sees the arrays
     ("wrapper list", lambda ta: ta.flash_attention([[1.0]], K4, V4), TypeError, "query"),
     ("wrapper rank", lambda ta: ta.flash_attention(Q4[0, 0], K4, V4), ValueError, "query"),
+    (
+        "wrapper huge batch",
+        lambda ta: ta.flash_attention(
+            *[mx.broadcast_to(Q4[:1, None], (2**16, 2**16, 4, 5, 8))] * 3
+        ),
+        ValueError,
+        "query",
+    ),
     ("wrapper batch", lambda ta: ta.flash_attention(Q4, K4[:1], V4[:1]), ValueError, "key"),
     (
         "wrapper mask type",
