@@ -106,8 +106,8 @@ TINY_ATTN_INLINE void scores_tile(const float* qT, const float* k, int bc, int E
 // oT[e][:] = alpha[:] * oT[e][:] + sum_b v[b][e] * pT[b][:] for R columns e. The rescale of
 // the online softmax rides on the load of the accumulator: no pass of its own over oT.
 template <int R>
-TINY_ATTN_INLINE void pv_block(
-    const float* pT, const float* v, const float* alpha, int bc, int E, float* oT) {
+TINY_ATTN_INLINE void
+pv_block(const float* pT, const float* v, const float* alpha, int bc, int E, float* oT) {
   f32x8 acc[R][kVecs];
   for (int r = 0; r < R; ++r) {
     for (int c = 0; c < kVecs; ++c) {
@@ -134,8 +134,8 @@ TINY_ATTN_INLINE void pv_block(
 }
 
 // oT = alpha * oT + (P V)^T for a V tile of bc rows: 3 columns e at a time, then the rest.
-TINY_ATTN_INLINE void accumulate_pv(
-    const float* pT, const float* v, const float* alpha, int bc, int E, float* oT) {
+TINY_ATTN_INLINE void
+accumulate_pv(const float* pT, const float* v, const float* alpha, int bc, int E, float* oT) {
   int e = 0;
   for (; e + kBlockRows <= E; e += kBlockRows) {
     pv_block<kBlockRows>(pT, v + e, alpha, bc, E, oT + e * kBr);
