@@ -35,10 +35,9 @@ from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
+from tiny_attn_tools.testing import attention_flops, load_extension
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-from tiny_attn_testing import attention_flops  # noqa: E402
 
 IMAGES = ROOT / "book" / "src" / "images"
 
@@ -138,11 +137,7 @@ def blas_line(ext, N: int, H: int, E: int, n_matmul: int, rounds: int) -> dict[s
 
 
 def load_ext(student: bool):
-    import build_ext
-
-    ext_name = "tiny_attn_ext" if student else "tiny_attn_ext_ref"
-    build_ext.ensure_built("student" if student else "ref")
-    return importlib.import_module(ext_name)
+    return load_extension("tiny_attn_ext" if student else "tiny_attn_ext_ref")
 
 
 def run(args: argparse.Namespace) -> list[dict]:
