@@ -116,8 +116,9 @@ void flash_attention_e128_impl(
   //   zeroes O_acc[a]; then the barrier the chapter explains.
   // TODO(Task 2): m_i = -inf, l_i = 0; for each of the kv_tiles_to_visit(row, row, p) K tiles:
   //   - lane b: score s of key j * Bc + b (-inf past S), through mask_score;
-  //   - m_new = max(m_i, simd_max(s)); p_ab = exp(s - m_new) (mind m_new = -inf);
-  //     alpha = exp(m_i - m_new); l_i = l_i * alpha + simd_sum(p_ab);
+  //   - m_new = max(m_i, simd_max(s)); m_sub = m_new, or 0 while m_new is -inf (see the
+  //     chapter); p_ab = exp(s - m_sub); alpha = exp(m_i - m_sub);
+  //     l_i = l_i * alpha + simd_sum(p_ab);
   //   - for each column e: pv = simd_sum(p_ab * V[b, e]); lane 0: O_acc[a][e] = ... .
   // TODO(Task 2): a barrier, then the lanes write out[row, :] = O_acc[a][:] / l_i.
   if (row_valid) {
