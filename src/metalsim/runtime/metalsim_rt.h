@@ -244,6 +244,31 @@ inline void* init_stack(char* top, void (*fn)(void*), void* arg) {
 
 // ---------------------------------------------------------------- workers
 
+// The workers of this library, found from a stack pointer: the sanitizer's checks, called on
+// every memory access, learn which simulated thread runs from the stack it runs on (cheaper
+// than a thread-local variable in a shared library). Workers are never freed (see WorkerPool).
+struct WorkerRegistry {
+  static constexpr unsigned kMax = 256;
+  Worker* slots[kMax]; // read and written with __atomic builtins (no std::atomic calls: the
+  unsigned n;          // checks run uninstrumented, and std::atomic's functions are not)
+};
+// Constant-initialised (no guard variable: the checks read it on every access).
+inline WorkerRegistry g_worker_registry;
+__attribute__((no_sanitize_thread)) inline WorkerRegistry& worker_registry() {
+  return g_worker_registry;
+}
+inline std::mutex g_worker_registry_mu;
+__attribute__((no_sanitize_thread)) inline void register_worker(Worker* w) {
+  std::lock_guard<std::mutex> lk(g_worker_registry_mu);
+  WorkerRegistry& r = worker_registry();
+  unsigned i = __atomic_load_n(&r.n, __ATOMIC_RELAXED);
+  if (i < WorkerRegistry::kMax) {
+    __atomic_store_n(&r.slots[i], w, __ATOMIC_RELEASE);
+    __atomic_store_n(&r.n, i + 1, __ATOMIC_RELEASE);
+  }
+}
+
+
 struct Worker {
   Dispatch* d = nullptr;
   void* main_sp = nullptr;
@@ -280,6 +305,7 @@ struct Worker {
   struct Shadow* shadow = nullptr;
   size_t shadow_len = 0;
   uint32_t epoch = 0; // one per barrier interval of a threadgroup, never reused by a worker
+  size_t last_buf = 0; // the device buffer the last checked access was in
   SimdGroup sgs[kMaxThreadsPerGroup / kSimdWidth];
   Fiber fibers[kMaxThreadsPerGroup];
 
@@ -313,6 +339,7 @@ struct Worker {
     }
     altstack = static_cast<char*>(a);
     map_arena();
+    register_worker(this);
   }
   ~Worker() {
     if (stacks)
@@ -348,6 +375,7 @@ struct Worker {
 
 inline thread_local Worker* tls_worker = nullptr;
 
+
 // Workers are reused between dispatches (their stacks are the expensive part).
 struct WorkerPool {
   std::mutex mu;
@@ -378,7 +406,7 @@ inline Fiber& current_fiber() {
 }
 
 // Gives up the OS thread: resumes the next ready lane of the same SIMD group, or the scheduler.
-inline void block(Fiber& f) {
+__attribute__((no_sanitize_thread)) inline void block(Fiber& f) {
   Worker& w = *f.w;
   SimdGroup& g = w.sgs[f.sg];
   for (uint32_t l = f.lane + 1u; l < g.nlanes; ++l) {
@@ -393,7 +421,7 @@ inline void block(Fiber& f) {
   metalsim_ctx_switch_v1(&f.sp, w.main_sp);
 }
 
-inline void fiber_main(void* arg) {
+__attribute__((no_sanitize_thread)) inline void fiber_main(void* arg) {
   Fiber& f = *static_cast<Fiber*>(arg);
   Dispatch& d = *f.w->d;
   try {
@@ -416,7 +444,8 @@ inline void fiber_main(void* arg) {
 
 // Runs on a lane: deposit the value, wait until the active set is complete, read the result.
 template <class T>
-inline T collective(const T& v, uint32_t arg, CombineFn combine, const Site& site) {
+__attribute__((no_sanitize_thread)) inline T
+collective(const T& v, uint32_t arg, CombineFn combine, const Site& site) {
   static_assert(sizeof(T) <= kSlotBytes, "SIMD collective on a type larger than 16 bytes");
   Fiber& f = current_fiber();
   SimdGroup& g = f.w->sgs[f.sg];
@@ -432,7 +461,7 @@ inline T collective(const T& v, uint32_t arg, CombineFn combine, const Site& sit
 }
 
 // Same, exchanging a pointer to lane-private data (simdgroup_matrix products).
-inline void collective_ptr(void* p, CombineFn combine, const Site& site) {
+__attribute__((no_sanitize_thread)) inline void collective_ptr(void* p, CombineFn combine, const Site& site) {
   Fiber& f = current_fiber();
   SimdGroup& g = f.w->sgs[f.sg];
   g.ptr[f.lane] = p;
@@ -442,14 +471,14 @@ inline void collective_ptr(void* p, CombineFn combine, const Site& site) {
   block(f);
 }
 
-inline void barrier(const Site& site) {
+__attribute__((no_sanitize_thread)) inline void barrier(const Site& site) {
   Fiber& f = current_fiber();
   f.site = site;
   f.state = State::Barrier;
   block(f);
 }
 
-inline void simd_barrier(const Site& site) {
+__attribute__((no_sanitize_thread)) inline void simd_barrier(const Site& site) {
   Fiber& f = current_fiber();
   f.site = site;
   f.state = State::SimdBarrier;
@@ -531,7 +560,7 @@ inline std::string describe_waits(const Worker& w, uint32_t first, uint32_t n, c
 // barrier the others wait at, and as often: a thread that returns while others wait at a barrier
 // (a barrier inside an `if` that it skipped, or a return after the first barrier), or that waits
 // at a barrier one more or one fewer time than the others, is an error naming that barrier.
-inline bool check_barrier_release(Worker& w, const Fiber& at) {
+__attribute__((no_sanitize_thread)) inline bool check_barrier_release(Worker& w, const Fiber& at) {
   const Fiber* ret = nullptr;
   const Fiber* other = nullptr;
   for (uint32_t i = 0; i < w.nthreads; ++i) {
@@ -574,7 +603,8 @@ inline bool check_barrier_release(Worker& w, const Fiber& at) {
 
 // Runs the lanes of one SIMD group until every live lane waits at a threadgroup barrier or has
 // returned. False (and an error recorded) if its lanes deadlock at a simdgroup_barrier.
-inline bool run_simdgroup(Worker& w, SimdGroup& g) {
+// (The scheduler is not instrumented: it runs for every lane switch.)
+__attribute__((no_sanitize_thread)) inline bool run_simdgroup(Worker& w, SimdGroup& g) {
   for (;;) {
     Fiber* first = nullptr;
     for (uint32_t l = 0; l < g.nlanes; ++l) {
@@ -601,9 +631,7 @@ inline bool run_simdgroup(Worker& w, SimdGroup& g) {
           if ((pending >> l & 1u) && f.site == f0.site && f.combine == f0.combine)
             mask |= 1u << l;
         }
-        w.current = &f0; // memory the collective touches (simdgroup_load) is f0's access
         f0.combine(g, mask);
-        w.current = nullptr;
         ++g.sync;
         for (uint32_t l = l0; l < g.nlanes; ++l)
           if (mask >> l & 1u) {
@@ -659,7 +687,7 @@ inline bool run_simdgroup(Worker& w, SimdGroup& g) {
 }
 
 // Runs one threadgroup to completion; false if the dispatch failed.
-inline bool run_group(Worker& w, uint64_t gidx) {
+__attribute__((no_sanitize_thread)) inline bool run_group(Worker& w, uint64_t gidx) {
   Dispatch& d = *w.d;
   uint64_t gx = d.groups.x, gy = d.groups.y;
   w.tgpig = uint3(uint32_t(gidx % gx), uint32_t((gidx / gx) % gy), uint32_t(gidx / (gx * gy)));
@@ -776,7 +804,9 @@ inline bool run_group(Worker& w, uint64_t gidx) {
 //     reads what a later lane writes earlier in program order), it says so.
 // The instruction of an access is named by its .metal line (from the line tables of -g1).
 
-// The state of one byte of threadgroup memory in the current barrier interval (epoch).
+// The state of one 4-byte word of threadgroup memory in the current barrier interval (epoch).
+// (Words, not bytes: two SIMD groups that write different bytes of one word with no barrier
+// between them are reported too.)
 struct Shadow {
   uint32_t w_epoch, r_epoch; // epoch of the last write / of the reads recorded
   uint16_t w_tid, r_tid;     // thread that wrote last; a thread that read
@@ -926,9 +956,11 @@ inline void check_threadgroup_access(
   const uint16_t seq = uint16_t(f.seq++);
   const uint16_t sync = uint16_t(g.sync);
   const uint32_t pco = uint32_t(pc - library_base());
-  for (unsigned i = 0; i < n; ++i) {
-    size_t b = size_t(off) + i;
-    Shadow& sh = w.shadow[b];
+  // One shadow record per 4-byte word: an access covers the words it touches.
+  const size_t w_first = size_t(off) >> 2, w_last = (size_t(off) + n - 1) >> 2;
+  for (size_t wi = w_first; wi <= w_last; ++wi) {
+    const size_t i = wi * 4 > size_t(off) ? wi * 4 - size_t(off) : 0; // byte of the access
+    Shadow& sh = w.shadow[wi];
     const char* kind = nullptr; // a race between SIMD groups
     const char* hazard = nullptr; // a lockstep order metalsim did not follow
     uint16_t other = 0;
@@ -972,7 +1004,7 @@ inline void check_threadgroup_access(
               "between the two accesses",
               d.kernel->name,
               group_desc(w).c_str(),
-              (long long)(off - intptr_t(in->off) + i),
+              (long long)(off - intptr_t(in->off) + intptr_t(i)),
               tg_alloc_desc(*in).c_str(),
               thread_desc(w, f).c_str(),
               kind,
@@ -994,7 +1026,7 @@ inline void check_threadgroup_access(
               "simdgroup_barrier(mem_flags::mem_threadgroup) between the write and the read",
               d.kernel->name,
               group_desc(w).c_str(),
-              (long long)(off - intptr_t(in->off) + i),
+              (long long)(off - intptr_t(in->off) + intptr_t(i)),
               tg_alloc_desc(*in).c_str(),
               thread_desc(w, f).c_str(),
               write ? "writes" : "reads",
@@ -1034,10 +1066,16 @@ inline void check_threadgroup_access(
 inline void check_device_access(
     Worker& w, Fiber& f, uintptr_t a, unsigned n, bool write, uintptr_t pc) {
   Dispatch& d = *w.d;
+  if (w.last_buf < d.bufs.size()) { // most accesses hit the buffer the last one hit
+    const auto& b = d.bufs[w.last_buf];
+    if (a >= b.lo && a + n <= b.hi && !(write && b.read_only))
+      return;
+  }
   const Dispatch::Buf* near = nullptr;
   uintptr_t dist = ~uintptr_t(0);
   for (const auto& b : d.bufs) {
     if (a >= b.lo && a + n <= b.hi) {
+      w.last_buf = size_t(&b - d.bufs.data());
       if (write && b.read_only)
         memory_error(
             w,
@@ -1083,9 +1121,20 @@ inline void check_device_access(
           at_line(pc).c_str()));
 }
 
-__attribute__((no_sanitize_thread)) inline void on_access(
+__attribute__((no_sanitize_thread, always_inline)) inline void on_access(
     const void* p, unsigned n, bool write, void* pc) {
-  Worker* w = tls_worker;
+  // Only accesses made on a fiber's stack (by a simulated thread) are checked.
+  const uintptr_t sp = reinterpret_cast<uintptr_t>(__builtin_frame_address(0));
+  WorkerRegistry& r = worker_registry();
+  const unsigned nw = __atomic_load_n(&r.n, __ATOMIC_ACQUIRE);
+  Worker* w = nullptr;
+  for (unsigned i = 0; i < nw; ++i) {
+    Worker* c = __atomic_load_n(&r.slots[i], __ATOMIC_RELAXED);
+    if (sp - reinterpret_cast<uintptr_t>(c->stacks) < c->stacks_len) {
+      w = c;
+      break;
+    }
+  }
   if (!w)
     return;
   Fiber* f = w->current;
@@ -1128,10 +1177,10 @@ inline void Worker::map_arena() {
   }
   if (!arena)
     throw std::bad_alloc();
-  void* sh = mmap(nullptr, cap * sizeof(Shadow), PROT_READ | PROT_WRITE, flags, -1, 0);
+  void* sh = mmap(nullptr, cap / 4 * sizeof(Shadow), PROT_READ | PROT_WRITE, flags, -1, 0);
   if (sh != MAP_FAILED) {
     shadow = static_cast<Shadow*>(sh); // zero: epoch 0, which no group has
-    shadow_len = cap * sizeof(Shadow);
+    shadow_len = cap / 4 * sizeof(Shadow);
   }
 }
 
@@ -1311,7 +1360,7 @@ inline void report_stop(Worker& w, const Fiber* running, uintptr_t pc) {
 
 // ---------------------------------------------------------------- workers' loop
 
-inline void run_groups(Worker& w, Dispatch& d) {
+__attribute__((no_sanitize_thread)) inline void run_groups(Worker& w, Dispatch& d) {
   for (;;) {
     if (d.errors.failed.load(std::memory_order_relaxed) ||
         d.stop.load(std::memory_order_relaxed))
