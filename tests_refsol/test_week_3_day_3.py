@@ -109,7 +109,9 @@ def test_task_3_reversed_mask_gpu(ext, flip, kind):
     # mask[::-1] and mask[:, ::-1] are views with a negative stride: the mask's first element is
     # not the first one in memory, and the kernel steps back from it.
     q, k, v = qkv((1,), 2, 2, 36, 40, 64, seed=53)
-    base = rand((36, 40), seed=54) if kind == "additive" else rand_keep((36, 40), seed=55, p_keep=0.7)
+    base = (
+        rand((36, 40), seed=54) if kind == "additive" else rand_keep((36, 40), seed=55, p_keep=0.7)
+    )
     mask = base[::-1] if flip == "rows" else base[:, ::-1]
     out = gpu_attention(ext, q, k, v, mask=mask)
     assert_allclose(

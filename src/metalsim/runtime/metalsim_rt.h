@@ -146,7 +146,9 @@ struct Errors {
   void fail(int st, std::string msg) {
     tls_no_stop = tls_no_stop + 1;
     struct Leave {
-      ~Leave() { tls_no_stop = tls_no_stop - 1; }
+      ~Leave() {
+        tls_no_stop = tls_no_stop - 1;
+      }
     } leave;
     std::lock_guard<std::mutex> lk(mu);
     if (!failed.load()) {
@@ -268,7 +270,6 @@ __attribute__((no_sanitize_thread)) inline void register_worker(Worker* w) {
   }
 }
 
-
 struct Worker {
   Dispatch* d = nullptr;
   void* main_sp = nullptr;
@@ -304,7 +305,7 @@ struct Worker {
   // Race detection: one shadow record per byte of threadgroup memory (see Shadow below).
   struct Shadow* shadow = nullptr;
   size_t shadow_len = 0;
-  uint32_t epoch = 0; // one per barrier interval of a threadgroup, never reused by a worker
+  uint32_t epoch = 0;  // one per barrier interval of a threadgroup, never reused by a worker
   size_t last_buf = 0; // the device buffer the last checked access was in
   SimdGroup sgs[kMaxThreadsPerGroup / kSimdWidth];
   Fiber fibers[kMaxThreadsPerGroup];
@@ -374,7 +375,6 @@ struct Worker {
 };
 
 inline thread_local Worker* tls_worker = nullptr;
-
 
 // Workers are reused between dispatches (their stacks are the expensive part).
 struct WorkerPool {
@@ -461,7 +461,8 @@ collective(const T& v, uint32_t arg, CombineFn combine, const Site& site) {
 }
 
 // Same, exchanging a pointer to lane-private data (simdgroup_matrix products).
-__attribute__((no_sanitize_thread)) inline void collective_ptr(void* p, CombineFn combine, const Site& site) {
+__attribute__((no_sanitize_thread)) inline void
+collective_ptr(void* p, CombineFn combine, const Site& site) {
   Fiber& f = current_fiber();
   SimdGroup& g = f.w->sgs[f.sg];
   g.ptr[f.lane] = p;
@@ -704,7 +705,7 @@ __attribute__((no_sanitize_thread)) inline bool run_group(Worker& w, uint64_t gi
   w.nthreads = n;
   w.nsg = (n + kSimdWidth - 1) / kSimdWidth;
   std::memset(w.arena, 0xFF, d.arena_bytes); // poison: NaN for every float type
-  ++w.epoch;                                  // what earlier groups did is no race with this one
+  ++w.epoch;                                 // what earlier groups did is no race with this one
   for (uint32_t i = 0; i < n; ++i) {
     Fiber& f = w.fibers[i];
     f.w = &w;
@@ -843,8 +844,8 @@ inline std::string source_line(uintptr_t pc, bool return_address = true) {
   if (!dladdr(reinterpret_cast<void*>(pc), &info) || !info.dli_fname || !info.dli_fbase)
     return "";
   uintptr_t off = pc - reinterpret_cast<uintptr_t>(info.dli_fbase) - (return_address ? 1 : 0);
-  std::string cmd = format("addr2line -i -e '%s' 0x%llx 2>/dev/null", info.dli_fname,
-                           (unsigned long long)off);
+  std::string cmd =
+      format("addr2line -i -e '%s' 0x%llx 2>/dev/null", info.dli_fname, (unsigned long long)off);
   FILE* p = popen(cmd.c_str(), "r");
   if (!p)
     return "";
@@ -915,8 +916,8 @@ inline void memory_error(Worker& w, Fiber&, std::string msg) {
 }
 
 // An access to [a, a + n) by the current thread of w that is in threadgroup memory's window.
-inline void check_threadgroup_access(
-    Worker& w, Fiber& f, uintptr_t a, unsigned n, bool write, uintptr_t pc) {
+inline void
+check_threadgroup_access(Worker& w, Fiber& f, uintptr_t a, unsigned n, bool write, uintptr_t pc) {
   Dispatch& d = *w.d;
   intptr_t off = intptr_t(a - reinterpret_cast<uintptr_t>(w.arena));
   const Dispatch::TgAlloc* in = nullptr;
@@ -930,10 +931,14 @@ inline void check_threadgroup_access(
       near = &t;
   }
   if (!in) {
-    std::string where = near ? format("byte offset %lld of %s", (long long)(off - intptr_t(near->off)),
-                                      tg_alloc_desc(*near).c_str())
-                             : format("byte offset %lld of threadgroup memory, where the kernel has none",
-                                      (long long)off);
+    std::string where =
+        near ? format(
+                   "byte offset %lld of %s",
+                   (long long)(off - intptr_t(near->off)),
+                   tg_alloc_desc(*near).c_str())
+             : format(
+                   "byte offset %lld of threadgroup memory, where the kernel has none",
+                   (long long)off);
     memory_error(
         w,
         f,
@@ -961,7 +966,7 @@ inline void check_threadgroup_access(
   for (size_t wi = w_first; wi <= w_last; ++wi) {
     const size_t i = wi * 4 > size_t(off) ? wi * 4 - size_t(off) : 0; // byte of the access
     Shadow& sh = w.shadow[wi];
-    const char* kind = nullptr; // a race between SIMD groups
+    const char* kind = nullptr;   // a race between SIMD groups
     const char* hazard = nullptr; // a lockstep order metalsim did not follow
     uint16_t other = 0;
     uint32_t other_pc = 0;
@@ -1063,8 +1068,8 @@ inline void check_threadgroup_access(
 }
 
 // An access in the host's guarded region around the buffers.
-inline void check_device_access(
-    Worker& w, Fiber& f, uintptr_t a, unsigned n, bool write, uintptr_t pc) {
+inline void
+check_device_access(Worker& w, Fiber& f, uintptr_t a, unsigned n, bool write, uintptr_t pc) {
   Dispatch& d = *w.d;
   if (w.last_buf < d.bufs.size()) { // most accesses hit the buffer the last one hit
     const auto& b = d.bufs[w.last_buf];
@@ -1114,15 +1119,17 @@ inline void check_device_access(
           (long long)(intptr_t(a) - intptr_t(near->data)),
           (unsigned long long)(near->hi - near->data),
           near->lo < near->data
-              ? format(" from its start, %llu before it", (unsigned long long)(near->data - near->lo)).c_str()
+              ? format(
+                    " from its start, %llu before it", (unsigned long long)(near->data - near->lo))
+                    .c_str()
               : "",
           thread_desc(w, f).c_str(),
           group_desc(w).c_str(),
           at_line(pc).c_str()));
 }
 
-__attribute__((no_sanitize_thread, always_inline)) inline void on_access(
-    const void* p, unsigned n, bool write, void* pc) {
+__attribute__((no_sanitize_thread, always_inline)) inline void
+on_access(const void* p, unsigned n, bool write, void* pc) {
   // Only accesses made on a fiber's stack (by a simulated thread) are checked.
   const uintptr_t sp = reinterpret_cast<uintptr_t>(__builtin_frame_address(0));
   WorkerRegistry& r = worker_registry();
@@ -1286,7 +1293,6 @@ inline void find_text_range() {
 inline void find_text_range() {}
 #endif
 
-
 inline void on_stop(int, siginfo_t*, void* ctx) {
   Worker* w = tls_worker;
   if (!w || !w->trap_armed || !w->current || tls_no_stop)
@@ -1326,9 +1332,7 @@ inline std::string where_threads_are(const Worker& w, const Fiber* running, uint
   std::string msg = format("\n  in %s:", group_desc(w).c_str());
   if (running)
     msg += format(
-        "\n  %s was running, %s",
-        thread_desc(w, *running).c_str(),
-        at_line(pc, false).c_str());
+        "\n  %s was running, %s", thread_desc(w, *running).c_str(), at_line(pc, false).c_str());
   unsigned ready = 0;
   for (uint32_t i = 0; i < w.nthreads; ++i)
     if (w.fibers[i].state == State::Ready && &w.fibers[i] != running)
@@ -1362,8 +1366,7 @@ inline void report_stop(Worker& w, const Fiber* running, uintptr_t pc) {
 
 __attribute__((no_sanitize_thread)) inline void run_groups(Worker& w, Dispatch& d) {
   for (;;) {
-    if (d.errors.failed.load(std::memory_order_relaxed) ||
-        d.stop.load(std::memory_order_relaxed))
+    if (d.errors.failed.load(std::memory_order_relaxed) || d.stop.load(std::memory_order_relaxed))
       break;
     uint64_t g = d.next_group.fetch_add(1);
     if (g >= d.total_groups)
@@ -1794,9 +1797,10 @@ inline int run_dispatch(
               (unsigned long long)grid_threads,
               axis,
               a->grid_is_threads ? "the grid of threads"
-                                 : format("%llu threadgroups of %llu",
-                                          (unsigned long long)a->grid[i],
-                                          (unsigned long long)a->group[i])
+                                 : format(
+                                       "%llu threadgroups of %llu",
+                                       (unsigned long long)a->grid[i],
+                                       (unsigned long long)a->group[i])
                                        .c_str()));
   }
   for (int i = 0; i < 3; ++i)
@@ -2030,7 +2034,7 @@ inline int run_dispatch(
 // System V AMD64: the callee-saved state is rbx, rbp, r12-r15, rsp, the control bits of MXCSR
 // and the x87 control word. Frame (from the saved rsp up): MXCSR (4 bytes) and x87 CW (2) in
 // one 8-byte slot, r15, r14, r13, r12, rbx, rbp, return address.
-#define METALSIM_DEFINE_CONTEXT_SWITCH_ASM                                                             \
+#define METALSIM_DEFINE_CONTEXT_SWITCH_ASM                                                         \
   __asm__(METALSIM_ASM_BEGIN METALSIM_ASM_FUNC(                                                    \
       metalsim_ctx_switch_v1) "  pushq %rbp\n  pushq %rbx\n  pushq %r12\n  pushq %r13\n"           \
                               "  pushq %r14\n  pushq %r15\n"                                       \
@@ -2051,7 +2055,7 @@ inline int run_dispatch(
 // callee-saved state is x19-x28, x29 (fp), sp, d8-d15 (the low halves of v8-v15) and FPCR; x30
 // (lr) holds the return address. Frame (176 bytes, sp stays 16-byte aligned): x19-x30 at 0-95,
 // d8-d15 at 96-159, FPCR at 160. FPCR is written only when it differs (a write can be slow).
-#define METALSIM_DEFINE_CONTEXT_SWITCH_ASM                                                             \
+#define METALSIM_DEFINE_CONTEXT_SWITCH_ASM                                                         \
   __asm__(METALSIM_ASM_BEGIN METALSIM_ASM_FUNC(                                                    \
       metalsim_ctx_switch_v1) "  sub sp, sp, #176\n"                                               \
                               "  stp x19, x20, [sp, #0]\n  stp x21, x22, [sp, #16]\n"              \
@@ -2083,57 +2087,57 @@ inline int run_dispatch(
 #define METALSIM_TSAN_FN extern "C" __attribute__((no_sanitize_thread, visibility("hidden")))
 #define METALSIM_TSAN_ACCESS(n)                                                                    \
   METALSIM_TSAN_FN void __tsan_read##n(void* p) {                                                  \
-    ::metalsim::rt::on_access(p, n, false, __builtin_return_address(0));                          \
+    ::metalsim::rt::on_access(p, n, false, __builtin_return_address(0));                           \
   }                                                                                                \
   METALSIM_TSAN_FN void __tsan_write##n(void* p) {                                                 \
-    ::metalsim::rt::on_access(p, n, true, __builtin_return_address(0));                           \
+    ::metalsim::rt::on_access(p, n, true, __builtin_return_address(0));                            \
   }                                                                                                \
   METALSIM_TSAN_FN void __tsan_unaligned_read##n(void* p) {                                        \
-    ::metalsim::rt::on_access(p, n, false, __builtin_return_address(0));                          \
+    ::metalsim::rt::on_access(p, n, false, __builtin_return_address(0));                           \
   }                                                                                                \
   METALSIM_TSAN_FN void __tsan_unaligned_write##n(void* p) {                                       \
-    ::metalsim::rt::on_access(p, n, true, __builtin_return_address(0));                           \
+    ::metalsim::rt::on_access(p, n, true, __builtin_return_address(0));                            \
   }
 // Atomic operations (the compiler replaces __atomic builtins by these): checked as writes of
 // their size, then done for real (device atomics are shared between the workers' threads).
 #define METALSIM_TSAN_ATOMIC(n, T)                                                                 \
-  METALSIM_TSAN_FN T __tsan_atomic##n##_load(const volatile T* p, int) {                          \
-    ::metalsim::rt::on_access((const void*)p, n / 8, false, __builtin_return_address(0));         \
+  METALSIM_TSAN_FN T __tsan_atomic##n##_load(const volatile T* p, int) {                           \
+    ::metalsim::rt::on_access((const void*)p, n / 8, false, __builtin_return_address(0));          \
     return __atomic_load_n(p, __ATOMIC_SEQ_CST);                                                   \
   }                                                                                                \
-  METALSIM_TSAN_FN void __tsan_atomic##n##_store(volatile T* p, T v, int) {                       \
-    ::metalsim::rt::on_access((const void*)p, n / 8, true, __builtin_return_address(0));          \
+  METALSIM_TSAN_FN void __tsan_atomic##n##_store(volatile T* p, T v, int) {                        \
+    ::metalsim::rt::on_access((const void*)p, n / 8, true, __builtin_return_address(0));           \
     __atomic_store_n(p, v, __ATOMIC_SEQ_CST);                                                      \
   }                                                                                                \
-  METALSIM_TSAN_ATOMIC_RMW(n, T, exchange, __atomic_exchange_n)                                                         \
-  METALSIM_TSAN_ATOMIC_RMW(n, T, fetch_add, __atomic_fetch_add)                                                        \
-  METALSIM_TSAN_ATOMIC_RMW(n, T, fetch_sub, __atomic_fetch_sub)                                                        \
-  METALSIM_TSAN_ATOMIC_RMW(n, T, fetch_and, __atomic_fetch_and)                                                        \
-  METALSIM_TSAN_ATOMIC_RMW(n, T, fetch_or, __atomic_fetch_or)                                                         \
-  METALSIM_TSAN_ATOMIC_RMW(n, T, fetch_xor, __atomic_fetch_xor)                                                        \
-  METALSIM_TSAN_ATOMIC_RMW(n, T, fetch_nand, __atomic_fetch_nand)                                                       \
+  METALSIM_TSAN_ATOMIC_RMW(n, T, exchange, __atomic_exchange_n)                                    \
+  METALSIM_TSAN_ATOMIC_RMW(n, T, fetch_add, __atomic_fetch_add)                                    \
+  METALSIM_TSAN_ATOMIC_RMW(n, T, fetch_sub, __atomic_fetch_sub)                                    \
+  METALSIM_TSAN_ATOMIC_RMW(n, T, fetch_and, __atomic_fetch_and)                                    \
+  METALSIM_TSAN_ATOMIC_RMW(n, T, fetch_or, __atomic_fetch_or)                                      \
+  METALSIM_TSAN_ATOMIC_RMW(n, T, fetch_xor, __atomic_fetch_xor)                                    \
+  METALSIM_TSAN_ATOMIC_RMW(n, T, fetch_nand, __atomic_fetch_nand)                                  \
   METALSIM_TSAN_FN int __tsan_atomic##n##_compare_exchange_strong(                                 \
       volatile T* p, T* expected, T desired, int, int) {                                           \
-    ::metalsim::rt::on_access((const void*)p, n / 8, true, __builtin_return_address(0));          \
+    ::metalsim::rt::on_access((const void*)p, n / 8, true, __builtin_return_address(0));           \
     return __atomic_compare_exchange_n(                                                            \
         p, expected, desired, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                          \
   }                                                                                                \
   METALSIM_TSAN_FN int __tsan_atomic##n##_compare_exchange_weak(                                   \
       volatile T* p, T* expected, T desired, int, int) {                                           \
-    ::metalsim::rt::on_access((const void*)p, n / 8, true, __builtin_return_address(0));          \
+    ::metalsim::rt::on_access((const void*)p, n / 8, true, __builtin_return_address(0));           \
     return __atomic_compare_exchange_n(                                                            \
         p, expected, desired, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                           \
   }                                                                                                \
   METALSIM_TSAN_FN T __tsan_atomic##n##_compare_exchange_val(                                      \
       volatile T* p, T expected, T desired, int, int) {                                            \
-    ::metalsim::rt::on_access((const void*)p, n / 8, true, __builtin_return_address(0));          \
+    ::metalsim::rt::on_access((const void*)p, n / 8, true, __builtin_return_address(0));           \
     __atomic_compare_exchange_n(p, &expected, desired, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST); \
     return expected;                                                                               \
   }
-#define METALSIM_TSAN_ATOMIC_RMW(n, T, op, builtin)                                                         \
+#define METALSIM_TSAN_ATOMIC_RMW(n, T, op, builtin)                                                \
   METALSIM_TSAN_FN T __tsan_atomic##n##_##op(volatile T* p, T v, int) {                            \
-    ::metalsim::rt::on_access((const void*)p, n / 8, true, __builtin_return_address(0));          \
-    return builtin(p, v, __ATOMIC_SEQ_CST);                                                  \
+    ::metalsim::rt::on_access((const void*)p, n / 8, true, __builtin_return_address(0));           \
+    return builtin(p, v, __ATOMIC_SEQ_CST);                                                        \
   }
 #define METALSIM_DEFINE_SANITIZER_HOOKS                                                            \
   METALSIM_TSAN_FN void __tsan_init() {}                                                           \
@@ -2147,10 +2151,10 @@ inline int run_dispatch(
   METALSIM_TSAN_ACCESS(8)                                                                          \
   METALSIM_TSAN_ACCESS(16)                                                                         \
   METALSIM_TSAN_FN void __tsan_read_range(void* p, unsigned long n) {                              \
-    ::metalsim::rt::on_access(p, unsigned(n), false, __builtin_return_address(0));                \
+    ::metalsim::rt::on_access(p, unsigned(n), false, __builtin_return_address(0));                 \
   }                                                                                                \
   METALSIM_TSAN_FN void __tsan_write_range(void* p, unsigned long n) {                             \
-    ::metalsim::rt::on_access(p, unsigned(n), true, __builtin_return_address(0));                 \
+    ::metalsim::rt::on_access(p, unsigned(n), true, __builtin_return_address(0));                  \
   }                                                                                                \
   METALSIM_TSAN_ATOMIC(8, unsigned char)                                                           \
   METALSIM_TSAN_ATOMIC(16, unsigned short)                                                         \

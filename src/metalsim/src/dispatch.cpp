@@ -218,8 +218,7 @@ void schedule_from_env(int32_t& schedule, uint64_t& seed) {
     }
     return;
   }
-  throw Error(
-      "METALSIM_SCHEDULE must be forward, reverse, random or random:SEED, got '" + s + "'");
+  throw Error("METALSIM_SCHEDULE must be forward, reverse, random or random:SEED, got '" + s + "'");
 }
 
 } // namespace

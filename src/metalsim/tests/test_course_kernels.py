@@ -44,7 +44,9 @@ def softmax(lib: metalsim.Library, x: np.ndarray, threads: int) -> np.ndarray:
     out = np.zeros_like(x)
     rows, n = x.shape
     lib.dispatch(
-        "softmax_rows_f32", grid=rows, threadgroup=threads,
+        "softmax_rows_f32",
+        grid=rows,
+        threadgroup=threads,
         buffers={0: x, 1: out, 2: np.int32(n)},
     )
     return out
@@ -101,13 +103,17 @@ def attention(lib, kernel, q, k, v, mask=None, threads=1024, br=32):
         p["mask_strides"] = [0, 0, S, 1]  # an (L, S) mask broadcast over (N, H_q)
     out = np.zeros_like(q)
     buffers = {
-        0: q, 1: k, 2: v, 3: out,
+        0: q,
+        1: k,
+        2: v,
+        3: out,
         4: mask if mask is not None else np.zeros(1, np.float32),
         5: np.zeros(1, np.bool_),
         6: p.tobytes(),
     }
-    lib.dispatch(kernel, grid=(N * H_q, (L + br - 1) // br, 1), threadgroup=threads,
-                 buffers=buffers)
+    lib.dispatch(
+        kernel, grid=(N * H_q, (L + br - 1) // br, 1), threadgroup=threads, buffers=buffers
+    )
     return out
 
 
@@ -156,7 +162,9 @@ def test_mask_read_for_rows_past_L_is_out_of_bounds() -> None:
     new = "const int tiles = tiles_to_visit(row, row, p);"
     lib, _ = compile_edited(FLASH, old, new)
     q, k, v, mask = problem(L=40)
-    with pytest.raises(metalsim.MemoryAccessError, match=r"out-of-bounds read .*\[\[buffer\(4\)\]\]"):
+    with pytest.raises(
+        metalsim.MemoryAccessError, match=r"out-of-bounds read .*\[\[buffer\(4\)\]\]"
+    ):
         attention(lib, "flash_attention_f32_e128", q, k, v, mask)
 
 

@@ -169,7 +169,9 @@ def test_out_of_bounds_write_names_buffer_offset_thread_and_line(
 def test_out_of_bounds_read(lib: metalsim.Library) -> None:
     x = np.zeros(64, np.float32)
     out = np.zeros(64, np.float32)
-    with pytest.raises(metalsim.MemoryAccessError, match=r"out-of-bounds read .*\[\[buffer\(0\)\]\]"):
+    with pytest.raises(
+        metalsim.MemoryAccessError, match=r"out-of-bounds read .*\[\[buffer\(0\)\]\]"
+    ):
         run(lib, "read_at_offset", buffers={0: x, 1: out, 2: np.int64(3)})
     run(lib, "read_at_offset", buffers={0: x, 1: out, 2: np.int64(0)})  # still usable
 
@@ -186,13 +188,16 @@ def test_writing_a_read_only_array_is_an_error(lib: metalsim.Library) -> None:
 def test_threadgroup_memory_smaller_than_the_kernel_uses(lib: metalsim.Library) -> None:
     out = np.zeros(64, np.float32)
     with pytest.raises(metalsim.MemoryAccessError) as e:
-        run(lib, "uses_256_bytes_of_threadgroup_memory", buffers={0: out},
-            threadgroup_memory={0: 16})
+        run(
+            lib,
+            "uses_256_bytes_of_threadgroup_memory",
+            buffers={0: out},
+            threadgroup_memory={0: 16},
+        )
     msg = str(e.value)
     assert "[[threadgroup(0)]] (16 bytes" in msg and "byte offset 16" in msg
     assert line("scratch-write") in msg
-    run(lib, "uses_256_bytes_of_threadgroup_memory", buffers={0: out},
-        threadgroup_memory={0: 256})
+    run(lib, "uses_256_bytes_of_threadgroup_memory", buffers={0: out}, threadgroup_memory={0: 256})
     np.testing.assert_array_equal(out, np.arange(64)[::-1])
 
 
@@ -262,8 +267,11 @@ def test_ctrl_c_interrupts_a_dispatch(lib: metalsim.Library) -> None:
     )
     env = dict(os.environ, METALSIM_TIMEOUT="0")
     p = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, env=env
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     assert p.stdout is not None
     assert p.stdout.readline().strip() == "ready"
@@ -294,5 +302,9 @@ def test_grids_past_metals_limits_are_refused(
     lib: metalsim.Library, grid: tuple, threadgroup: tuple, match: str
 ) -> None:
     with pytest.raises(metalsim.LimitError, match=match):
-        lib.dispatch("exchange_with_barrier", grid=grid, threadgroup=threadgroup,
-                     buffers={0: np.zeros(64, np.float32)})
+        lib.dispatch(
+            "exchange_with_barrier",
+            grid=grid,
+            threadgroup=threadgroup,
+            buffers={0: np.zeros(64, np.float32)},
+        )

@@ -55,11 +55,11 @@ enum metalsim_schedule {
 };
 
 typedef struct metalsim_binding {
-  void* data;       // NULL: this index is not bound
-  uint64_t size;    // bytes visible to the kernel from data
-  int32_t dtype;    // enum metalsim_dtype
-  int32_t is_bytes; // 1: set_bytes (a copy), 0: a buffer/array
-  uint64_t before;  // bytes of the same buffer that lie before data (a binding at an offset)
+  void* data;        // NULL: this index is not bound
+  uint64_t size;     // bytes visible to the kernel from data
+  int32_t dtype;     // enum metalsim_dtype
+  int32_t is_bytes;  // 1: set_bytes (a copy), 0: a buffer/array
+  uint64_t before;   // bytes of the same buffer that lie before data (a binding at an offset)
   int32_t read_only; // 1: the kernel must not write it (a read-only NumPy array)
   int32_t reserved;
 } metalsim_binding;

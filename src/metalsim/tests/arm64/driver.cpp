@@ -35,7 +35,8 @@ struct Arena {
 static Arena arena;
 
 static void check(bool ok, const char* what, const std::string& detail = "") {
-  std::printf("%s %s%s%s\n", ok ? "ok  " : "FAIL", what, detail.empty() ? "" : ": ", detail.c_str());
+  std::printf(
+      "%s %s%s%s\n", ok ? "ok  " : "FAIL", what, detail.empty() ? "" : ": ", detail.c_str());
   if (!ok)
     ++failures;
 }
@@ -100,16 +101,20 @@ int main() {
     Dispatch d("racy", 1, 64);
     d.bind(o, 64 * 4);
     int rc = d.run();
-    check(rc == METALSIM_ERR_RACE && std::strstr(d.err, "data race"), "race between SIMD groups",
-          d.err);
+    check(
+        rc == METALSIM_ERR_RACE && std::strstr(d.err, "data race"),
+        "race between SIMD groups",
+        d.err);
   }
   {
     float* o = arena.floats(64);
     Dispatch d("past_end", 2, 32);
     d.bind(o, 64 * 4);
     int rc = d.run();
-    check(rc == METALSIM_ERR_MEMORY && std::strstr(d.err, "byte offset 256"),
-          "out-of-bounds write", d.err);
+    check(
+        rc == METALSIM_ERR_MEMORY && std::strstr(d.err, "byte offset 256"),
+        "out-of-bounds write",
+        d.err);
   }
   {
     float* o = arena.floats(64, 1.0f);
