@@ -499,6 +499,17 @@ inline uint3 builtin_tpig(const Fiber& f) {
       w.tgpig.x * gs.x + f.tpitg.x, w.tgpig.y * gs.y + f.tpitg.y, w.tgpig.z * gs.z + f.tpitg.z);
 }
 
+// A source file name as messages show it: relative to the working folder when inside it.
+inline std::string short_path(const std::string& file) {
+  char cwd[4096];
+  if (getcwd(cwd, sizeof(cwd))) {
+    std::string c = std::string(cwd) + "/";
+    if (file.compare(0, c.size(), c) == 0)
+      return file.substr(c.size());
+  }
+  return file;
+}
+
 inline std::string thread_desc(const Worker& w, const Fiber& f) {
   (void)w;
   return format(
@@ -546,7 +557,7 @@ inline std::string describe_waits(const Worker& w, uint32_t first, uint32_t n, c
         who,
         counts[k] == 1 ? "s" : "",
         what,
-        reps[k]->site.file,
+        short_path(reps[k]->site.file).c_str(),
         reps[k]->site.line,
         thread_desc(w, *reps[k]).c_str());
   }
@@ -577,7 +588,7 @@ __attribute__((no_sanitize_thread)) inline bool check_barrier_release(Worker& w,
   std::string msg = format(
       "kernel '%s': divergent threadgroup_barrier at %s:%u in threadgroup (%u,%u,%u): ",
       d.kernel->name,
-      at.site.file,
+      short_path(at.site.file).c_str(),
       at.site.line,
       w.tgpig.x,
       w.tgpig.y,
@@ -868,15 +879,8 @@ inline std::string source_line(uintptr_t pc, bool return_address = true) {
       pick = l;
   }
   pclose(p);
-  std::string r = pick.empty() ? first : pick;
   // A relative .metal name comes back joined to the compiler's working folder: drop that.
-  char cwd[4096];
-  if (getcwd(cwd, sizeof(cwd))) {
-    std::string c = std::string(cwd) + "/";
-    if (r.compare(0, c.size(), c) == 0)
-      r = r.substr(c.size());
-  }
-  return r;
+  return short_path(pick.empty() ? first : pick);
 }
 
 inline std::string at_line(uintptr_t pc, bool return_address = true) {
