@@ -217,14 +217,14 @@ class bfloat16:  # noqa: N801  (named after the Metal type it stands for)
         self.bits = bits
 
 
-def _binding(index: int, value: Any) -> tuple[tuple[int, int, int, int, bool, bool], Any]:
-    """(index, address, size, dtype code, is_bytes, read_only) of one buffer, and the object to
-    keep alive."""
+def _binding(index: int, value: Any) -> tuple[tuple[int, int, int, int, bool, bool, int], Any]:
+    """(index, address, size, dtype code, is_bytes, read_only, bytes before the address) of one
+    buffer, and the object to keep alive."""
     if not isinstance(index, (int, np.integer)) or not 0 <= int(index) <= 30:
         raise ValueError(f"buffers: index {index!r} is not a buffer index (0 to 30)")
     if isinstance(value, bfloat16):
         spec, obj = _binding(index, value.bits)
-        return (spec[0], spec[1], spec[2], 11, False, spec[5]), obj
+        return (spec[0], spec[1], spec[2], 11, False, spec[5], spec[6]), obj
     if isinstance(value, np.ndarray):
         if not value.flags.c_contiguous:
             raise ValueError(
@@ -232,14 +232,25 @@ def _binding(index: int, value: Any) -> tuple[tuple[int, int, int, int, bool, bo
             )
         code = _DTYPE_CODES.get(value.dtype, 0)
         addr = value.__array_interface__["data"][0]
-        return (int(index), addr, value.nbytes, code, False, not value.flags.writeable), value
+        # Each array is a buffer of its own (a view too): the kernel runs on a copy that starts
+        # at a page, as a Metal buffer does.
+        read_only = not value.flags.writeable
+        return (int(index), addr, value.nbytes, code, False, read_only, 0), value
     if isinstance(value, np.generic):
         arr = np.array(value)
         code = _DTYPE_CODES.get(arr.dtype, 0)
-        return (int(index), arr.__array_interface__["data"][0], arr.nbytes, code, True, False), arr
+        return (
+            int(index),
+            arr.__array_interface__["data"][0],
+            arr.nbytes,
+            code,
+            True,
+            False,
+            0,
+        ), arr
     if isinstance(value, (bytes, bytearray)):
         arr = np.frombuffer(bytes(value), dtype=np.uint8)
-        return (int(index), arr.__array_interface__["data"][0], arr.nbytes, 0, True, False), arr
+        return (int(index), arr.__array_interface__["data"][0], arr.nbytes, 0, True, False, 0), arr
     raise TypeError(
         f"buffers[{index}]: expected a NumPy array, a NumPy scalar (e.g. np.uint32(n)) or bytes, "
         f"got {type(value).__name__} (a Python int/float has no Metal type: say which one)"

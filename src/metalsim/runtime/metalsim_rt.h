@@ -305,8 +305,9 @@ struct Worker {
   // Race detection: one shadow record per byte of threadgroup memory (see Shadow below).
   struct Shadow* shadow = nullptr;
   size_t shadow_len = 0;
-  uint32_t epoch = 0;  // one per barrier interval of a threadgroup, never reused by a worker
-  size_t last_buf = 0; // the device buffer the last checked access was in
+  uint32_t epoch = 0;    // one per barrier interval of a threadgroup, never reused by a worker
+  size_t last_buf = 0;   // the device buffer the last checked access was in
+  bool in_group = false; // a threadgroup is under way (its fibers say where its threads are)
   SimdGroup sgs[kMaxThreadsPerGroup / kSimdWidth];
   Fiber fibers[kMaxThreadsPerGroup];
 
@@ -717,6 +718,7 @@ __attribute__((no_sanitize_thread)) inline bool run_group(Worker& w, uint64_t gi
   w.nsg = (n + kSimdWidth - 1) / kSimdWidth;
   std::memset(w.arena, 0xFF, d.arena_bytes); // poison: NaN for every float type
   ++w.epoch;                                 // what earlier groups did is no race with this one
+  w.in_group = true;
   for (uint32_t i = 0; i < n; ++i) {
     Fiber& f = w.fibers[i];
     f.w = &w;
@@ -771,8 +773,10 @@ __attribute__((no_sanitize_thread)) inline bool run_group(Worker& w, uint64_t gi
       else if (!(f.site == first->site))
         same = false;
     }
-    if (!first)
+    if (!first) {
+      w.in_group = false;
       return true;
+    }
     if (same) {
       if (!check_barrier_release(w, *first))
         return false;
@@ -917,6 +921,18 @@ inline std::string tg_alloc_desc(const Dispatch::TgAlloc& t) {
 inline void memory_error(Worker& w, Fiber&, std::string msg) {
   w.d->errors.fail(METALSIM_ERR_MEMORY, std::move(msg));
   stop_thread_here(w);
+}
+
+// The worker whose fiber runs on this stack, or null (not a simulated thread).
+__attribute__((no_sanitize_thread, always_inline)) inline Worker* worker_of_stack(uintptr_t sp) {
+  WorkerRegistry& r = worker_registry();
+  const unsigned nw = __atomic_load_n(&r.n, __ATOMIC_ACQUIRE);
+  for (unsigned i = 0; i < nw; ++i) {
+    Worker* c = __atomic_load_n(&r.slots[i], __ATOMIC_RELAXED);
+    if (sp - reinterpret_cast<uintptr_t>(c->stacks) < c->stacks_len)
+      return c;
+  }
+  return nullptr;
 }
 
 // An access to [a, a + n) by the current thread of w that is in threadgroup memory's window.
@@ -1135,17 +1151,7 @@ check_device_access(Worker& w, Fiber& f, uintptr_t a, unsigned n, bool write, ui
 __attribute__((no_sanitize_thread, always_inline)) inline void
 on_access(const void* p, unsigned n, bool write, void* pc) {
   // Only accesses made on a fiber's stack (by a simulated thread) are checked.
-  const uintptr_t sp = reinterpret_cast<uintptr_t>(__builtin_frame_address(0));
-  WorkerRegistry& r = worker_registry();
-  const unsigned nw = __atomic_load_n(&r.n, __ATOMIC_ACQUIRE);
-  Worker* w = nullptr;
-  for (unsigned i = 0; i < nw; ++i) {
-    Worker* c = __atomic_load_n(&r.slots[i], __ATOMIC_RELAXED);
-    if (sp - reinterpret_cast<uintptr_t>(c->stacks) < c->stacks_len) {
-      w = c;
-      break;
-    }
-  }
+  Worker* w = worker_of_stack(reinterpret_cast<uintptr_t>(__builtin_frame_address(0)));
   if (!w)
     return;
   Fiber* f = w->current;
@@ -1159,6 +1165,96 @@ on_access(const void* p, unsigned n, bool write, void* pc) {
   const Dispatch* d = w->d;
   if (a - d->guard_lo < d->guard_len)
     check_device_access(*w, *f, a, n, write, reinterpret_cast<uintptr_t>(pc));
+}
+
+// What -fsanitize=alignment passes for a load or store through a pointer that is not aligned
+// for its type (the compiler checks every typed access; the .metal line comes from #line).
+struct UbsanSourceLocation {
+  const char* file;
+  uint32_t line;
+  uint32_t column;
+};
+struct UbsanTypeDescriptor {
+  uint16_t kind;
+  uint16_t info;
+  char name[1];
+};
+struct UbsanTypeMismatch {
+  UbsanSourceLocation loc;
+  const UbsanTypeDescriptor* type;
+  unsigned char log_alignment;
+  unsigned char type_check_kind; // 0 load, 1 store, others: a reference or member access
+};
+
+// "float4" for "const struct metal::vec<float, 4, false>", the type name as written otherwise.
+inline std::string msl_type_name(const char* name) {
+  std::string t = name;
+  for (const char* drop : {"'", "const ", "volatile ", "struct ", "metal::"})
+    for (size_t p; (p = t.find(drop)) != std::string::npos;)
+      t.erase(p, std::strlen(drop));
+  if (t.rfind("vec<", 0) == 0) {
+    size_t c1 = t.find(", "), c2 = t.find(", ", c1 + 2);
+    if (c1 != std::string::npos && c2 != std::string::npos) {
+      std::string elem = t.substr(4, c1 - 4), n = t.substr(c1 + 2, c2 - c1 - 2);
+      bool packed = t.find("true", c2) != std::string::npos;
+      if (elem == "unsigned int")
+        elem = "uint";
+      else if (elem == "_Float16")
+        elem = "half";
+      return (packed ? "packed_" : "") + elem + n;
+    }
+  }
+  return t;
+}
+
+__attribute__((no_sanitize_thread)) inline void
+on_misaligned(const UbsanTypeMismatch* data, uintptr_t ptr) {
+  Worker* w = worker_of_stack(reinterpret_cast<uintptr_t>(__builtin_frame_address(0)));
+  if (!w || !w->current || !w->trap_armed || !data || !data->type)
+    return;
+  Fiber& f = *w->current;
+  Dispatch& d = *w->d;
+  tls_no_stop = 1;
+  const unsigned align = 1u << data->log_alignment;
+  std::string where;
+  for (const auto& b : d.bufs)
+    if (ptr >= b.lo && ptr < b.hi) {
+      where = format(
+          " (byte offset %lld of [[buffer(%u)]])",
+          (long long)(intptr_t(ptr) - intptr_t(b.data)),
+          b.index);
+      break;
+    }
+  if (where.empty() && ptr - w->arena_win_lo < w->arena_win_len)
+    where = format(
+        " (byte offset %lld of threadgroup memory)",
+        (long long)(intptr_t(ptr) - intptr_t(reinterpret_cast<uintptr_t>(w->arena))));
+  const char* what = data->type_check_kind == 0   ? "load"
+                     : data->type_check_kind == 1 ? "store"
+                                                  : "use";
+  std::string type = msl_type_name(data->type->name);
+  if (type == "vec") // the compiler names the template, not its arguments
+    type = align == 16  ? "vector type (float4, int4, float3, ...)"
+           : align == 8 ? "vector type (float2, half4, ...)"
+                        : "vector type";
+  d.errors.fail(
+      METALSIM_ERR_MEMORY,
+      format(
+          "kernel '%s': misaligned %s of a %s at address 0x%llx%s, which is not a multiple of "
+          "%u bytes, the alignment of its type; by %s of %s, at %s:%u. A GPU reads a vector "
+          "type only from an address aligned for it: read a packed_ type (aligned like its "
+          "scalar), or the scalars one by one",
+          d.kernel->name,
+          what,
+          type.c_str(),
+          (unsigned long long)ptr,
+          where.c_str(),
+          align,
+          thread_desc(*w, f).c_str(),
+          group_desc(*w).c_str(),
+          short_path(data->loc.file ? data->loc.file : "?").c_str(),
+          data->loc.line));
+  stop_thread_here(*w);
 }
 
 // Threadgroup memory: [8 GiB PROT_NONE | kArenaCapacity | 8 GiB PROT_NONE] (smaller if the
@@ -1333,6 +1429,8 @@ inline void install_fault_handler() {
 
 // Where the threads of the worker's current group are (for a dispatch that was stopped).
 inline std::string where_threads_are(const Worker& w, const Fiber* running, uintptr_t pc) {
+  if (!w.in_group)
+    return "\n  (no threadgroup of this worker had started)";
   std::string msg = format("\n  in %s:", group_desc(w).c_str());
   if (running)
     msg += format(
@@ -2167,4 +2265,14 @@ inline int run_dispatch(
   METALSIM_TSAN_FN void __tsan_atomic_thread_fence(int) {                                          \
     __atomic_thread_fence(__ATOMIC_SEQ_CST);                                                       \
   }                                                                                                \
-  METALSIM_TSAN_FN void __tsan_atomic_signal_fence(int) {}
+  METALSIM_TSAN_FN void __tsan_atomic_signal_fence(int) {}                                         \
+  extern "C" __attribute__((no_sanitize("alignment", "thread"), visibility("hidden"))) void        \
+  __ubsan_handle_type_mismatch_v1(void* data, unsigned long ptr) {                                 \
+    ::metalsim::rt::on_misaligned(                                                                 \
+        static_cast<const ::metalsim::rt::UbsanTypeMismatch*>(data), ptr);                         \
+  }                                                                                                \
+  extern "C" __attribute__((no_sanitize("alignment", "thread"), visibility("hidden"))) void        \
+  __ubsan_handle_type_mismatch_v1_abort(void* data, unsigned long ptr) {                           \
+    ::metalsim::rt::on_misaligned(                                                                 \
+        static_cast<const ::metalsim::rt::UbsanTypeMismatch*>(data), ptr);                         \
+  }

@@ -136,12 +136,13 @@ std::shared_ptr<Library> Library::build(
   flags.push_back("-fstack-clash-protection");
 #endif
   // The sanitizer's checks (see "the sanitizer" in runtime/metalsim_rt.h): every memory access
-  // of a kernel calls the runtime's __tsan_* functions; -g1 keeps the line tables that name the
-  // .metal line of an access. ThreadSanitizer's own runtime is not linked.
+  // of a kernel calls the runtime's __tsan_* functions, and every typed one checks its pointer's
+  // alignment (calling __ubsan_handle_type_mismatch_v1 if it is off); -g1 keeps the line tables
+  // that name the .metal line of an access. The sanitizers' own runtimes are not linked.
   std::vector<std::string> link_libs;
   const char* checks = getenv_nonempty("METALSIM_CHECKS");
   if (!checks || std::string(checks) != "0") {
-    flags.push_back("-fsanitize=thread");
+    flags.push_back("-fsanitize=thread,alignment");
     flags.push_back("-g1");
     bool clang = cxx.find("clang") != std::string::npos;
 #if defined(__APPLE__)

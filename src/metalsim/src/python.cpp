@@ -46,25 +46,31 @@ NB_MODULE(_core, m) {
           nb::call_guard<nb::gil_scoped_release>())
       .def_prop_ro("kernel_names", &metalsim::Library::kernel_names)
       .def_prop_ro("path", &metalsim::Library::path)
-      // buffers: (index, address, size, dtype code, is_bytes, read_only); threadgroup: (index,
-      // length)
+      // buffers: (index, address, size, dtype code, is_bytes, read_only, bytes before address);
+      // threadgroup: (index, length)
       .def(
           "dispatch",
           [](const metalsim::Library& lib,
              const std::string& kernel,
              std::tuple<uint64_t, uint64_t, uint64_t> grid,
              std::tuple<uint64_t, uint64_t, uint64_t> group,
-             const std::vector<std::tuple<int, uintptr_t, uint64_t, int, bool, bool>>& buffers,
+             const std::vector<std::tuple<int, uintptr_t, uint64_t, int, bool, bool, uint64_t>>&
+                 buffers,
              const std::vector<std::tuple<int, uint64_t>>& threadgroup,
              bool grid_is_threads,
              int workers) {
             metalsim::Bindings b;
-            for (auto& [idx, addr, size, dtype, is_bytes, read_only] : buffers) {
+            for (auto& [idx, addr, size, dtype, is_bytes, read_only, before] : buffers) {
               if (is_bytes)
                 b.bytes(idx, reinterpret_cast<void*>(addr), size, metalsim::Dtype(dtype));
               else
                 b.buffer(
-                    idx, reinterpret_cast<void*>(addr), size, metalsim::Dtype(dtype), 0, read_only);
+                    idx,
+                    reinterpret_cast<void*>(addr),
+                    size,
+                    metalsim::Dtype(dtype),
+                    before,
+                    read_only);
             }
             for (auto& [idx, len] : threadgroup)
               b.threadgroup(idx, len);

@@ -182,3 +182,21 @@ kernel void wait_at_barrier_forever(device float* x [[buffer(0)]],
   }
   threadgroup_barrier(mem_flags::mem_none); // @waiting-barrier
 }
+
+// ---------------------------------------------------------------- alignment
+
+// A float4 read from a float pointer one float in: 4 bytes past a 16-byte boundary.
+kernel void float4_from_float_offset(device const float* x [[buffer(0)]],
+                                     device float4* out [[buffer(1)]],
+                                     constant int& offset [[buffer(2)]],
+                                     uint i [[thread_position_in_grid]]) {
+  out[i] = *reinterpret_cast<device const float4*>(x + 4 * i + offset); // @float4-load
+}
+
+// The same through packed_float4, which needs only a float's alignment.
+kernel void packed_float4_from_float_offset(device const float* x [[buffer(0)]],
+                                            device float4* out [[buffer(1)]],
+                                            constant int& offset [[buffer(2)]],
+                                            uint i [[thread_position_in_grid]]) {
+  out[i] = float4(*reinterpret_cast<device const packed_float4*>(x + 4 * i + offset));
+}
