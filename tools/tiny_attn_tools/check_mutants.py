@@ -90,7 +90,7 @@ MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
         Mutant(
             "causal K/V tiles are computed instead of skipped",
             FA_TILED,
-            [("n_tiles = _causal_kv_tiles(q0, q1, L, S, Bc) if causal else Tc", "n_tiles = Tc")],
+            [("n_tiles = _kv_tiles_to_visit(q0, q1, L, S, Bc) if causal else Tc", "n_tiles = Tc")],
         ),
         Mutant(
             "the causal mask is applied on tiles every row sees whole",
@@ -143,18 +143,17 @@ MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
     (2, 4): [
         Mutant(
             "causal K/V tiles are computed instead of skipped",
-            "refsol/extensions_ref/src/flash_attention_cpu.cpp",
+            "refsol/extensions_ref/src/flash_attention_simple.cpp",
             [
                 (
-                    "const int j_end = (p.causal && first_limit >= 0) ? "
-                    "std::min(S, last_limit + 1) : S;",
+                    "const int j_end = std::min(S, kv_tiles_to_visit(p, i0, i0 + br - 1) * kBc);",
                     "const int j_end = S;",
                 )
             ],
         ),
         Mutant(
             "the accumulator is not rescaled when the row maximum grows",
-            "refsol/extensions_ref/src/flash_attention_cpu.cpp",
+            "refsol/extensions_ref/src/flash_attention_simple.cpp",
             [("o_row[e] *= alpha;", "o_row[e] *= 1.0f;")],
         ),
     ],
@@ -244,7 +243,7 @@ MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
             FA_METAL,
             [
                 (
-                    "const int tiles = tiles_to_visit(first_row, last_row, p);",
+                    "const int tiles = kv_tiles_to_visit(first_row, last_row, p);",
                     "const int tiles = (p.S + Bc - 1) / Bc;",
                 )
             ],
