@@ -172,7 +172,7 @@ MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
         Mutant(
             "the fast op runs the simple kernel",
             FA_EVAL_CPU,
-            [("if (kernel_ == CpuKernel::Simple) {", "if (true) {")],
+            [("if (kernel_ == Kernel::Simple) {", "if (true) {")],
         ),
         Mutant(
             "the fast kernel ignores num_threads and runs on one thread",
@@ -211,7 +211,7 @@ MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
         Mutant(
             "flash_attention dispatches the simdgroup_matrix kernel, not the day's",
             FA_GPU,
-            [("const bool fast = kernel_ == CpuKernel::Fast;", "const bool fast = true;")],
+            [("const bool fast = kernel_ == Kernel::Fast;", "const bool fast = true;")],
         ),
     ],
     (3, 3): [
@@ -236,7 +236,7 @@ MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
         Mutant(
             "flash_attention_fast dispatches the day 2 kernel",
             FA_GPU,
-            [("const bool fast = kernel_ == CpuKernel::Fast;", "const bool fast = false;")],
+            [("const bool fast = kernel_ == Kernel::Fast;", "const bool fast = false;")],
         ),
         Mutant(
             "a threadgroup visits every K/V tile under a causal mask",
@@ -298,10 +298,8 @@ def sync_scratch() -> None:
                 p.unlink()
 
 
-def apply(mutant: Mutant) -> str:
-    """Write the mutant into the scratch copy; return the original text to restore."""
-    target = SCRATCH / mutant.path
-    original = target.read_text()
+def mutated(mutant: Mutant, original: str) -> str:
+    """The mutant's text of a file; stops the check if the reference has moved on from it."""
     text = original
     for old, new in mutant.edits:
         n = text.count(old)
@@ -312,7 +310,14 @@ def apply(mutant: Mutant) -> str:
                 "Update it in tools/tiny_attn_tools/check_mutants.py to the reference as it is now."
             )
         text = text.replace(old, new)
-    target.write_text(text)
+    return text
+
+
+def apply(mutant: Mutant) -> str:
+    """Write the mutant into the scratch copy; return the original text to restore."""
+    target = SCRATCH / mutant.path
+    original = target.read_text()
+    target.write_text(mutated(mutant, original))
     return original
 
 
@@ -359,6 +364,12 @@ def main(argv: list[str]) -> int:
     if missing:
         print(f"[check-mutants] FAILED: no mutants (nor a reason why not) for {missing}")
         return 1
+
+    # Every mutant must still apply to the reference as it is, before anything is run.
+    for week, day in days:
+        entry = MUTANTS[(week, day)]
+        for mutant in [] if isinstance(entry, str) else entry:
+            mutated(mutant, (ROOT / mutant.path).read_text())
 
     start = time.monotonic()
     if not args.list:
