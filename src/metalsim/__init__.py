@@ -188,7 +188,6 @@ def compiler_runs() -> int:
     return _core.compiler_runs()
 
 
-_MAX_DIM = 2**32 - 1
 # More OS threads than this only adds switching: threadgroups are queued to the workers.
 _MAX_WORKERS = 1024
 
@@ -205,10 +204,6 @@ def _size3(value: int | Sequence[int], what: str) -> tuple[int, int, int]:
             ) from None
     if not 1 <= len(dims) <= 3 or any(d < 0 for d in dims):
         raise ValueError(f"{what} must be 1 to 3 non-negative ints, got {value!r}")
-    if any(d > _MAX_DIM for d in dims):
-        raise ValueError(
-            f"{what} must have dimensions of at most 2^32 - 1 (Metal's uint), got {value!r}"
-        )
     dims += [1] * (3 - len(dims))
     return dims[0], dims[1], dims[2]
 
