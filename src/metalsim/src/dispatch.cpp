@@ -76,7 +76,8 @@ void Library::dispatch(
     Size3 group,
     const Bindings& bindings,
     bool grid_is_threads,
-    int workers) const {
+    int workers,
+    const FunctionConstants& constants) const {
   std::vector<metalsim_binding> bufs;
   for (auto& [idx, b] : bindings.buffers()) {
     if (size_t(idx) >= bufs.size())
@@ -108,6 +109,19 @@ void Library::dispatch(
   a.n_threadgroup = uint32_t(tg.size());
   a.threadgroup_lengths = tg.data();
   a.n_workers = workers;
+  std::vector<metalsim_constant> consts;
+  for (auto& [index, v] : constants) {
+    metalsim_constant c{};
+    c.index = index;
+    c.dtype = int32_t(v.dtype);
+    if (detail::is_float_dtype(v.dtype))
+      c.value.f = v.f;
+    else
+      c.value.i = v.i;
+    consts.push_back(c);
+  }
+  a.n_constants = uint32_t(consts.size());
+  a.constants = consts.data();
   std::vector<char> err(8192, 0);
   int rc = reinterpret_cast<metalsim_dispatch_fn>(dispatch_fn_)(&a, err.data(), err.size());
   aligned.copy_back();

@@ -30,6 +30,18 @@ std::shared_ptr<Library> Library::load(const std::string& so) {
   while (std::getline(ss, line))
     if (!line.empty())
       lib->kernel_names_.push_back(line);
+  auto fcs_fn = reinterpret_cast<metalsim_function_constants_fn>(
+      dlsym(handle, "metalsim_function_constants"));
+  if (!fcs_fn)
+    throw Error(
+        "metalsim: '" + so + "' is not a kernel library of this metalsim version (delete it)");
+  std::istringstream fs(fcs_fn());
+  FunctionConstantDecl fc;
+  int dtype = 0;
+  while (fs >> fc.index >> dtype >> fc.name) {
+    fc.dtype = Dtype(dtype);
+    lib->function_constants_.push_back(fc);
+  }
   return lib;
 }
 

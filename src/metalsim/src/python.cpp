@@ -21,6 +21,8 @@ NB_MODULE(_core, m) {
   nb::exception<metalsim::DeadlockError>(m, "DeadlockError", base);
   nb::exception<metalsim::DispatchError>(m, "DispatchError", base);
 
+  nb::class_<metalsim::Pipeline>(m, "Pipeline").def_prop_ro("kernel", &metalsim::Pipeline::kernel);
+
   nb::class_<metalsim::Library>(m, "Library")
       .def_static(
           "from_files",
@@ -42,6 +44,28 @@ NB_MODULE(_core, m) {
           nb::call_guard<nb::gil_scoped_release>())
       .def_prop_ro("kernel_names", &metalsim::Library::kernel_names)
       .def_prop_ro("path", &metalsim::Library::path)
+      .def_prop_ro("warnings", &metalsim::Library::warnings)
+      // function constants: (index, dtype code, int value, float value)
+      .def_prop_ro(
+          "function_constants",
+          [](const metalsim::Library& lib) {
+            std::vector<std::tuple<unsigned, std::string, int>> r;
+            for (auto& c : lib.function_constants())
+              r.emplace_back(c.index, c.name, int(c.dtype));
+            return r;
+          })
+      .def(
+          "pipeline",
+          [](const metalsim::Library& lib,
+             const std::string& kernel,
+             const std::vector<std::tuple<unsigned, int, int64_t, double>>& constants) {
+            metalsim::FunctionConstants c;
+            for (auto& [index, dtype, i, f] : constants)
+              c[index] = metalsim::ConstantValue{metalsim::Dtype(dtype), i, f};
+            return lib.pipeline(kernel, c);
+          },
+          "kernel"_a,
+          "constants"_a)
       // buffers: (index, address, size, dtype code, is_bytes); threadgroup: (index, length)
       .def(
           "dispatch",
@@ -52,7 +76,8 @@ NB_MODULE(_core, m) {
              const std::vector<std::tuple<int, uintptr_t, uint64_t, int, bool>>& buffers,
              const std::vector<std::tuple<int, uint64_t>>& threadgroup,
              bool grid_is_threads,
-             int workers) {
+             int workers,
+             const metalsim::Pipeline* pipeline) {
             metalsim::Bindings b;
             for (auto& [idx, addr, size, dtype, is_bytes] : buffers) {
               if (is_bytes)
@@ -63,13 +88,15 @@ NB_MODULE(_core, m) {
             for (auto& [idx, len] : threadgroup)
               b.threadgroup(idx, len);
             nb::gil_scoped_release release;
+            metalsim::FunctionConstants none;
             lib.dispatch(
                 kernel,
                 {std::get<0>(grid), std::get<1>(grid), std::get<2>(grid)},
                 {std::get<0>(group), std::get<1>(group), std::get<2>(group)},
                 b,
                 grid_is_threads,
-                workers);
+                workers,
+                pipeline ? pipeline->constants() : none);
           },
           "kernel"_a,
           "grid"_a,
@@ -77,7 +104,8 @@ NB_MODULE(_core, m) {
           "buffers"_a,
           "threadgroup"_a,
           "grid_is_threads"_a,
-          "workers"_a);
+          "workers"_a,
+          "pipeline"_a.none() = nb::none());
 
   m.def("cache_dir", &metalsim::cache_dir);
   m.def("runtime_dir", &metalsim::runtime_dir);
