@@ -24,5 +24,9 @@
 // Strict MSL: what Apple's Metal compiler refuses is refused here too. From this line on (the
 // kernel source and the code generated around it), these words are errors; metalsim's compile
 // stage replaces GCC's "attempt to use poisoned" message by what MSL offers instead.
+// (`#pragma metalsim allow_cxx` in a source lifts them: for metalsim's own tests of the
+// runtime, which are C++ and not MSL.)
+#ifndef METALSIM_ALLOW_CXX
 #pragma GCC poison double std new delete throw try catch virtual thread_local goto typeid
 #pragma GCC poison dynamic_cast malloc calloc realloc
+#endif

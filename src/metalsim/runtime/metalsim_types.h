@@ -325,7 +325,7 @@ template <class T, int N, bool Packed = false> struct vec : vec_storage<T, N, Pa
     static_assert(((I < N) && ...), "swizzle: the vector has no such component");
     static_assert(
         swizzle_components_distinct<I...>(),
-        "MSL: a swizzle that is assigned to cannot name a component twice");
+        "MSL refuses a swizzle that is assigned to and names a component twice (v.xx = ...)");
     return swizzle_ref<T, I...>{elems};
   }
 

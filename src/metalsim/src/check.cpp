@@ -336,6 +336,7 @@ std::string explain_diagnostics(const std::string& out) {
   // the diagnostic they introduce: shown with an error, dropped with a warning.
   std::istringstream in(out);
   std::string line, result, context;
+  std::string required_from; // the kernel source line that instantiated the runtime code
   bool in_warning = false;
   while (std::getline(in, line)) {
     bool is_error = line.find(": error:") != std::string::npos ||
@@ -353,6 +354,9 @@ std::string explain_diagnostics(const std::string& out) {
       continue;
     if (is_context) {
       context += line + "\n";
+      size_t here = line.find(":   required from here");
+      if (here != std::string::npos)
+        required_from = trim(line.substr(0, here));
       continue;
     }
     if (is_warning) {
@@ -380,6 +384,11 @@ std::string explain_diagnostics(const std::string& out) {
       line = line.substr(0, line.find("error:") + 6) +
              " MSL has no variable-length arrays: an array's size must be a compile-time "
              "constant (constexpr, a template parameter, or a `constant` at program scope)";
+    // A rule of the runtime (a static_assert of metalsim's MSL types, "MSL ...") is reported at
+    // the kernel source line that broke it.
+    size_t sa = line.find("static assertion failed: MSL");
+    if (is_error && sa != std::string::npos && !required_from.empty())
+      line = required_from + ": error: " + line.substr(sa + 25);
     if (is_error && line.find("read-only") != std::string::npos)
       line += " (MSL: `constant` memory is read-only; bind what a kernel writes as `device T*`)";
     result += line + "\n";
