@@ -23,7 +23,8 @@ REFUSED = [
         "kernel void k(float* x [[buffer(0)]], uint i [[thread_position_in_grid]]) {\n"
         "  x[i] = 0; }\n",
         3,
-        r"'x' \(float\*\) is a pointer with no address space: MSL needs one, e\.g\. `device float\* x`",
+        r"'x' \(float\*\) is a pointer with no address space: MSL needs one, "
+        r"e\.g\. `device float\* x`",
     ),
     (
         "buffer_in_threadgroup_memory",
