@@ -16,7 +16,8 @@ template <class F> struct kernel_params;
 template <class... A> struct kernel_params<void(A...)> {
   using type = std::tuple<A...>;
 };
-template <class F, size_t I> using param_t = std::tuple_element_t<I, typename kernel_params<F>::type>;
+template <class F, size_t I>
+using param_t = std::tuple_element_t<I, typename kernel_params<F>::type>;
 
 // (The generated code cannot say d.kernel: `kernel` is an MSL keyword the prelude removes.)
 inline const char* kernel_name(const Dispatch& d) {

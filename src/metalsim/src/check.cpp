@@ -70,12 +70,15 @@ void check_source(
     const std::string& file,
     const std::vector<KernelSource>& kernels,
     std::vector<std::string>& warnings) {
-  auto err = [&](size_t pos, const std::string& msg) { throw SourceError{locate(src, pos, file), msg}; };
+  auto err = [&](size_t pos, const std::string& msg) {
+    throw SourceError{locate(src, pos, file), msg};
+  };
 
   // A kernel's buffers live in device or constant memory, and say which.
   for (auto& k : kernels)
     for (auto& p : k.params) {
-      bool indirect = p.type.find('*') != std::string::npos || p.type.find('&') != std::string::npos;
+      bool indirect =
+          p.type.find('*') != std::string::npos || p.type.find('&') != std::string::npos;
       if (p.kind != "buffer" || !indirect)
         continue;
       if (has_word(p.type, "thread") || has_word(p.type, "threadgroup"))
@@ -176,9 +179,10 @@ void check_source(
     for (size_t k = 0; k < text.size() && is_ident_char(text[k]); ++k)
       first += text[k];
     static const char* kNotDeclarations[] = {
-        "typedef", "using", "static_assert", "namespace", "friend", "return", "break",
-        "continue", "case", "default", "if", "for", "while", "do", "switch", "else",
-        "struct", "class", "union", "enum", "extern", "template"};
+        "typedef", "using",    "static_assert", "namespace", "friend", "return",
+        "break",   "continue", "case",          "default",   "if",     "for",
+        "while",   "do",       "switch",        "else",      "struct", "class",
+        "union",   "enum",     "extern",        "template"};
     for (const char* w : kNotDeclarations)
       if (first == w)
         return;
@@ -193,7 +197,8 @@ void check_source(
       for (auto [a, b] : split_declarators(top)) {
         std::string d = top.substr(a, b - a);
         d = d.substr(0, d.find('='));
-        pointers_only = pointers_only && (d.find('*') != std::string::npos || d.find('&') != std::string::npos);
+        pointers_only =
+            pointers_only && (d.find('*') != std::string::npos || d.find('&') != std::string::npos);
       }
       if (!pointers_only)
         err(s,
@@ -222,12 +227,12 @@ void check_source(
       size_t eq = top.find('=');
       bool is_decl = has_word(top, "device") || has_word(top, "threadgroup");
       std::string lhs = is_decl ? name : trim(eq == std::string::npos ? "" : text.substr(0, eq));
-      std::string rhs =
-          eq == std::string::npos || (eq + 1 < top.size() && top[eq + 1] == '=')
-              ? ""
-              : leading_identifier(text.substr(eq + 1));
-      bool lhs_device = (is_decl && has_word(top, "device") && top.find('*') != std::string::npos) ||
-                        (!is_decl && dev.count(lhs));
+      std::string rhs = eq == std::string::npos || (eq + 1 < top.size() && top[eq + 1] == '=')
+                            ? ""
+                            : leading_identifier(text.substr(eq + 1));
+      bool lhs_device =
+          (is_decl && has_word(top, "device") && top.find('*') != std::string::npos) ||
+          (!is_decl && dev.count(lhs));
       bool lhs_tg = (is_decl && !has_word(top, "device") && top.find('*') != std::string::npos) ||
                     (!is_decl && tg.count(lhs));
       if (lhs_device && tg.count(rhs))
@@ -245,7 +250,8 @@ void check_source(
       else if (is_decl && top.find('*') != std::string::npos)
         tg.insert(name);
       // (device T*)tile
-      for (size_t c = text.find("(device"); c != std::string::npos; c = text.find("(device", c + 1)) {
+      for (size_t c = text.find("(device"); c != std::string::npos;
+           c = text.find("(device", c + 1)) {
         size_t close = text.find(')', c);
         if (close != std::string::npos && tg.count(leading_identifier(text.substr(close + 1))))
           err(s + c,
@@ -401,7 +407,7 @@ std::string explain_diagnostics(const std::string& out) {
 // removes the graph files.
 std::string find_recursion(const std::string& so, const std::string& runtime) {
   std::string dir = dirname_of(so), base = so.substr(dir.size() + 1);
-  std::map<std::string, std::string> label;                 // node -> "name\nfile:line:col"
+  std::map<std::string, std::string> label; // node -> "name\nfile:line:col"
   std::map<std::string, std::vector<std::pair<std::string, std::string>>> calls; // -> (callee, at)
   for (const std::string& f : list_dir(dir)) {
     if (f.rfind(base + "-", 0) != 0 || f.size() < 3 || f.compare(f.size() - 3, 3, ".ci") != 0)

@@ -51,14 +51,13 @@ Library::pipeline(const std::string& kernel, const FunctionConstants& constants)
     for (auto& n : kernel_names_)
       names += (names.empty() ? "" : ", ") + n;
     throw KernelNotFoundError(
-        "no kernel named '" + kernel + "' in this library (kernels: " +
-        (names.empty() ? "none" : names) + ")");
+        "no kernel named '" + kernel +
+        "' in this library (kernels: " + (names.empty() ? "none" : names) + ")");
   }
   for (auto& [index, v] : constants) {
-    auto decl =
-        std::find_if(function_constants_.begin(), function_constants_.end(), [&](auto& d) {
-          return d.index == index;
-        });
+    auto decl = std::find_if(function_constants_.begin(), function_constants_.end(), [&](auto& d) {
+      return d.index == index;
+    });
     if (decl == function_constants_.end()) {
       std::string declared;
       for (auto& d : function_constants_)
@@ -69,7 +68,7 @@ Library::pipeline(const std::string& kernel, const FunctionConstants& constants)
           "]: the library declares no [[function_constant(" + std::to_string(index) +
           ")]] (it declares: " + (declared.empty() ? "none" : declared) + ")");
     }
-    bool ok = decl->dtype == Dtype::bool_    ? v.dtype == Dtype::bool_
+    bool ok = decl->dtype == Dtype::bool_   ? v.dtype == Dtype::bool_
               : is_int_dtype(decl->dtype)   ? is_int_dtype(v.dtype)
               : is_float_dtype(decl->dtype) ? is_float_dtype(v.dtype) || is_int_dtype(v.dtype)
                                             : false;
