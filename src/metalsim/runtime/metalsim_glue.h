@@ -164,6 +164,14 @@ template <class T, unsigned Index> struct FunctionConstant {
   }
 };
 
+// A program-scope constant computed from function constants: computed when read.
+template <class T> struct DerivedConstant {
+  T (*compute)();
+  operator T() const {
+    return compute();
+  }
+};
+
 // An argument of os_log/printf as C's varargs take it (floats and halves as double).
 template <class T> inline auto log_arg(T v) {
   if constexpr (std::is_integral_v<T> || std::is_pointer_v<T>)

@@ -898,6 +898,7 @@ std::string rewrite_file(
 
   // 3. Function constants: `constant bool has_mask [[function_constant(20)]];` becomes an object
   // that reads the value the pipeline was created with.
+  std::vector<std::string> fc_names;
   for (auto& a : attrs) {
     if (first_word(a.text) != "function_constant")
       continue;
@@ -937,6 +938,47 @@ std::string rewrite_file(
          semi + 1,
          "static const ::metalsim::rt::FunctionConstant<" + type + ", " + std::to_string(index) +
              "> " + name + "{\"" + name + "\"};" + std::string(nl, '\n')});
+    fc_names.push_back(name);
+  }
+  // A program-scope constant computed from function constants (`constant bool b = has_mask &&
+  // !do_causal;`) is computed when a kernel reads it, from the pipeline's values.
+  int depth = 0;
+  for (size_t i = 0; i < m.size() && !fc_names.empty(); ++i) {
+    if (m[i] == '{')
+      ++depth;
+    else if (m[i] == '}')
+      --depth;
+    if (depth != 0 || !word_at(i, "constant") ||
+        (i > 0 && !std::isspace((unsigned char)m[i - 1]) && m[i - 1] != ';' && m[i - 1] != '}'))
+      continue;
+    size_t semi = m.find(';', i), eq = m.find('=', i);
+    if (semi == std::string::npos || eq == std::string::npos || eq > semi)
+      continue;
+    std::string init = m.substr(eq + 1, semi - eq - 1);
+    bool derived = false;
+    for (auto& n : fc_names)
+      derived = derived || has_word(init, n.c_str());
+    if (!derived)
+      continue;
+    std::string head = trim(m.substr(i, eq - i));
+    size_t ns = head.size();
+    while (ns > 0 && is_ident_char(head[ns - 1]))
+      --ns;
+    std::string name = head.substr(ns), type;
+    std::istringstream words(head.substr(0, ns));
+    for (std::string w; words >> w;)
+      if (w != "constant" && w != "const" && w != "static" && w != "constexpr")
+        type += (type.empty() ? "" : " ") + w;
+    if (name.empty() || type.empty())
+      continue;
+    size_t nl = std::count(src.begin() + i, src.begin() + semi, '\n');
+    edits.push_back(
+        {i,
+         semi + 1,
+         "static const ::metalsim::rt::DerivedConstant<" + type + "> " + name + "{[] { return " +
+             type + "(" + trim(src.substr(eq + 1, semi - eq - 1)) + "); }};" +
+             std::string(nl, '\n')});
+    i = semi;
   }
 
   // 4. The `constant` address space is read-only: `constant` becomes `const`, so writing

@@ -43,7 +43,7 @@ def test_function_constants_set_at_pipeline_creation(lib: metalsim.Library) -> N
     x = np.arange(8, dtype=np.float32)
     extra = np.full(8, 10, np.float32)
     lib.pipeline("specialised", {0: True, 1: 2, 2: 0.5}).dispatch(1, 8, {0: x, 1: extra})
-    np.testing.assert_array_equal(x, np.arange(8) * 4 + 10.5)
+    np.testing.assert_array_equal(x, -(np.arange(8) * 4 + 10.5))  # `doubled` is true
     # add_bias false: [[buffer(1), function_constant(add_bias)]] is not bound at all.
     y = np.arange(8, dtype=np.float32)
     lib.pipeline("specialised", {0: False, 1: 0}).dispatch(1, 8, {0: y})

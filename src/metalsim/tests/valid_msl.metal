@@ -28,6 +28,7 @@ template [[host_name("scale_by_int_3")]] [[kernel]] decltype(scale_by<int, 3>) s
 constant bool add_bias [[function_constant(0)]];
 constant int repeats [[function_constant(1)]];
 constant float bias [[function_constant(2)]];
+constant bool doubled = repeats > 0 && add_bias; // computed from the pipeline's values
 kernel void specialised(device float* x [[buffer(0)]],
                         device const float* extra [[buffer(1), function_constant(add_bias)]],
                         uint i [[thread_position_in_grid]]) {
@@ -36,7 +37,7 @@ kernel void specialised(device float* x [[buffer(0)]],
     v *= 2.0f;
   if (add_bias)
     v += bias + extra[i];
-  x[i] = v;
+  x[i] = doubled ? -v : v;
 }
 
 // Swizzles, read and write.
