@@ -4,8 +4,8 @@
 #include <nanobind/stl/variant.h>
 
 #include "metalsim/mlx_extension.h"
-#include "src/flash_attention.h"
-#include "src/softmax_rows.h"
+#include "flash_attention.h"
+#include "softmax_rows.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
