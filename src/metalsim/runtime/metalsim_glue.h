@@ -19,11 +19,6 @@ template <class... A> struct kernel_params<void(A...)> {
 template <class F, size_t I>
 using param_t = std::tuple_element_t<I, typename kernel_params<F>::type>;
 
-// (The generated code cannot say d.kernel: `kernel` is an MSL keyword the prelude removes.)
-inline const char* kernel_name(const Dispatch& d) {
-  return d.kernel->name;
-}
-
 // The generated code follows the kernel source, where MSL's rules are in force (no std::, no
 // exceptions: see the prelude), so what it needs of C++ lives here.
 template <class F> inline void guarded_check(const Dispatch& d, Errors& e, F&& check) {
