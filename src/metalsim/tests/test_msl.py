@@ -6,6 +6,8 @@ Run: pdm run pytest src/metalsim/tests/test_msl.py -q
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +54,35 @@ def test_function_constants_set_at_pipeline_creation(lib: metalsim.Library) -> N
         lib.pipeline("specialised", {0: True, 1: 0, 2: 0.0}).dispatch(1, 8, {0: y})
     with pytest.raises(metalsim.DispatchError, match="'repeats' .* has no value"):
         lib.pipeline("specialised", {0: False}).dispatch(1, 8, {0: y})
+
+
+def test_function_constants_from_the_cpp_host_api(tmp_path: Path) -> None:
+    metalsim.ensure_built()
+    static_lib = metalsim.HOME / "build" / "libmetalsim_host.a"
+    exe = tmp_path / "host_api_constants"
+    subprocess.run(
+        [
+            metalsim._core.compiler(),
+            "-std=c++17",
+            f"-I{metalsim.HOME / 'include'}",
+            str(HERE / "host_api_constants.cpp"),
+            str(static_lib),
+            "-ldl",
+            "-pthread",
+            "-o",
+            str(exe),
+        ],
+        check=True,
+    )
+    run = subprocess.run(
+        [str(exe), str(HERE / "valid_msl.metal")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "METALSIM_HOME": str(metalsim.HOME)},
+        check=True,
+    )
+    # repeats = 1 doubles, add_bias adds 0.25 + 10, and `doubled` negates.
+    assert run.stdout.split() == [str(-(2 * v + 10.25)) for v in range(4)]
 
 
 def test_swizzles_read_and_write(lib: metalsim.Library) -> None:
