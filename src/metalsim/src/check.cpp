@@ -147,7 +147,100 @@ void check_source(
         device_names[&k].insert(p.name);
     }
   }
+  // The address spaces of the pointer parameters of the functions defined so far, by name (one
+  // entry per overload), to check what a kernel passes them.
+  struct PointerParam {
+    std::string space; // device, constant, threadgroup, thread or ""
+    bool pointer;
+  };
+  std::map<std::string, std::vector<std::vector<PointerParam>>> helpers;
+  auto record_function = [&](const std::string& head) {
+    size_t close = head.rfind(')');
+    if (close == std::string::npos)
+      return;
+    int depth = 0;
+    size_t open = std::string::npos;
+    for (size_t q = close + 1; q-- > 0;) {
+      if (head[q] == ')')
+        ++depth;
+      else if (head[q] == '(' && --depth == 0) {
+        open = q;
+        break;
+      }
+    }
+    if (open == std::string::npos)
+      return;
+    size_t ne = open;
+    while (ne > 0 && std::isspace((unsigned char)head[ne - 1]))
+      --ne;
+    size_t nb = ne;
+    while (nb > 0 && is_ident_char(head[nb - 1]))
+      --nb;
+    std::string name = head.substr(nb, ne - nb);
+    if (name.empty())
+      return;
+    std::vector<PointerParam> params;
+    for (auto [a, b] : split_commas(head, open + 1, close)) {
+      std::string p = head.substr(a, b - a);
+      PointerParam pp{"", p.find('*') != std::string::npos};
+      for (const char* w : {"device", "constant", "threadgroup", "thread"})
+        if (has_word(p, w))
+          pp.space = w;
+      params.push_back(pp);
+    }
+    helpers[name].push_back(params);
+  };
+  // A kernel passing threadgroup memory where a helper takes a device pointer (or the reverse).
+  auto check_calls = [&](const KernelSource& k, size_t at, const std::string& text) {
+    auto& tg = tg_names[&k];
+    auto& dev = device_names[&k];
+    for (auto& [name, overloads] : helpers) {
+      for (size_t c = text.find(name); c != std::string::npos; c = text.find(name, c + 1)) {
+        if ((c > 0 && is_ident_char(text[c - 1])) || is_ident_char(text[c + name.size()]))
+          continue;
+        size_t open = skip_ws(text, c + name.size());
+        if (open >= text.size() || text[open] != '(')
+          continue;
+        size_t close = match_bracket(text, open);
+        if (close == std::string::npos)
+          continue;
+        auto args = split_commas(text, open + 1, close);
+        for (size_t j = 0; j < args.size(); ++j) {
+          std::string arg = trim(text.substr(args[j].first, args[j].second - args[j].first));
+          std::string id = leading_identifier(arg);
+          size_t after = skip_ws(arg, arg.find(id) + id.size());
+          bool as_pointer = !id.empty() && (arg[0] == '&' || after >= arg.size() ||
+                                            arg[after] == '+' || arg[after] == '-');
+          bool is_tg = tg.count(id) > 0, is_dev = dev.count(id) > 0;
+          if (!as_pointer || (!is_tg && !is_dev))
+            continue;
+          std::string space; // the parameter's space, if all overloads of this arity agree
+          bool agree = true, any = false;
+          for (auto& params : overloads) {
+            if (params.size() != args.size() || !params[j].pointer)
+              continue;
+            agree = agree && (!any || params[j].space == space);
+            space = params[j].space;
+            any = true;
+          }
+          if (!any || !agree || space.empty())
+            continue;
+          if ((is_tg && space != "threadgroup") || (is_dev && space == "threadgroup"))
+            err(at + c,
+                "kernel '" + k.name + "': '" + name + "' takes a `" + space +
+                    "` pointer as its argument " + std::to_string(j + 1) + ", but '" + id +
+                    "' is " + (is_tg ? "threadgroup" : "device") +
+                    " memory: MSL address spaces do not convert; give '" + name +
+                    "' a parameter of `" + (is_tg ? "threadgroup" : "device") +
+                    "` pointer type (an overload for each address space, if it needs both)");
+        }
+      }
+    }
+  };
+
   auto statement = [&](size_t begin, size_t end, char scope) {
+    if (const KernelSource* k = kernel_at(begin); k && scope == 'F')
+      check_calls(*k, begin, m.substr(begin, end - begin));
     // Leading access labels, template headers and attributes are not the declaration.
     size_t s = skip_ws(m, begin);
     for (bool again = true; again && s < end;) {
@@ -292,8 +385,12 @@ void check_source(
       else
         kind = 'F';
       if (kind == 'F' && scope != 'F' && scope != 'I')
-        stmt = i + 1; // a function's body: its declaration was checked with the signature
-      else if (kind != 'I')
+        record_function(m.substr(stmt, i - stmt)); // a function's signature
+      else if (kind == 'F' && scope == 'F') {
+        if (const KernelSource* k = kernel_at(stmt)) // `if (...) {`, `for (...) {`
+          check_calls(*k, stmt, m.substr(stmt, i - stmt));
+      }
+      if (kind != 'I')
         stmt = i + 1;
       scopes.push_back(kind);
     } else if (c == '}') {

@@ -73,6 +73,19 @@ REFUSED = [
         r"'p' is a threadgroup pointer and 'x' is device memory",
     ),
     (
+        "threadgroup_memory_to_device_parameter",
+        "float first(device const float* row) { return row[0]; }\n"
+        "kernel void k(device float* x [[buffer(0)]], uint i [[thread_position_in_grid]]) {\n"
+        "  threadgroup float tile[32];\n"
+        "  tile[i] = x[i];\n"
+        "  threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+        "  if (i == 0) {\n"
+        "    x[0] = first(tile + 1);\n"
+        "  }\n}\n",
+        9,
+        r"'first' takes a `device` pointer as its argument 1, but 'tile' is threadgroup memory",
+    ),
+    (
         "mutable_global",
         "float counter = 0;\nkernel void k(device float* x [[buffer(0)]]) { x[0] = counter; }\n",
         3,
@@ -229,6 +242,7 @@ def test_valid_neighbours_of_refused_constructs_compile() -> None:
         "constant constexpr uint N = 4;\n"
         "float helper(threadgroup float* t, uint i);\n"
         "float helper(threadgroup float* t, uint i) { return t[i]; }\n"
+        "float value(float v) { return v; }\n"
         "struct Limits { static constexpr constant float big = 1e30f; };\n"
         "kernel void k(device const packed_half4* h [[buffer(0)]],\n"
         "              device float* x [[buffer(1)]],\n"
@@ -241,7 +255,7 @@ def test_valid_neighbours_of_refused_constructs_compile() -> None:
         "  row[i] = table[i % 2] + Limits::big * 0.0f;\n"
         "  local[0] = float4(half4(h[0])).x;\n"
         "  threadgroup_barrier(mem_flags::mem_threadgroup);\n"
-        "  x[i] = helper(tile, i) + local[0];\n"
+        "  x[i] = helper(tile, i) + local[0] + value(tile[0]) * 0.0f;\n"
         "}\n"
     )
     with warnings.catch_warnings():
