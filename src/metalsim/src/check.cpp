@@ -483,6 +483,9 @@ std::string explain_diagnostics(const std::string& out) {
       if (p != std::string::npos)
         line = line.substr(0, p) + why;
     }
+    if (is_error && line.find("attempt to use a poisoned identifier") != std::string::npos)
+      line += " (clang does not name it: MSL has no double, std::, new/delete/malloc, exceptions, "
+              "virtual, thread_local, goto or run-time type information)";
     if (is_error && line.find("variable length array") != std::string::npos)
       line = line.substr(0, line.find("error:") + 6) +
              " MSL has no variable-length arrays: an array's size must be a compile-time "
