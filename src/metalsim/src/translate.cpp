@@ -21,6 +21,20 @@ namespace {
 
 // ---------------------------------------------------------------- #include "..."
 
+// Whether a header's first two directives are `#ifndef NAME` and `#define NAME`.
+bool has_include_guard(const std::string& text) {
+  std::istringstream in(text);
+  std::vector<std::string> directives;
+  for (std::string line; directives.size() < 2 && std::getline(in, line);) {
+    std::string t = trim(line);
+    if (!t.empty() && t[0] == '#')
+      directives.push_back(collapse_ws(t));
+  }
+  return directives.size() == 2 && directives[0].rfind("#ifndef ", 0) == 0 &&
+         directives[1].rfind("#define ", 0) == 0 &&
+         directives[0].substr(8) == directives[1].substr(8, directives[0].size() - 8);
+}
+
 // The quoted #includes that resolve in `dirs` (the including file's folder first) are inlined
 // behind #line directives, so that kernels, threadgroup variables and function constants in
 // headers are translated like those of the .metal file (MLX's kernels live in headers).
@@ -63,7 +77,7 @@ std::string inline_includes(
       out += l;
     } else if (!once.count(path)) {
       std::string content = read_file(path);
-      if (content.find("#pragma once") != std::string::npos)
+      if (content.find("#pragma once") != std::string::npos || has_include_guard(content))
         once.insert(path);
       out += "#line 1 " + c_string(path) + "\n";
       out += inline_includes(content, path, dirs, once, depth + 1);

@@ -56,6 +56,27 @@ def test_function_constants_set_at_pipeline_creation(lib: metalsim.Library) -> N
         lib.pipeline("specialised", {0: False}).dispatch(1, 8, {0: y})
 
 
+def test_kernels_in_headers_included_twice(tmp_path: Path) -> None:
+    """Kernels may live in headers (MLX's do); include guards and #pragma once hold."""
+    (tmp_path / "guarded.h").write_text(
+        "#ifndef GUARDED_H\n#define GUARDED_H\n#include <metal_stdlib>\nusing namespace metal;\n"
+        "kernel void from_guarded(device float* x [[buffer(0)]]) { x[0] = 7.0f; }\n#endif\n"
+    )
+    (tmp_path / "once.h").write_text(
+        '#pragma once\n#include "guarded.h"\n'
+        "kernel void from_once(device float* x [[buffer(0)]]) { x[0] = 8.0f; }\n"
+    )
+    (tmp_path / "main.metal").write_text(
+        '#include "once.h"\n#include "guarded.h"\n#include "once.h"\n'
+        "kernel void from_main(device float* x [[buffer(0)]]) { x[0] = 9.0f; }\n"
+    )
+    lib = metalsim.Library.from_files([tmp_path / "main.metal"])
+    assert sorted(lib.kernel_names) == ["from_guarded", "from_main", "from_once"]
+    x = np.zeros(1, np.float32)
+    lib.dispatch("from_once", 1, 1, {0: x})
+    assert x[0] == 8.0
+
+
 def test_function_constants_from_the_cpp_host_api(tmp_path: Path) -> None:
     metalsim.ensure_built()
     static_lib = metalsim.HOME / "build" / "libmetalsim_host.a"
