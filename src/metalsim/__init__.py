@@ -318,6 +318,11 @@ class Library:
         An index the library does not declare, or a value of the wrong kind, is an error now."""
         if not isinstance(kernel, str):
             raise TypeError(f"kernel must be a kernel name (str), got {type(kernel).__name__}")
+        if function_constants is not None and not isinstance(function_constants, Mapping):
+            raise TypeError(
+                "function_constants must be a dict {index: bool | int | float}, got "
+                f"{type(function_constants).__name__}"
+            )
         consts = [_constant(i, v) for i, v in (function_constants or {}).items()]
         return Pipeline(self, self._core.pipeline(kernel, consts))
 

@@ -116,6 +116,13 @@ inline std::vector<FunctionConstantDecl>& function_constant_decls() {
   return v;
 }
 
+// A function constant read outside any kernel (by an initializer run when the library loads):
+// the library refuses to load (load.cpp), as the value exists only per pipeline.
+inline const char*& function_constant_read_at_load() {
+  static const char* name = nullptr;
+  return name;
+}
+
 // `constant bool has_mask [[function_constant(20)]];` becomes a FunctionConstant<bool, 20>: its
 // value is the one the pipeline was created with.
 template <class T, unsigned Index> struct FunctionConstant {
@@ -155,7 +162,12 @@ template <class T, unsigned Index> struct FunctionConstant {
       return is_float ? T(float(c->value.f)) : T(float(c->value.i));
   }
   operator T() const {
-    return value(tls_worker ? tls_worker->d->args : nullptr);
+    if (!tls_worker) { // not in a kernel: an initializer run when the library loads
+      if (!function_constant_read_at_load())
+        function_constant_read_at_load() = name;
+      return T{};
+    }
+    return value(tls_worker->d->args);
   }
 };
 
@@ -178,6 +190,8 @@ template <class T> inline auto log_arg(T v) {
 inline const char* library_function_constants() {
   static std::string s = [] {
     std::string r;
+    if (function_constant_read_at_load())
+      r += std::string("! ") + function_constant_read_at_load() + "\n";
     for (auto& c : function_constant_decls())
       r += std::to_string(c.index) + " " + std::to_string(c.dtype) + " " + c.name + "\n";
     return r;

@@ -956,13 +956,23 @@ std::string rewrite_file(
   }
   // A program-scope constant computed from function constants (`constant bool b = has_mask &&
   // !do_causal;`) is computed when a kernel reads it, from the pipeline's values.
-  int depth = 0;
+  std::vector<bool> in_namespace; // the open braces: a namespace's (program scope) or not
+  size_t last_end = 0;            // where the current statement began
   for (size_t i = 0; i < m.size() && !fc_names.empty(); ++i) {
-    if (m[i] == '{')
-      ++depth;
-    else if (m[i] == '}')
-      --depth;
-    if (depth != 0 || !word_at(i, "constant") ||
+    if (m[i] == '{') {
+      std::string head = m.substr(last_end, i - last_end);
+      in_namespace.push_back(has_word(head, "namespace") || has_word(head, "extern"));
+      last_end = i + 1;
+    } else if (m[i] == '}') {
+      if (!in_namespace.empty())
+        in_namespace.pop_back();
+      last_end = i + 1;
+    } else if (m[i] == ';') {
+      last_end = i + 1;
+    }
+    bool program_scope =
+        std::all_of(in_namespace.begin(), in_namespace.end(), [](bool n) { return n; });
+    if (!program_scope || !word_at(i, "constant") ||
         (i > 0 && !std::isspace((unsigned char)m[i - 1]) && m[i - 1] != ';' && m[i - 1] != '}'))
       continue;
     size_t semi = m.find(';', i), eq = m.find('=', i);
@@ -983,8 +993,8 @@ std::string rewrite_file(
     for (std::string w; words >> w;)
       if (w != "constant" && w != "const" && w != "static" && w != "constexpr")
         type += (type.empty() ? "" : " ") + w;
-    if (name.empty() || type.empty())
-      continue;
+    if (name.empty() || type.empty() || head.find("::") != std::string::npos)
+      continue; // (a static member defined out of its class: refused when the library loads)
     size_t nl = std::count(src.begin() + i, src.begin() + semi, '\n');
     edits.push_back(
         {i,
@@ -993,6 +1003,7 @@ std::string rewrite_file(
              type + "(" + trim(src.substr(eq + 1, semi - eq - 1)) + "); }};" +
              std::string(nl, '\n')});
     i = semi;
+    last_end = semi + 1;
   }
 
   // 4. The `constant` address space is read-only: `constant` becomes `const`, so writing

@@ -135,6 +135,10 @@ def test_pipeline_checks_function_constants(lib: metalsim.Library) -> None:
         lib.pipeline("sdpa_vector_float_64_64", {HAS_MASK: 1.5})
     with pytest.raises(TypeError, match=r"function_constants\[20\]: expected a bool"):
         lib.pipeline("sdpa_vector_float_64_64", {HAS_MASK: "yes"})
+    with pytest.raises(TypeError, match="function_constants must be a dict"):
+        lib.pipeline("sdpa_vector_float_64_64", [(20, True)])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"function_constants: key -1"):
+        lib.pipeline("sdpa_vector_float_64_64", {-1: True})
     with pytest.raises(metalsim.KernelNotFoundError, match="sdpa_vector_float_32_32"):
         lib.pipeline("sdpa_vector_float_32_32", {})
 

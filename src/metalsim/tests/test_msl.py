@@ -106,6 +106,30 @@ def test_function_constants_from_the_cpp_host_api(tmp_path: Path) -> None:
     assert run.stdout.split() == [str(-(2 * v + 10.25)) for v in range(4)]
 
 
+def test_constants_derived_from_function_constants() -> None:
+    src = (
+        "#include <metal_stdlib>\nusing namespace metal;\n"
+        "namespace cfg {\nconstant bool flip [[function_constant(5)]];\n"
+        "constant bool not_flip = !flip;\n}\n"
+        "kernel void k(device float* x [[buffer(0)]]) { x[0] = cfg::not_flip ? 1.0f : 2.0f; }\n"
+    )
+    lib = metalsim.Library.from_source(src, name="derived.metal")
+    x = np.zeros(1, np.float32)
+    lib.pipeline("k", {5: True}).dispatch(1, 1, {0: x})
+    assert x[0] == 2.0
+    lib.pipeline("k", {5: False}).dispatch(1, 1, {0: x})
+    assert x[0] == 1.0
+    # Read when the library loads (a static member's initializer): refused, not a crash.
+    bad = (
+        "#include <metal_stdlib>\nusing namespace metal;\n"
+        "constant bool flip [[function_constant(5)]];\n"
+        "struct Cfg { static constant bool value; };\nconstant bool Cfg::value = flip;\n"
+        "kernel void k(device float* x [[buffer(0)]]) { x[0] = Cfg::value ? 1.0f : 2.0f; }\n"
+    )
+    with pytest.raises(metalsim.CompileError, match="'flip' is read by an initializer outside"):
+        metalsim.Library.from_source(bad, name="read_at_load.metal")
+
+
 def test_swizzles_read_and_write(lib: metalsim.Library) -> None:
     x = np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.float32)
     a, b, c, d = x.T.copy()
