@@ -66,6 +66,11 @@ inline float mask_score(
   }
 }
 
+// The key/value head that query head h_q reads: H_q / H query heads share each one (GQA).
+inline int kv_head(int h_q, constant AttentionParams& p) {
+  return h_q / (p.H_q / p.H);
+}
+
 // How many K/V tiles query rows up to `last_row` must visit. With a causal mask, a tile
 // whose first key lies beyond the last key of `last_row` is fully masked and skipped. One
 // exception: a row that sees no key at all (only when L > S) gets uniform weights over
@@ -112,7 +117,7 @@ void flash_attention_e128_impl(
   const int n = group.x; // (batch, query head), flattened
   const int h_q = n % p.H_q;
   const int batch = n / p.H_q;
-  const int h = h_q / (p.H_q / p.H); // the key/value head this query head reads (GQA)
+  const int h = kv_head(h_q, p);
   const int row = group.y * Br + a; // the query row of SIMD group a
   const bool row_valid = row < p.L; // the last Q tile may hang over the end
   const int E = p.E;
@@ -333,7 +338,7 @@ void flash_attention_simdgroup_impl(
   const int n = group.x;
   const int h_q = n % p.H_q;
   const int batch = n / p.H_q;
-  const int h = h_q / (p.H_q / p.H);
+  const int h = kv_head(h_q, p);
   const int first_row = group.y * Br; // of the threadgroup
   const int my_first_row = first_row + g * SG_ROWS; // of this SIMD group
   const int E = p.E;
