@@ -39,7 +39,7 @@ from tiny_attn_tools import course, supervise
 ROOT = Path(__file__).resolve().parents[2]
 TREE = ROOT / "build" / "progression"
 PACKAGE_FOLDERS = ["src", "src/extensions", "refsol", "refsol/extensions_ref", "tools"]
-# student file -> reference file, for every file a student writes in
+# The folders a student writes in, and their reference twins (files pair up by name).
 PAIRS = [
     ("src/tiny_attn", "refsol/tiny_attn_ref"),
     ("src/extensions/src", "refsol/extensions_ref/src"),
@@ -240,8 +240,8 @@ def course_files() -> list[CourseFile]:
                 chunks = parse_chunks(text, week)
                 days |= {d for c in chunks for d in c.days}
                 mixed = [c.key for c in chunks if c.mixed]
-            rel = lambda p: str(p.relative_to(ROOT))  # noqa: E731
-            files.append(CourseFile(rel(stub), rel(ref), days, week, mixed))
+            rel_stub, rel_ref = str(stub.relative_to(ROOT)), str(ref.relative_to(ROOT))
+            files.append(CourseFile(rel_stub, rel_ref, days, week, mixed))
     return files
 
 
