@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import mlx.core as mx
 import numpy as np
+import pytest
 
 from tiny_attn_tools import build_ext
 
@@ -127,6 +129,17 @@ def mlx_sdpa(
     return out
 
 
+def numpy_softmax(x: Any, axis: int = -1) -> np.ndarray:
+    """The course's softmax oracle: two passes in float64 NumPy, independent of MLX.
+
+    A row of -inf only gives NaN (0 / 0), as mx.softmax does.
+    """
+    xn = to_numpy(x)
+    with np.errstate(invalid="ignore"):
+        e = np.exp(xn - np.max(xn, axis=axis, keepdims=True))
+        return e / np.sum(e, axis=axis, keepdims=True)
+
+
 def numpy_attention(
     q: Any, k: Any, v: Any, *, scale: float | None = None, mask: Any = None
 ) -> np.ndarray:
@@ -182,9 +195,17 @@ def load_extension(module_name: str) -> Any:
     return importlib.import_module(module_name)
 
 
+def raises_naming(error: type[Exception], argument: str) -> Any:
+    """pytest.raises(error) whose message names `argument` (as a word: "mask", not "masks").
+
+    The graded tests check what a good error says, the kind of error and the argument it
+    blames, and leave the wording to the author.
+    """
+    return pytest.raises(error, match=rf"(?<![\w.]){re.escape(argument)}(?![\w(])")
+
+
 # --- pytest fixtures, re-exported by tests/conftest.py and tests_refsol/conftest.py ---------
 
-import pytest  # noqa: E402
 
 # The backends a GPU day runs on: "cpu" is the C++ CPU path, "gpu" is the Metal kernel
 # (on a real Metal device where there is one, on metalsim everywhere else).

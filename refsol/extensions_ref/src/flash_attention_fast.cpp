@@ -1,6 +1,6 @@
 // Week 2, day 5: the fast CPU kernel.
 //
-// The same algorithm as day 4 (src/flash_attention_cpu.cpp), rearranged for the machine:
+// The same algorithm as day 4 (src/flash_attention_simple.cpp), rearranged for the machine:
 //
 //  * Everything is vectorised over the Q tile's 32 rows. Q is packed transposed (qT[e][a],
 //    scale folded in), the scores are kept transposed (sT[b][a]) and so is the accumulator
@@ -171,10 +171,9 @@ int64_t process_q_tile(const AttentionProblem& p, int n, int h, int tile, Worksp
   std::fill(ws.m, ws.m + kBr, -INFINITY);
   std::fill(ws.l, ws.l + kBr, 0.0f);
 
-  // Causal block skipping, as on day 4: row i sees keys j <= i + S - L.
-  const int first_limit = i0 + S - L;         // the last key the tile's first row may see
-  const int last_limit = i0 + br - 1 + S - L; // ... and its last row
-  const int j_end = (p.causal && first_limit >= 0) ? std::min(S, last_limit + 1) : S;
+  // Causal block skipping, day 4's rule: row i sees keys j <= i + S - L.
+  const int first_limit = i0 + S - L; // the last key the tile's first row may see
+  const int j_end = std::min(S, kv_tiles_to_visit(p, i0, i0 + br - 1) * kBc);
 
   int64_t tiles = 0;
   for (int j0 = 0; j0 < j_end; j0 += kBc) {
