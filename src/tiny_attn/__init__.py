@@ -1,7 +1,9 @@
 """tiny-attn: your implementation of the course, one module per idea (see the book)."""
 
+from .backward import attention_backward
 from .basics import scaled_dot_product_attention_simple, softmax
 from .flash_attention import flash_attention
+from .flash_attention_backward import flash_attention_tiled_backward, flash_attention_trainable
 from .flash_attention_tiled import flash_attention_tiled
 from .masks import causal_mask, padding_mask, scaled_dot_product_attention
 from .multihead import MultiHeadAttention, merge_heads, split_heads
@@ -38,4 +40,8 @@ __all__ = [
     "merge_attention_partials",
     "flash_attention_tiled",
     "flash_attention",
+    # Week 4
+    "attention_backward",
+    "flash_attention_tiled_backward",
+    "flash_attention_trainable",
 ]
