@@ -2,9 +2,11 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/variant.h>
+#include <nanobind/stl/vector.h>
 
 #include "metalsim/mlx_extension.h"
 #include "src/flash_attention.h"
+#include "src/flash_attention_backward.h"
 #include "src/softmax_rows.h"
 
 namespace nb = nanobind;
@@ -134,4 +136,112 @@ Args:
       "reset_tiles_visited",
       []() { tiny_attn::tiles_visited() = 0; },
       "Set the counter read by :func:`tiles_visited` to 0.");
+
+  // ---------------------------------------------------------------- Week 4: the backward pass
+  m.def(
+      "flash_attention_with_lse",
+      [](const mx::array& query,
+         const mx::array& key,
+         const mx::array& value,
+         float scale,
+         const std::optional<mx::array>& mask,
+         bool causal,
+         bool fast,
+         int num_threads,
+         const metalsim::DeviceOrStream& stream) {
+        return tiny_attn::flash_attention_with_lse(
+            query,
+            key,
+            value,
+            scale,
+            mask,
+            causal,
+            fast ? tiny_attn::CpuKernel::Fast : tiny_attn::CpuKernel::Simple,
+            num_threads,
+            metalsim::to_stream_or_device(stream));
+      },
+      "query"_a,
+      "key"_a,
+      "value"_a,
+      "scale"_a,
+      "mask"_a = nb::none(),
+      "causal"_a = false,
+      nb::kw_only(),
+      "fast"_a = true,
+      "num_threads"_a = 0,
+      "stream"_a = nb::none(),
+      R"(The CPU forward with the log-sum-exp it computes: [out, lse].
+
+The arguments are those of :func:`flash_attention_fast` (``fast=False``: day 4's kernel).
+
+Returns:
+    list[array]: out (N, H_q, L, E) and lse (N, H_q, L) float32, lse = m + log(l) per row.
+
+Raises:
+    ValueError: as :func:`flash_attention`; a GPU stream (the lse is a CPU output).)");
+
+  m.def(
+      "flash_attention_backward",
+      [](const mx::array& query,
+         const mx::array& key,
+         const mx::array& value,
+         const mx::array& out,
+         const mx::array& lse,
+         const mx::array& d_out,
+         float scale,
+         const std::optional<mx::array>& mask,
+         bool causal,
+         int num_threads,
+         const metalsim::DeviceOrStream& stream) {
+        return tiny_attn::flash_attention_backward(
+            query,
+            key,
+            value,
+            out,
+            lse,
+            d_out,
+            scale,
+            mask,
+            causal,
+            num_threads,
+            metalsim::to_stream_or_device(stream));
+      },
+      "query"_a,
+      "key"_a,
+      "value"_a,
+      "out"_a,
+      "lse"_a,
+      "d_out"_a,
+      "scale"_a,
+      "mask"_a = nb::none(),
+      "causal"_a = false,
+      nb::kw_only(),
+      "num_threads"_a = 0,
+      "stream"_a = nb::none(),
+      R"(FlashAttention-2's backward pass on the CPU: [d_query, d_key, d_value].
+
+Args:
+    query, key, value, scale, mask, causal: what the forward got (float32, 4-D).
+    out (array): (N, H_q, L, E), the forward's output.
+    lse (array): (N, H_q, L) float32, the forward's log-sum-exp.
+    d_out (array): (N, H_q, L, E), the gradient of the loss with respect to out.
+    num_threads (int): threads to use; 0 (the default) means one per hardware thread.
+    stream (Stream or Device, optional): a CPU stream or None.
+
+Returns:
+    list[array]: the gradients, shaped like query, key and value.
+
+Raises:
+    ValueError: a wrong rank, dtype or shape (the message names the argument); a GPU stream.)");
+
+  m.def(
+      "backward_tiles_visited",
+      []() { return tiny_attn::backward_tiles_visited().load(); },
+      R"(How many (K/V tile, Q tile) pairs the backward kernel has computed since the last
+:func:`reset_backward_tiles_visited`.)");
+
+  m.def(
+      "reset_backward_tiles_visited",
+      []() { tiny_attn::backward_tiles_visited() = 0; },
+      "Set the counter read by :func:`backward_tiles_visited` to 0.");
 }

@@ -145,12 +145,15 @@ mx::array flash_attention(
     inputs.push_back(mx::broadcast_to(m32, target, stream));
   }
 
-  return mx::array(
-      query.shape(),
-      query.dtype(),
-      std::make_shared<FlashAttention>(
-          stream, scale, causal, mask.has_value(), kernel, num_threads, place.simulated),
-      std::move(inputs));
+  auto primitive = std::make_shared<FlashAttention>(
+      stream, scale, causal, mask.has_value(), kernel, num_threads, place.simulated);
+  if (!primitive->returns_lse()) {
+    return mx::array(query.shape(), query.dtype(), primitive, std::move(inputs));
+  }
+  // Week 4: on the CPU the primitive has a second output, the (N, H_q, L) log-sum-exp, kept
+  // for the backward pass (FlashAttention::vjp). The op returns the first.
+  return mx::array::make_arrays(
+      {query.shape(), {N, H_q, L}}, {query.dtype(), mx::float32}, primitive, inputs)[0];
 }
 
 // ---------------------------------------------------------------- eval_cpu
@@ -178,6 +181,10 @@ void FlashAttention::eval_cpu(
   p.S = k.shape(2);
   p.scale = scale_;
   p.causal = causal_;
+  if (outputs.size() > 1) { // Week 4: the log-sum-exp of every row, for the backward pass
+    outputs[1].set_data(mx::allocator::malloc(outputs[1].nbytes()));
+    p.lse = outputs[1].data<float>();
+  }
 
   auto& encoder = mx::cpu::get_command_encoder(stream());
   encoder.set_input_array(q);
@@ -195,7 +202,9 @@ void FlashAttention::eval_cpu(
       p.mask_add = mask.data<float>();
     }
   }
-  encoder.set_output_array(out);
+  for (auto& o : outputs) {
+    encoder.set_output_array(o);
+  }
 
   if (kernel_ == CpuKernel::Simple) {
     encoder.dispatch([p]() { flash_attention_simple_cpu(p); });

@@ -54,6 +54,8 @@ mx::array flash_attention(
   // Place it with `const metalsim::OpPlacement place = metalsim::place_op(s);`, not
   // mx::to_stream: use place.stream, pass place.simulated to FlashAttention. Week 3 runs GPU
   // calls through it (and, on its day 5, lets float16 / bfloat16 in when place.on_gpu()).
+  // Week 4, Day 3, Task 1: on the CPU (primitive->returns_lse()) the primitive has two
+  // outputs, out and the (N, H_q, L) float32 lse: build them with mx::array::make_arrays.
   throw std::runtime_error(
       "flash_attention is not implemented yet: see "
       "book/src/week2-04-flash-attention-cpp.md, Task 1");
@@ -84,6 +86,10 @@ void FlashAttention::eval_cpu(
   p.S = k.shape(2);
   p.scale = scale_;
   p.causal = causal_;
+  if (outputs.size() > 1) { // Week 4: the log-sum-exp of every row, for the backward pass
+    outputs[1].set_data(mx::allocator::malloc(outputs[1].nbytes()));
+    p.lse = outputs[1].data<float>();
+  }
 
   auto& encoder = mx::cpu::get_command_encoder(stream());
   encoder.set_input_array(q);
@@ -101,7 +107,9 @@ void FlashAttention::eval_cpu(
       p.mask_add = mask.data<float>();
     }
   }
-  encoder.set_output_array(out);
+  for (auto& o : outputs) {
+    encoder.set_output_array(o);
+  }
 
   if (kernel_ == CpuKernel::Simple) {
     encoder.dispatch([p]() { flash_attention_simple_cpu(p); });
