@@ -16,6 +16,7 @@ from .online_softmax import (
     softmax_state,
 )
 from .profiling import Profile, profile, scores_nbytes, softmax_naive
+from .transformer import CausalSelfAttention, Transformer, generate, lm_loss
 
 __all__ = [
     # Week 1
@@ -44,4 +45,8 @@ __all__ = [
     "attention_backward",
     "flash_attention_tiled_backward",
     "flash_attention_trainable",
+    "CausalSelfAttention",
+    "Transformer",
+    "lm_loss",
+    "generate",
 ]
