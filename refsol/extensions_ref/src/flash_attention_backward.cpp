@@ -1,6 +1,6 @@
 // Week 4, day 3: the forward's log-sum-exp, the backward op, and FlashAttention::vjp, which
 // makes mx.grad, mx.value_and_grad and mx.vjp work through flash_attention.
-#include "src/flash_attention_backward.h"
+#include "flash_attention_backward.h"
 
 #include <cmath>
 #include <sstream>
@@ -78,8 +78,9 @@ std::vector<mx::array> flash_attention_backward(
     mx::StreamOrDevice s) {
   const metalsim::OpPlacement place = metalsim::place_op(s);
   if (place.on_gpu()) {
-    fail("runs on the CPU only: pass stream=mx.cpu (the GPU backward is not part of the course "
-         "yet)");
+    fail(
+        "runs on the CPU only: pass stream=mx.cpu (the GPU backward is not part of the course "
+        "yet)");
   }
   for (auto [x, name] : {std::pair{&query, "query"}, {&key, "key"}, {&value, "value"}}) {
     if (x->ndim() != 4 || x->dtype() != mx::float32) {

@@ -23,8 +23,8 @@
 #include <thread>
 #include <vector>
 
-#include "src/flash_attention_backward.h"
-#include "src/simd.h"
+#include "flash_attention_backward.h"
+#include "simd.h"
 
 namespace tiny_attn {
 
@@ -32,8 +32,8 @@ namespace {
 
 struct Workspace {
   explicit Workspace(int E)
-      : kT(size_t(E) * kBc), vT(size_t(E) * kBc), p(kBr * kBc), dp(kBr * kBc),
-        dk(size_t(kBc) * E), dv(size_t(kBc) * E) {}
+      : kT(size_t(E) * kBc), vT(size_t(E) * kBc), p(kBr * kBc), dp(kBr * kBc), dk(size_t(kBc) * E),
+        dv(size_t(kBc) * E) {}
   std::vector<float> kT, vT; // K_j and V_j transposed: (E, Bc)
   std::vector<float> p, dp;  // P_ij, and dP_ij then dS_ij: (Br, Bc)
   std::vector<float> dk, dv; // dK_j, dV_j accumulators: (Bc, E)
@@ -46,8 +46,8 @@ constexpr int kVecs = kBc / 8; // a row of a 32-wide tile: four 8-float vectors
 // acc[a][0..32) = alpha * sum_e x[a][e] * yT[e][0..32) for a < br: the 32 sums of a row stay in
 // four vector registers for the whole loop over e. Columns past the tile's bc come out as
 // zeros times zeros (yT is zero-padded) and are never read.
-TINY_ATTN_INLINE void tile_product(
-    const float* x, const float* yT, int br, int E, float alpha, float* acc) {
+TINY_ATTN_INLINE void
+tile_product(const float* x, const float* yT, int br, int E, float alpha, float* acc) {
   for (int a = 0; a < br; ++a) {
     f32x8 sum[kVecs] = {};
     for (int e = 0; e < E; ++e) {
@@ -88,7 +88,8 @@ TINY_ATTN_INLINE void accumulate(
         }
       }
       for (int c = 0; c < 4; ++c) {
-        simd::store(c_row + e + 8 * c, simd::load(c_row + e + 8 * c) + simd::broadcast(alpha) * sum[c]);
+        simd::store(
+            c_row + e + 8 * c, simd::load(c_row + e + 8 * c) + simd::broadcast(alpha) * sum[c]);
       }
     }
     for (; e < E; ++e) { // E not a multiple of 32: the last columns one by one
@@ -182,9 +183,9 @@ int64_t process_kv_tile(const BackwardProblem& p, int n, int hk, int j, float* d
           dS_a[b] = hide ? 0.0f : pab * (dS_a[b] - D[a]);
         }
       }
-      accumulate(ws.dv.data(), P, kBc, 1, dO, bc, br, E, 1.0f);      // dV_j += P^T dO_i
-      accumulate(ws.dk.data(), dS, kBc, 1, q, bc, br, E, p.scale);   // dK_j += dS^T Q_i
-      accumulate(dq_i, dS, 1, kBc, k, br, bc, E, p.scale);           // dQ_i += dS K_j
+      accumulate(ws.dv.data(), P, kBc, 1, dO, bc, br, E, 1.0f);    // dV_j += P^T dO_i
+      accumulate(ws.dk.data(), dS, kBc, 1, q, bc, br, E, p.scale); // dK_j += dS^T Q_i
+      accumulate(dq_i, dS, 1, kBc, k, br, bc, E, p.scale);         // dQ_i += dS K_j
     }
   }
   // dK_j and dV_j are finished: written once, by this thread only.

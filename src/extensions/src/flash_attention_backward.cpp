@@ -1,6 +1,6 @@
 // Week 4, day 3: the forward's log-sum-exp, the backward op, and FlashAttention::vjp, which
 // makes mx.grad, mx.value_and_grad and mx.vjp work through flash_attention.
-#include "src/flash_attention_backward.h"
+#include "flash_attention_backward.h"
 
 #include <cmath>
 #include <sstream>
@@ -28,7 +28,8 @@ namespace {
   throw std::invalid_argument("[flash_attention_backward] " + message);
 }
 
-[[maybe_unused]] void check_shape(const mx::array& x, const char* name, const mx::Shape& want, const char* layout) {
+[[maybe_unused]] void
+check_shape(const mx::array& x, const char* name, const mx::Shape& want, const char* layout) {
   if (x.dtype() != mx::float32) {
     std::ostringstream os;
     os << name << " must be float32, got " << x.dtype();

@@ -13,7 +13,7 @@
 //          +-------+
 #include <stdexcept>
 
-#include "src/flash_attention_backward.h"
+#include "flash_attention_backward.h"
 
 namespace tiny_attn {
 

@@ -5,9 +5,9 @@
 #include <nanobind/stl/vector.h>
 
 #include "metalsim/mlx_extension.h"
-#include "src/flash_attention.h"
-#include "src/flash_attention_backward.h"
-#include "src/softmax_rows.h"
+#include "flash_attention.h"
+#include "flash_attention_backward.h"
+#include "softmax_rows.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;

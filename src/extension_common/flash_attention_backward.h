@@ -6,7 +6,7 @@
 #include <optional>
 #include <vector>
 
-#include "src/flash_attention.h"
+#include "flash_attention.h"
 
 namespace tiny_attn {
 
