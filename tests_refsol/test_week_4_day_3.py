@@ -5,7 +5,8 @@ mx.fast.scaled_dot_product_attention on the CPU for the gradients, a float64 Num
 for the forward's lse. The backward op is tested from an out and an lse computed here, so that
 it depends on no other task. Tolerance: TOL_F32_REORDERED (tiles reorder the sums).
 Structure: ext.backward_tiles_visited() counts the (K/V tile, Q tile) pairs the backward kernel
-computes; MLX's peak memory shows whether an L x S array was allocated.
+computes, ext.backward_threads() says how many threads it ran on; MLX's peak memory shows
+whether an L x S array was allocated.
 """
 
 import math
@@ -217,6 +218,16 @@ def test_task_2_boolean_rows_that_see_no_key(ext):
     keep[0, :, 37] = False
     dq, _, _ = check_backward(ext, q, k, v, d_out, mask=mx.array(keep))
     assert np.all(np.array(dq)[0, 1, 3] == 0) and np.all(np.array(dq)[0, :, 37] == 0)
+
+
+def test_task_2_the_kernel_runs_on_threads(ext):
+    q, k, v, d_out = inputs(1, 4, 4, 64, 64, 8, seed=25)  # 4 heads: work for 2 and 3 threads
+    for n in (1, 2, 3):
+        backward(ext, q, k, v, d_out, num_threads=n)
+        assert ext.backward_threads() == n, f"num_threads={n}: ran on {ext.backward_threads()}"
+    q, k, v, d_out = inputs(1, 1, 1, 64, 96, 8, seed=26)  # one head, 3 K/V tiles: split them
+    backward(ext, q, k, v, d_out, num_threads=2)
+    assert ext.backward_threads() == 2, "one head's K/V tiles are dealt to 2 threads"
 
 
 def test_task_2_threads_own_their_key_value_tiles(ext):

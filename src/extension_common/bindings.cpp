@@ -241,6 +241,11 @@ Raises:
 :func:`reset_backward_tiles_visited`.)");
 
   m.def(
+      "backward_threads",
+      []() { return tiny_attn::backward_threads().load(); },
+      R"(How many threads the last evaluation of the backward kernel ran on.)");
+
+  m.def(
       "reset_backward_tiles_visited",
       []() { tiny_attn::backward_tiles_visited() = 0; },
       "Set the counter read by :func:`backward_tiles_visited` to 0.");

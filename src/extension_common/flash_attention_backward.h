@@ -72,6 +72,9 @@ void flash_attention_backward_cpu(const BackwardProblem& p, int num_threads);
 // makes it about half of the unmasked count.
 std::atomic<int64_t>& backward_tiles_visited();
 
+// How many threads the last call of the backward kernel ran on (the calling one included).
+std::atomic<int>& backward_threads();
+
 class FlashAttentionBackward : public mx::Primitive {
  public:
   FlashAttentionBackward(mx::Stream stream, float scale, bool causal, bool has_mask, int num_threads)

@@ -201,6 +201,11 @@ std::atomic<int64_t>& backward_tiles_visited() {
   return count;
 }
 
+std::atomic<int>& backward_threads() {
+  static std::atomic<int> count{0};
+  return count;
+}
+
 void flash_attention_backward_cpu(const BackwardProblem& p, int num_threads) {
   const int G = p.H_q / p.H;
   const int Tc = (p.S + kBc - 1) / kBc;
@@ -263,6 +268,7 @@ void flash_attention_backward_cpu(const BackwardProblem& p, int num_threads) {
     }
   }
   backward_tiles_visited() += tiles.load();
+  backward_threads() = threads;
 }
 
 } // namespace tiny_attn

@@ -4,6 +4,7 @@ import mlx.core  # noqa: F401  (loads libmlx before the extension that links to 
 
 try:
     from ._core import (
+        backward_threads,
         backward_tiles_visited,
         flash_attention,
         flash_attention_backward,
@@ -20,6 +21,7 @@ except ImportError as e:
     ) from e
 
 __all__ = [
+    "backward_threads",
     "backward_tiles_visited",
     "flash_attention",
     "flash_attention_backward",

@@ -22,13 +22,19 @@ std::atomic<int64_t>& backward_tiles_visited() {
   return count;
 }
 
+std::atomic<int>& backward_threads() {
+  static std::atomic<int> count{0};
+  return count;
+}
+
 // ---------------------------------------------------------------- Task 2: the kernel
 void flash_attention_backward_cpu(const BackwardProblem& p, int num_threads) {
   // TODO(Task 2): D = rowsum(dO * O); for each (n, key/value head, K/V tile j), on threads:
   // dK_j = dV_j = 0, then for every Q tile of the group's query heads that the causal mask
   // does not hide entirely: S, P = exp(S - lse) (1/S for a row whose lse is the lowest
   // float), dP, dS (0 where a mask hides the score), dV_j, dK_j, dQ_i. Write dK_j and dV_j
-  // once; keep dQ free of races. Add the tiles you compute to backward_tiles_visited().
+  // once; keep dQ free of races. Add the tiles you compute to backward_tiles_visited(), and
+  // set backward_threads() to the number of threads the call ran on.
   throw std::runtime_error(
       "flash_attention_backward_cpu is not implemented yet: see "
       "book/src/week4-03-backward-cpp.md, Task 2");
