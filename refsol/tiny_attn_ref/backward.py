@@ -23,8 +23,10 @@ from typing import Any
 
 import mlx.core as mx
 
-from .basics import _dtype_name, softmax
-from .masks import _check_attention_inputs, causal_mask
+from tiny_attn_contracts import check_attention_inputs, dtype_name
+
+from .basics import softmax
+from .masks import causal_mask
 
 # What a boolean or causal mask puts in a hidden score, as MLX does: the lowest finite float32.
 MASKED = float(mx.finfo(mx.float32).min)
@@ -35,7 +37,7 @@ def _check_d_out(d_out: Any, query: mx.array, value: mx.array) -> None:
     if not isinstance(d_out, mx.array):
         raise TypeError(f"d_out must be an mx.array, got {type(d_out).__name__}")
     if d_out.dtype != query.dtype:
-        want, got = _dtype_name(query.dtype), _dtype_name(d_out.dtype)
+        want, got = dtype_name(query.dtype), dtype_name(d_out.dtype)
         raise TypeError(f"d_out must have the dtype of query ({want}), got {got}")
     want_shape = (*query.shape[:-1], value.shape[-1])
     if tuple(d_out.shape) != want_shape:
@@ -88,7 +90,7 @@ def attention_backward(
             scale and mask; d_out not an mx.array, of another dtype than query (TypeError) or
             not of the output's shape (ValueError).
     """
-    _check_attention_inputs(query, key, value, scale, mask)
+    check_attention_inputs(query, key, value, scale, mask)
     _check_d_out(d_out, query, value)
     *batch, H_q, L, E = query.shape
     H, S, Ev = key.shape[-3], key.shape[-2], value.shape[-1]

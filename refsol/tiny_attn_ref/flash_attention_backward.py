@@ -26,17 +26,16 @@ from collections.abc import Callable
 
 import mlx.core as mx
 
+from tiny_attn_contracts import check_attention_inputs, check_int, dtype_name
+
 from .backward import _check_d_out
-from .basics import _dtype_name
 from .flash_attention_tiled import (
     MASKED,
-    _causal_kv_tiles,
-    _check_block,
     _group_mask_heads,
+    _kv_tiles_to_visit,
     _mask_tile,
     flash_attention_tiled,
 )
-from .masks import _check_attention_inputs
 
 
 def _check_saved(out: mx.array, lse: mx.array, query: mx.array, value: mx.array) -> None:
@@ -49,7 +48,7 @@ def _check_saved(out: mx.array, lse: mx.array, query: mx.array, value: mx.array)
     if not isinstance(lse, mx.array):
         raise TypeError(f"lse must be an mx.array, got {type(lse).__name__}")
     if lse.dtype != mx.float32:
-        raise TypeError(f"lse must be float32, got {_dtype_name(lse.dtype)}")
+        raise TypeError(f"lse must be float32, got {dtype_name(lse.dtype)}")
     if tuple(lse.shape) != tuple(query.shape[:-1]):
         raise ValueError(
             f"lse must have shape (B..., H_q, L) = {tuple(query.shape[:-1])}, got {lse.shape}"
@@ -96,11 +95,11 @@ def flash_attention_tiled_backward(
             block_q and block_k; as attention_backward for d_out; out or lse of the wrong type,
             dtype (lse: float32) or shape; on_tile not callable.
     """
-    _check_attention_inputs(query, key, value, scale, mask)
+    check_attention_inputs(query, key, value, scale, mask)
     _check_d_out(d_out, query, value)
     _check_saved(out, lse, query, value)
-    _check_block(block_q, "block_q")
-    _check_block(block_k, "block_k")
+    check_int(block_q, "block_q")
+    check_int(block_k, "block_k")
     _check_on_tile(on_tile)
     *batch, H_q, L, E = query.shape
     H, S, Ev = key.shape[-3], key.shape[-2], value.shape[-1]
@@ -134,7 +133,7 @@ def flash_attention_tiled_backward(
         dV_j = mx.zeros((*batch, H, k1 - k0, Ev), mx.float32)
         for i in range(Tr):  # inner loop: every Q tile that sees K/V tile j
             q0, q1 = i * Br, min((i + 1) * Br, L)
-            if causal and j >= _causal_kv_tiles(q0, q1, L, S, Bc):
+            if causal and j >= _kv_tiles_to_visit(q0, q1, L, S, Bc):
                 continue  # every score of the tile is hidden: nothing flows through it
             if on_tile is not None:
                 on_tile(j, i)
@@ -193,9 +192,9 @@ def flash_attention_trainable(
     Returns:
         out, (B..., H_q, L, Ev) in the dtype of query.
     """
-    _check_attention_inputs(query, key, value, scale, mask)
-    _check_block(block_q, "block_q")
-    _check_block(block_k, "block_k")
+    check_attention_inputs(query, key, value, scale, mask)
+    check_int(block_q, "block_q")
+    check_int(block_k, "block_k")
     blocks = {"block_q": block_q, "block_k": block_k}
 
     @mx.custom_function

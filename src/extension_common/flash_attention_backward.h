@@ -19,7 +19,7 @@ std::vector<mx::array> flash_attention_with_lse(
     float scale,
     const std::optional<mx::array>& mask = std::nullopt,
     bool causal = false,
-    CpuKernel kernel = CpuKernel::Fast,
+    Kernel kernel = Kernel::Fast,
     int num_threads = 0,
     mx::StreamOrDevice s = {});
 

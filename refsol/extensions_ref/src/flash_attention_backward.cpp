@@ -14,17 +14,7 @@ namespace tiny_attn {
 
 namespace {
 
-std::string shape_str(const mx::Shape& shape) {
-  std::ostringstream os;
-  os << "(";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    os << (i ? ", " : "") << shape[i];
-  }
-  os << (shape.size() == 1 ? ",)" : ")");
-  return os.str();
-}
-
-[[noreturn]] void fail(const std::string& message) {
+[[noreturn]] void fail_backward(const std::string& message) {
   throw std::invalid_argument("[flash_attention_backward] " + message);
 }
 
@@ -32,10 +22,10 @@ void check_shape(const mx::array& x, const char* name, const mx::Shape& want, co
   if (x.dtype() != mx::float32) {
     std::ostringstream os;
     os << name << " must be float32, got " << x.dtype();
-    fail(os.str());
+    fail_backward(os.str());
   }
   if (x.shape() != want) {
-    fail(
+    fail_backward(
         std::string(name) + " must have shape " + layout + " = " + shape_str(want) + ", got " +
         shape_str(x.shape()));
   }
@@ -51,7 +41,7 @@ std::vector<mx::array> flash_attention_with_lse(
     float scale,
     const std::optional<mx::array>& mask,
     bool causal,
-    CpuKernel kernel,
+    Kernel kernel,
     int num_threads,
     mx::StreamOrDevice s) {
   mx::array out = flash_attention(query, key, value, scale, mask, causal, kernel, num_threads, s);
@@ -78,7 +68,7 @@ std::vector<mx::array> flash_attention_backward(
     mx::StreamOrDevice s) {
   const metalsim::OpPlacement place = metalsim::place_op(s);
   if (place.on_gpu()) {
-    fail(
+    fail_backward(
         "runs on the CPU only: pass stream=mx.cpu (the GPU backward is not part of the course "
         "yet)");
   }
@@ -87,20 +77,20 @@ std::vector<mx::array> flash_attention_backward(
       std::ostringstream os;
       os << name << " must be a float32 array of 4 dimensions, got shape " << shape_str(x->shape())
          << " and dtype " << x->dtype();
-      fail(os.str());
+      fail_backward(os.str());
     }
   }
   const int N = query.shape(0), H_q = query.shape(1), L = query.shape(2), E = query.shape(3);
   const int H = key.shape(1), S = key.shape(2);
   if (N == 0 || H_q == 0 || H == 0 || L == 0 || S == 0 || E == 0) {
-    fail(
+    fail_backward(
         "every dimension must be at least 1, got query " + shape_str(query.shape()) + " and key " +
         shape_str(key.shape()));
   }
   check_shape(key, "key", {N, H, S, E}, "(N, H, S, E)");
   check_shape(value, "value", {N, H, S, E}, "(N, H, S, E)");
   if (H_q % H != 0) {
-    fail(
+    fail_backward(
         "the query heads H_q = " + std::to_string(H_q) +
         " must be a multiple of the key/value heads H = " + std::to_string(H));
   }
@@ -108,13 +98,13 @@ std::vector<mx::array> flash_attention_backward(
   check_shape(d_out, "d_out", query.shape(), "(N, H_q, L, E)");
   check_shape(lse, "lse", {N, H_q, L}, "(N, H_q, L)");
   if (!std::isfinite(scale)) {
-    fail("scale must be a finite float, got " + std::to_string(scale));
+    fail_backward("scale must be a finite float, got " + std::to_string(scale));
   }
   if (num_threads < 0) {
-    fail("num_threads must be >= 0 (0: one per core), got " + std::to_string(num_threads));
+    fail_backward("num_threads must be >= 0 (0: one per core), got " + std::to_string(num_threads));
   }
   if (causal && mask.has_value()) {
-    fail("pass either a mask array or causal=True, not both");
+    fail_backward("pass either a mask array or causal=True, not both");
   }
 
   auto stream = place.stream;
@@ -130,14 +120,14 @@ std::vector<mx::array> flash_attention_backward(
       fits = m.shape(-i) == 1 || m.shape(-i) == target[4 - i];
     }
     if (!fits) {
-      fail(
+      fail_backward(
           "mask must broadcast to (N, H_q, L, S) = " + shape_str(target) + ", got shape " +
           shape_str(m.shape()));
     }
     if (m.dtype() != mx::bool_ && !mx::issubdtype(m.dtype(), mx::floating)) {
       std::ostringstream os;
       os << "mask must be bool (true = keep) or floating (added to the scores), got " << m.dtype();
-      fail(os.str());
+      fail_backward(os.str());
     }
     auto m32 = m.dtype() == mx::bool_ ? m : mx::astype(m, mx::float32, stream);
     inputs.push_back(mx::broadcast_to(m32, target, stream));

@@ -14,17 +14,7 @@ namespace tiny_attn {
 
 namespace {
 
-[[maybe_unused]] std::string shape_str(const mx::Shape& shape) {
-  std::ostringstream os;
-  os << "(";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    os << (i ? ", " : "") << shape[i];
-  }
-  os << (shape.size() == 1 ? ",)" : ")");
-  return os.str();
-}
-
-[[noreturn, maybe_unused]] void fail(const std::string& message) {
+[[noreturn, maybe_unused]] void fail_backward(const std::string& message) {
   throw std::invalid_argument("[flash_attention_backward] " + message);
 }
 
@@ -33,10 +23,10 @@ check_shape(const mx::array& x, const char* name, const mx::Shape& want, const c
   if (x.dtype() != mx::float32) {
     std::ostringstream os;
     os << name << " must be float32, got " << x.dtype();
-    fail(os.str());
+    fail_backward(os.str());
   }
   if (x.shape() != want) {
-    fail(
+    fail_backward(
         std::string(name) + " must have shape " + layout + " = " + shape_str(want) + ", got " +
         shape_str(x.shape()));
   }
@@ -52,7 +42,7 @@ std::vector<mx::array> flash_attention_with_lse(
     float scale,
     const std::optional<mx::array>& mask,
     bool causal,
-    CpuKernel kernel,
+    Kernel kernel,
     int num_threads,
     mx::StreamOrDevice s) {
   // TODO(Task 1): call flash_attention and return the two outputs of its primitive,
@@ -75,9 +65,9 @@ std::vector<mx::array> flash_attention_backward(
     bool causal,
     int num_threads,
     mx::StreamOrDevice s) {
-  // TODO(Task 2): on the CPU only; check every argument (fail(...) names it); make the inputs
-  // row-contiguous, cast a floating mask to float32 and broadcast it to (N, H_q, L, S); return
-  // the three outputs of one FlashAttentionBackward primitive (mx::array::make_arrays).
+  // TODO(Task 2): on the CPU only; check every argument (fail_backward(...) names it); make the
+  // inputs row-contiguous, cast a floating mask to float32 and broadcast it to (N, H_q, L, S);
+  // return the three outputs of one FlashAttentionBackward primitive (mx::array::make_arrays).
   throw std::runtime_error(
       "flash_attention_backward is not implemented yet: see "
       "book/src/week4-03-backward-cpp.md, Task 2");
