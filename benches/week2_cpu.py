@@ -117,9 +117,9 @@ def blas_line(ext, N: int, H: int, E: int, n_matmul: int, rounds: int) -> dict[s
             gflops[name].append(flops / (time.perf_counter() - t) / 1e9)
     med = {name: statistics.median(g) for name, g in gflops.items()}
     base = med["numpy-matmul"]
+    print(f"[bench] the BLAS line (N={N} H={H} E={E}; {rounds} alternating rounds, medians):")
     print(
-        f"[bench] the BLAS line: N={N} H={H} E={E}, {rounds} alternating rounds, medians: "
-        f"NumPy {n_matmul}x{n_matmul} matmul {base:.1f} GFLOP/s; "
+        f"[bench] NumPy {n_matmul}x{n_matmul} matmul {base:.1f} GFLOP/s; "
         f"cpp-fast {med['cpp-fast']:.1f} GFLOP/s = {med['cpp-fast'] / base:.2f}x; "
         f"causal {med['cpp-fast causal']:.1f} GFLOP/s = {med['cpp-fast causal'] / base:.2f}x",
         flush=True,
