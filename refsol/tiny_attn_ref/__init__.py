@@ -1,7 +1,9 @@
 """tiny_attn_ref: the reference solution of the tiny-attn course, the same API as tiny_attn."""
 
+from .backward import attention_backward
 from .basics import scaled_dot_product_attention_simple, softmax
 from .flash_attention import flash_attention
+from .flash_attention_backward import flash_attention_tiled_backward, flash_attention_trainable
 from .flash_attention_tiled import (
     TileCounts,
     count_tile,
@@ -20,6 +22,7 @@ from .online_softmax import (
     softmax_state,
 )
 from .profiling import Profile, profile, scores_nbytes, softmax_naive
+from .transformer import CausalSelfAttention, Transformer, generate, lm_loss
 
 __all__ = [
     # Week 1
@@ -48,4 +51,12 @@ __all__ = [
     "tile_counts",
     "reset_tile_counts",
     "flash_attention",
+    # Week 4
+    "attention_backward",
+    "flash_attention_tiled_backward",
+    "flash_attention_trainable",
+    "CausalSelfAttention",
+    "Transformer",
+    "lm_loss",
+    "generate",
 ]

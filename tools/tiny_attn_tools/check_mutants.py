@@ -264,6 +264,30 @@ MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
             [("const char* suffix = type_suffix(q.dtype());", 'const char* suffix = "f32";')],
         ),
     ],
+    (4, 1): "the naive backward is the day's numbers: every gradient (dQ, dK, dV, GQA folded "
+    "over the group, masks, rows that see no key) is checked against MLX's autodiff and float64 "
+    "finite differences, so a defeated goal shows as a wrong gradient",
+    (4, 2): [
+        Mutant(
+            "causal tiles are computed in the backward instead of skipped",
+            "refsol/tiny_attn_ref/flash_attention_backward.py",
+            [("if causal and j >= _kv_tiles_to_visit(q0, q1, L, S, Bc):", "if False:")],
+        ),
+    ],
+    (4, 3): [
+        Mutant(
+            "the C++ backward ignores num_threads and runs on one thread",
+            "refsol/extensions_ref/src/flash_attention_backward_cpu.cpp",
+            [
+                (
+                    "threads = static_cast<int>(std::min<int64_t>(threads, n_items));",
+                    "threads = 1;",
+                )
+            ],
+        ),
+    ],
+    (4, 5): "training puts the days before together: its tests compare the loss curve and the "
+    "gradients with the naive path, and the mutants of Days 2 and 3 already defeat its parts",
 }
 
 
