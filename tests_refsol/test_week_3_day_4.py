@@ -40,8 +40,9 @@ def test_task_1_fast_op_dispatches_the_simdgroup_kernel(ext):
     # (batch, query head) and Q tile of 32 rows.
     q, k, v = qkv((2,), 3, 3, 70, 40, 64, seed=2)
     ext.reset_gpu_dispatches()
-    fast_gpu(ext, q, k, v)
+    out = fast_gpu(ext, q, k, v)
     assert ext.gpu_dispatches() == [("flash_attention_simdgroup_f32", (2 * 3, 3, 1), (128, 1, 1))]
+    assert_allclose(out, mlx_sdpa(q, k, v), **TOL_F32_REORDERED, what="and its answer")
 
 
 @pytest.mark.parametrize("N,H,L,S,E", SHAPES, ids=lambda v: str(v))

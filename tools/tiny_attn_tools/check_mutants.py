@@ -225,9 +225,8 @@ MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
             FA_METAL,
             [
                 (
-                    "const bool whole = p.mask_kind == MASK_CAUSAL && "
-                    "(j + 1) * Bc - 1 <= last_key;",
-                    "const bool whole = false;",
+                    "return p.mask_kind != MASK_NONE && !seen_whole;",
+                    "return p.mask_kind != MASK_NONE;",
                 )
             ],
         ),

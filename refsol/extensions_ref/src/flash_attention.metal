@@ -87,6 +87,13 @@ inline int kv_tiles_to_visit(int first_row, int last_row, constant AttentionPara
   return min(Tc, (last_row + p.S - p.L) / Bc + 1);
 }
 
+// Whether a row's scores of K/V tile j go through mask_score: on every tile of a mask array,
+// and under a causal mask only on a tile the row does not see whole (`last_key` = its last key).
+inline bool tile_needs_mask(int j, int last_key, constant AttentionParams& p) {
+  const bool seen_whole = p.mask_kind == MASK_CAUSAL && (j + 1) * Bc - 1 <= last_key;
+  return p.mask_kind != MASK_NONE && !seen_whole;
+}
+
 // Day 3: the work counters bound at [[buffer(7)]] (tile_counts in flash_attention_gpu.h). A
 // thread adds, for its query rows, the (row, K/V tile) pairs computed and how many of those went
 // through mask_score; the tests read them to see that a causal mask skips what it hides.
@@ -164,8 +171,8 @@ void flash_attention_e128_impl(
     const int col = j * Bc + b; // the key of lane b
     const bool col_valid = col < p.S;
     // A causal tile that row a sees whole needs no comparison (nor a mask read).
-    const bool whole = p.mask_kind == MASK_CAUSAL && (j + 1) * Bc - 1 <= last_key;
-    masked_tiles += p.mask_kind != MASK_NONE && !whole;
+    const bool masked = tile_needs_mask(j, last_key, p);
+    masked_tiles += masked;
 
     // S = Q K^T: one score per thread.
     float s = -INFINITY; // keys past S take no part in the max and get p = 0
@@ -175,8 +182,8 @@ void flash_attention_e128_impl(
       for (int e = 0; e < E; ++e) {
         dot += Q_tile[a][e] * float(k_row[e]);
       }
-      s = whole ? dot * p.scale
-                : mask_score(dot * p.scale, col, last_key, mask_add_row, mask_keep_row, p);
+      s = masked ? mask_score(dot * p.scale, col, last_key, mask_add_row, mask_keep_row, p)
+                 : dot * p.scale;
     }
 
     // Online softmax: row max and row sum over the 32 lanes.

@@ -79,6 +79,13 @@ inline int kv_tiles_to_visit(int first_row, int last_row, constant AttentionPara
   return Tc;
 }
 
+// Whether a row's scores of K/V tile j go through mask_score (`last_key` = the row's last key).
+inline bool tile_needs_mask(int j, int last_key, constant AttentionParams& p) {
+  // TODO(day 3, Task 2): under a causal mask, a tile the row sees whole needs no mask. Until
+  //   then, every tile of a masked call goes through mask_score.
+  return p.mask_kind != MASK_NONE;
+}
+
 // Day 3: the work counters bound at [[buffer(7)]] (tile_counts in flash_attention_gpu.h). A
 // thread adds, for its query rows, the (row, K/V tile) pairs computed and how many of those went
 // through mask_score; the tests read them to see that a causal mask skips what it hides.
@@ -131,13 +138,14 @@ void flash_attention_e128_impl(
   // TODO(Task 2): SIMD group a stages Q row `row` into Q_tile[a] (zeros if !row_valid) and
   //   zeroes O_acc[a]; then the barrier the chapter explains.
   // TODO(Task 2): m_i = -inf, l_i = 0; for each of the kv_tiles_to_visit(row, row, p) K tiles:
-  //   - lane b: score s of key j * Bc + b (-inf past S), through mask_score;
+  //   - lane b: score s of key j * Bc + b (-inf past S), through mask_score on the tiles
+  //     where tile_needs_mask(j, row + S - L, p);
   //   - m_new = max(m_i, simd_max(s)); m_sub = m_new, or 0 while m_new is -inf (see the
   //     chapter); p_ab = exp(s - m_sub); alpha = exp(m_i - m_sub);
   //     l_i = l_i * alpha + simd_sum(p_ab);
   //   - for each column e: pv = simd_sum(p_ab * V[b, e]); lane 0: O_acc[a][e] = ... .
-  // TODO(day 3, Task 2): lane 0 of a valid row: count_tiles(tile_counts, the tiles it
-  //   visited, how many of them went through mask_score).
+  // TODO(Task 2): lane 0 of a valid row: count_tiles(tile_counts, the tiles it visited, how
+  //   many of them went through mask_score).
   // TODO(Task 2): a barrier, then the lanes write out[row, :] = O_acc[a][:] / l_i.
   if (row_valid) {
     for (int e = b; e < E; e += 32) {
