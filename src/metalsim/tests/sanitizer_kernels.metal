@@ -200,3 +200,19 @@ kernel void packed_float4_from_float_offset(device const float* x [[buffer(0)]],
                                             uint i [[thread_position_in_grid]]) {
   out[i] = float4(*reinterpret_cast<device const packed_float4*>(x + 4 * i + offset));
 }
+
+// ---------------------------------------------------------------- atomics
+
+// Every thread adds 1 to a threadgroup counter with no barrier between the adds: atomics do not
+// race. Thread 0 sets it up before a barrier and reads it after another.
+kernel void threadgroup_atomic_count(device int* out [[buffer(0)]],
+                                     uint lid [[thread_index_in_threadgroup]]) {
+  threadgroup atomic_int counter;
+  if (lid == 0)
+    atomic_store_explicit(&counter, 0, memory_order_relaxed);
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  atomic_fetch_add_explicit(&counter, 1, memory_order_relaxed);
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  if (lid == 0)
+    out[0] = atomic_load_explicit(&counter, memory_order_relaxed);
+}
