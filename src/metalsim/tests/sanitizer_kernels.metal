@@ -176,8 +176,7 @@ kernel void wait_at_barrier_forever(device float* x [[buffer(0)]],
                                     uint lid [[thread_index_in_threadgroup]]) {
   if (lid == 63) {
     float v = x[0];
-    while (v >= 0.0f)
-      v = v * 0.5f + 1.0f; // @spin-one
+    while (v >= 0.0f) v = v * 0.5f + 1.0f; // @spin-one (one line: the loop test and its body)
     x[0] = v;
   }
   threadgroup_barrier(mem_flags::mem_none); // @waiting-barrier

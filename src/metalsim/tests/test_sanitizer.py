@@ -26,7 +26,7 @@ SOURCE = HERE / "sanitizer_kernels.metal"
 def line(marker: str) -> str:
     """'sanitizer_kernels.metal:N' for the line that carries `// @marker`."""
     for n, text in enumerate(SOURCE.read_text().splitlines(), start=1):
-        if text.rstrip().endswith(f"// @{marker}"):
+        if f"// @{marker}" in text:
             return f"sanitizer_kernels.metal:{n}"
     raise AssertionError(f"no line marked @{marker}")
 
