@@ -188,6 +188,11 @@ def compiler_runs() -> int:
     return _core.compiler_runs()
 
 
+_MAX_DIM = 2**32 - 1
+# More OS threads than this only adds switching: threadgroups are queued to the workers.
+_MAX_WORKERS = 1024
+
+
 def _size3(value: int | Sequence[int], what: str) -> tuple[int, int, int]:
     if isinstance(value, (int, np.integer)):
         dims = [int(value)]
@@ -200,6 +205,10 @@ def _size3(value: int | Sequence[int], what: str) -> tuple[int, int, int]:
             ) from None
     if not 1 <= len(dims) <= 3 or any(d < 0 for d in dims):
         raise ValueError(f"{what} must be 1 to 3 non-negative ints, got {value!r}")
+    if any(d > _MAX_DIM for d in dims):
+        raise ValueError(
+            f"{what} must have dimensions of at most 2^32 - 1 (Metal's uint), got {value!r}"
+        )
     dims += [1] * (3 - len(dims))
     return dims[0], dims[1], dims[2]
 
@@ -345,6 +354,22 @@ class Library:
             raise TypeError(f"kernel must be a kernel name (str), got {type(kernel).__name__}")
         g = _size3(grid, "threads" if grid_is_threads else "grid")
         t = _size3(group, "threadgroup")
+        if buffers is not None and not isinstance(buffers, Mapping):
+            raise TypeError(
+                f"buffers must be a dict {{index: array}}, got {type(buffers).__name__}"
+            )
+        if tg is not None and not isinstance(tg, Mapping):
+            raise TypeError(
+                f"threadgroup_memory must be a dict {{index: bytes}}, got {type(tg).__name__}"
+            )
+        if (
+            isinstance(workers, bool)
+            or not isinstance(workers, (int, np.integer))
+            or not 0 <= workers <= _MAX_WORKERS
+        ):
+            raise ValueError(
+                f"workers must be an int from 0 (one per core) to {_MAX_WORKERS}, got {workers!r}"
+            )
         keep = []
         specs = []
         for index, value in (buffers or {}).items():

@@ -15,6 +15,8 @@ from typing import Any
 
 import mlx.core as mx
 
+from tiny_attn_contracts import check_wrapper_inputs
+
 KERNELS = ("simple", "fast")
 
 
@@ -54,6 +56,7 @@ def flash_attention(
     Returns:
         (B..., H_q, L, E) in the dtype of query, lazy like every MLX result.
     """
+    check_wrapper_inputs(query, key, value, scale, mask, KERNELS, kernel, num_threads)
     # TODO(Task 4): flatten the batch dimensions, turn mask into (mask array, causal),
     # default the scale, call _extension().flash_attention or .flash_attention_fast, and
     # restore the batch dimensions of the result.

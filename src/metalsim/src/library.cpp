@@ -200,7 +200,18 @@ std::shared_ptr<Library> Library::build(
   std::string dir = cache_dir();
   mkdirs(dir);
   std::string so = dir + "/" + key + ".so";
-  if (!file_exists(so)) {
+  // A library from the cache, unless it does not load: empty or cut short (a compile killed
+  // half-way, a full disk) or built for another metalsim. Then it is deleted and compiled
+  // again, instead of every dispatch failing on "invalid ELF header".
+  std::shared_ptr<Library> lib;
+  if (file_exists(so)) {
+    try {
+      lib = load(so);
+    } catch (const Error&) {
+      std::remove(so.c_str());
+    }
+  }
+  if (!lib) {
     std::string tag = std::to_string(getpid()) + "." + std::to_string(std::rand());
     std::vector<std::string> argv = {cxx};
     argv.insert(argv.end(), flags.begin(), flags.end());
@@ -237,9 +248,9 @@ std::shared_ptr<Library> Library::build(
     }
     if (std::rename(tmp_so.c_str(), so.c_str()) != 0)
       throw Error("metalsim: cannot move the compiled library to '" + so + "'");
+    lib = load(so);
   }
 
-  std::shared_ptr<Library> lib = load(so);
   std::lock_guard<std::mutex> lk(g_libs_mu);
   auto [it, inserted] = g_libs.emplace(key, lib);
   return it->second;
