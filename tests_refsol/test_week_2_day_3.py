@@ -87,6 +87,13 @@ def test_task_2_softmax_rows_on_an_explicit_stream_and_in_a_graph(ext):
     assert_allclose(rows_sum, np.ones(4), **TOL_F32)
 
 
+def test_task_2_softmax_rows_runs_on_the_cpu_without_a_stream(ext, as_on_a_mac):
+    # With no stream the op runs eval_cpu, even where MLX's default device is the GPU (a Mac;
+    # `as_on_a_mac` makes this machine answer as one): Week 3's eval_gpu is not needed yet.
+    x = rand((3, 40), seed=8)
+    assert_allclose(ext.softmax_rows(x), numpy_softmax(x), **TOL_F32)
+
+
 def test_task_2_softmax_rows_under_compile(ext):
     x = rand((3, 8), seed=7)
     f = mx.compile(lambda a: ext.softmax_rows(a) * 3.0)

@@ -135,6 +135,20 @@ def test_task_2_flash_attention_is_lazy_and_counts_tiles(ext):
     assert ext.tiles_visited() == 2 * 3 * tiles(70, 45)
 
 
+def test_task_2_flash_attention_runs_on_the_cpu_without_a_stream(ext, as_on_a_mac):
+    # The course's ops run on the CPU unless a stream says otherwise, on every machine, even
+    # where MLX's default device is the GPU (a Mac; `as_on_a_mac` makes this machine answer as
+    # one): a call with no stream refuses float16 as the CPU kernel does and counts its tiles.
+    q, k, v = qkv((1,), 2, 2, 40, 40, 8, seed=11)
+    half = [x.astype(mx.float16) for x in (q, k, v)]
+    with pytest.raises(ValueError, match=r"query must be float32"):
+        ext.flash_attention(*half, 0.5)
+    mx.eval(q, k, v)
+    ext.reset_tiles_visited()
+    mx.eval(ext.flash_attention(q, k, v, 0.5))
+    assert ext.tiles_visited() == 2 * tiles(40, 40)
+
+
 def test_task_2_flash_attention_noncontiguous_inputs(ext):
     q, k, v = qkv((1,), 2, 2, 24, 36, 8, seed=6)
     # (N, L, H, E) arrays seen as (N, H, L, E): transposed views, not row-contiguous.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -134,6 +135,23 @@ def gpu_backend_name() -> str:
     return "metal" if mx.metal.is_available() else "metalsim"
 
 
+# The Mac view: a machine without Metal answers as a Mac does where the answer depends on the
+# platform. On a Mac, MLX's default device is the GPU; MLX's CPU build cannot set that, so the
+# extensions' glue (metalsim/mlx_extension.h) reads it from this variable instead, and so do the
+# helpers below. `pdm run test --mac-view` (and test-refsol) set it for a whole run.
+MAC_VIEW_ENV = "METALSIM_DEFAULT_DEVICE"
+
+
+def mac_view() -> bool:
+    """True when this run sees the platform as a Mac does (`--mac-view`)."""
+    return os.environ.get(MAC_VIEW_ENV) == "gpu"
+
+
+def default_device() -> mx.Device:
+    """The default device as a Mac sees it under the Mac view, else MLX's own."""
+    return mx.gpu if mac_view() else mx.default_device()
+
+
 def load_extension(module_name: str) -> Any:
     """Import a course extension, building it first if it is missing or out of date.
 
@@ -190,6 +208,18 @@ class _LazyExtension:
                 _LazyExtension._build_failure = f"{self._module_name} did not build"
                 raise
         return getattr(self._module, attr)
+
+
+@pytest.fixture
+def as_on_a_mac(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run one test with the Mac view on: MLX's default device is the GPU, as on a Mac."""
+    monkeypatch.setenv(MAC_VIEW_ENV, "gpu")
+
+
+def pytest_report_header() -> str:
+    """The first lines of a test run say which GPU backend runs the kernels, and the view."""
+    view = " (Mac view: the default device is the GPU, as on a Mac)" if mac_view() else ""
+    return f"tiny-attn: GPU kernels run on {gpu_backend_name()}{view}"
 
 
 @pytest.fixture(scope="session")

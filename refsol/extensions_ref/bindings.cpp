@@ -5,6 +5,7 @@
 
 #include "metalsim/mlx_extension.h"
 #include "src/flash_attention.h"
+#include "src/flash_attention_gpu.h"
 #include "src/softmax_rows.h"
 
 namespace nb = nanobind;
@@ -44,16 +45,10 @@ Raises:
          const std::optional<mx::array>& mask,
          bool causal,
          const metalsim::DeviceOrStream& stream) {
+        const mx::StreamOrDevice s = metalsim::to_stream_or_device(stream);
+        tiny_attn::check_gpu_has_bfloat16(query, metalsim::place_op(s).on_gpu());
         return tiny_attn::flash_attention(
-            query,
-            key,
-            value,
-            scale,
-            mask,
-            causal,
-            tiny_attn::CpuKernel::Simple,
-            1,
-            metalsim::to_stream_or_device(stream));
+            query, key, value, scale, mask, causal, tiny_attn::CpuKernel::Simple, 1, s);
       },
       "query"_a,
       "key"_a,
@@ -95,16 +90,10 @@ Raises:
          bool causal,
          int num_threads,
          const metalsim::DeviceOrStream& stream) {
+        const mx::StreamOrDevice s = metalsim::to_stream_or_device(stream);
+        tiny_attn::check_gpu_has_bfloat16(query, metalsim::place_op(s).on_gpu());
         return tiny_attn::flash_attention(
-            query,
-            key,
-            value,
-            scale,
-            mask,
-            causal,
-            tiny_attn::CpuKernel::Fast,
-            num_threads,
-            metalsim::to_stream_or_device(stream));
+            query, key, value, scale, mask, causal, tiny_attn::CpuKernel::Fast, num_threads, s);
       },
       "query"_a,
       "key"_a,

@@ -8,7 +8,7 @@
 #include <filesystem>
 #include <stdexcept>
 
-#include "metalsim/gpu_backend.h"
+#include "metalsim/mlx_extension.h"
 #include "mlx/backend/cpu/encoder.h"
 
 namespace metalsim_example {
@@ -27,8 +27,7 @@ mx::array row_softmax(const mx::array& x, int threads, mx::StreamOrDevice s) {
     throw std::invalid_argument("row_softmax: x must be 2-D (rows, cols)");
   if (x.dtype() != mx::float32)
     throw std::invalid_argument("row_softmax: x must be float32");
-  bool sim = metalsim::use_simulator(s);
-  mx::Stream stream = sim ? metalsim::simulator_stream() : mx::to_stream(s);
+  auto [stream, sim] = metalsim::place_op(s);
   mx::array xc = mx::contiguous(x, false, stream);
   return mx::array(
       x.shape(), mx::float32, std::make_shared<RowSoftmax>(stream, sim, threads), {xc});

@@ -1,5 +1,5 @@
 // A row softmax as an MLX primitive whose GPU path is a Metal kernel: on a Mac it runs on the
-// GPU, elsewhere the same eval_gpu runs on metalsim (see metalsim/gpu_backend.h).
+// GPU, elsewhere the same eval_gpu runs on metalsim (see metalsim/mlx_extension.h).
 #pragma once
 
 #include "mlx/ops.h"
