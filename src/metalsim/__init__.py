@@ -54,13 +54,16 @@ __all__ = [
     "ensure_built",
 ]
 
-_BUILD_INPUTS = [
-    "CMakeLists.txt",
-    "src/host.cpp",
-    "src/python.cpp",
-    "include/metalsim/host.h",
-    "include/metalsim/abi.h",
-]
+
+def _build_inputs() -> list[Path]:
+    """The files metalsim._core is built from (the host library, one file per pipeline stage)."""
+    src = sorted((HOME / "src").glob("*.cpp")) + sorted((HOME / "src").glob("*.h"))
+    return [
+        HOME / "CMakeLists.txt",
+        *src,
+        HOME / "include/metalsim/host.h",
+        HOME / "include/metalsim/abi.h",
+    ]
 
 
 def _built_module() -> Path | None:
@@ -110,7 +113,7 @@ def _core_is_fresh() -> bool:
     mod = _built_module()
     if mod is None:
         return False
-    return mod.stat().st_mtime >= max((HOME / f).stat().st_mtime for f in _BUILD_INPUTS)
+    return mod.stat().st_mtime >= max(f.stat().st_mtime for f in _build_inputs())
 
 
 def ensure_built(verbose: bool = False) -> None:

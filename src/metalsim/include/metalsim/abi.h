@@ -1,7 +1,7 @@
 // The C interface between the metalsim host library and a compiled kernel library.
 //
 // Every kernel library (.so) that metalsim JIT-compiles from .metal sources exports these
-// three functions. The host (host.cpp) fills a metalsim_dispatch_args and calls
+// three functions. The host (dispatch.cpp) fills a metalsim_dispatch_args and calls
 // metalsim_dispatch; errors come back as text plus a metalsim_status code, never as a crash.
 #pragma once
 

@@ -169,6 +169,8 @@ class Library {
       const std::vector<std::string>& paths,
       const std::vector<std::string>& sources,
       const std::vector<std::string>& include_dirs);
+  // Opens a compiled shared object (load.cpp).
+  static std::shared_ptr<Library> load(const std::string& so_path);
   std::string so_path_;
   void* handle_ = nullptr;
   void* dispatch_fn_ = nullptr;
