@@ -76,7 +76,7 @@ def test_simulator_errors_reach_python(ext: ModuleType) -> None:
     ],
 )
 def test_glue_header_without_metal_cpp(tmp_path: Path, defines: list[str], fails: bool) -> None:
-    # A build for MLX's Metal backend (METALSIM_USE_METAL, set by cmake/tiny_attn_extension.cmake)
+    # A build for MLX's Metal backend (METALSIM_USE_METAL, set by the build that links it)
     # that cannot find <Metal/Metal.hpp> stops with an #error saying what to do, instead of
     # falling back to the simulator and failing at link time; without it (Linux), or with
     # METALSIM_FORCE, the header selects the simulator.
