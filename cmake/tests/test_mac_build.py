@@ -226,3 +226,20 @@ def test_the_mac_view_refuses_a_device_it_does_not_know():
     result = run_python(code, METALSIM_DEFAULT_DEVICE="tpu")
     assert result.returncode != 0
     assert "METALSIM_DEFAULT_DEVICE must be gpu or cpu, got tpu" in result.stderr
+
+
+@pytest.mark.parametrize("why", [None, *NO_METAL])
+def test_check_installation_tries_the_metal_compiler_as_the_build_does(tmp_path, monkeypatch, why):
+    import check_installation  # tools/check_installation.py
+
+    log = tmp_path / "xcrun.log"
+    fake_xcrun(tmp_path / "bin", log, NO_METAL[why] if why else None)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    works, words = check_installation.metal_compiler()
+    assert "-mmacosx-version-min=14.0 -c" in log.read_text()
+    if why is None:
+        assert works
+    else:
+        assert not works and words == NO_METAL[why][1]
+    # What to install when it does not work: Xcode, then its Metal toolchain.
+    assert "xcodebuild -downloadComponent MetalToolchain" in check_installation.METAL_FIX
