@@ -14,7 +14,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny_attn_base import *  # noqa: F403
-from tiny_attn_base import TOL_F32_REORDERED, assert_allclose, mlx_sdpa, qkv, rand, ta, to_numpy
+from tiny_attn_base import (
+    TOL_F32_REORDERED,
+    assert_allclose,
+    default_device,
+    mlx_sdpa,
+    qkv,
+    rand,
+    ta,
+    to_numpy,
+)
 
 BR = BC = 32
 
@@ -139,6 +148,7 @@ def test_task_2_flash_attention_runs_on_the_cpu_without_a_stream(ext, as_on_a_ma
     # The course's ops run on the CPU unless a stream says otherwise, on every machine, even
     # where MLX's default device is the GPU (a Mac; `as_on_a_mac` makes this machine answer as
     # one): a call with no stream refuses float16 as the CPU kernel does and counts its tiles.
+    assert default_device() == mx.gpu
     q, k, v = qkv((1,), 2, 2, 40, 40, 8, seed=11)
     half = [x.astype(mx.float16) for x in (q, k, v)]
     with pytest.raises(ValueError, match=r"query must be float32"):

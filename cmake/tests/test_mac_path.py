@@ -243,3 +243,14 @@ def test_check_installation_tries_the_metal_compiler_as_the_build_does(tmp_path,
         assert not works and words == NO_METAL[why][1]
     # What to install when it does not work: Xcode, then its Metal toolchain.
     assert "xcodebuild -downloadComponent MetalToolchain" in check_installation.METAL_FIX
+
+
+def test_the_mac_view_reaches_the_graded_tests():
+    # `--mac-view` sets METALSIM_DEFAULT_DEVICE=gpu for the run: the tests' helpers say so in the
+    # report's header, and the extension's glue reads the same variable.
+    cmd = [sys.executable, str(ROOT / "tools" / "run_tests.py"), "--refsol", "--mac-view"]
+    cmd += ["--week", "2", "--day", "3", "--", "-p", "no:cacheprovider", "-k", "task_1"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "testing reference solution: w2d3 (Mac view)" in result.stdout
+    assert "GPU kernels run on metalsim (Mac view: the default device is the GPU" in result.stdout
