@@ -9,12 +9,12 @@ pdm run bench --student          your code (src/) instead of the reference (refs
 from __future__ import annotations
 
 import argparse
-import importlib
+import importlib.util
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
 
 # week -> (module in benches/, extra arguments for --quick)
 BENCHES = {
@@ -34,16 +34,24 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     for week in weeks:
         name, quick_args = BENCHES[week]
-        if not (Path(__file__).resolve().parent / f"{name}.py").exists():
+        if not (HERE / f"{name}.py").exists():
             print(f"[bench] week {week}: benches/{name}.py is not there yet, skipped")
             continue
         bench_args = (quick_args if args.quick else []) + (["--student"] if args.student else [])
         print(f"\n[bench] ===== week {week}: benches/{name}.py {' '.join(bench_args)}", flush=True)
         t = time.perf_counter()
-        rc = importlib.import_module(name).main(bench_args)
+        rc = _load(name).main(bench_args)
         print(f"[bench] week {week} finished in {time.perf_counter() - t:.0f} s (exit {rc})")
         status = status or (rc or 0)
     return status
+
+
+def _load(name: str):
+    """benches/<name>.py as a module (the benches are scripts, not an importable package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 if __name__ == "__main__":

@@ -28,10 +28,9 @@ from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
+from tiny_attn_tools.testing import attention_flops, load_extension
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-from tiny_attn_testing import attention_flops  # noqa: E402
 
 IMAGES = ROOT / "book" / "src" / "images"
 
@@ -90,12 +89,8 @@ def blas_baseline(n: int) -> None:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    import build_ext
-
     ta = importlib.import_module("tiny_attn" if args.student else "tiny_attn_ref")
-    ext_name = "tiny_attn_ext" if args.student else "tiny_attn_ext_ref"
-    build_ext.ensure_built("student" if args.student else "ref")
-    ext = importlib.import_module(ext_name)
+    ext = load_extension("tiny_attn_ext" if args.student else "tiny_attn_ext_ref")
     tiled = getattr(ta, "flash_attention_tiled", None)
     if tiled is None:
         print("[bench] flash_attention_tiled is not in the package yet: python-tiled skipped")

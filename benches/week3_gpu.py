@@ -24,10 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import mlx.core as mx
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))  # tiny_attn_testing
-
-from tiny_attn_testing import (  # noqa: E402
+from tiny_attn_tools.testing import (
     TOL_BF16,
     TOL_F16,
     TOL_F32_REORDERED,

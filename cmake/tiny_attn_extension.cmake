@@ -15,7 +15,7 @@
 #                                    that metalsim (src/metalsim) compiles on first use.
 #     (-DMETALSIM_FORCE=ON takes the second branch on a Mac as well.)
 # eval_gpu finds them with metalsim::extension_library (src/metalsim/include/metalsim/
-# mlx_extension.h). tools/build_ext.py (`pdm run build-ext`, `pdm run build-ext-ref`) runs it.
+# mlx_extension.h). tiny_attn_tools.build_ext (`pdm run build-ext`, `pdm run build-ext-ref`) runs it.
 #
 # The Metal compiler (`xcrun -sdk macosx metal`) comes with Xcode, not with the command line
 # tools, and recent Xcode downloads it separately (xcodebuild -downloadComponent MetalToolchain).

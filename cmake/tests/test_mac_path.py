@@ -197,7 +197,7 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
 
 
 GPU_CALLS = """
-import build_ext
+from tiny_attn_tools import build_ext
 build_ext.ensure_built("ref")
 import mlx.core as mx
 import tiny_attn_ext_ref as ext
@@ -230,7 +230,7 @@ def test_the_mac_view_refuses_a_device_it_does_not_know():
 
 @pytest.mark.parametrize("why", [None, *NO_METAL])
 def test_check_installation_tries_the_metal_compiler_as_the_build_does(tmp_path, monkeypatch, why):
-    import check_installation  # tools/check_installation.py
+    from tiny_attn_tools import check_installation
 
     log = tmp_path / "xcrun.log"
     fake_xcrun(tmp_path / "bin", log, NO_METAL[why] if why else None)
@@ -248,7 +248,7 @@ def test_check_installation_tries_the_metal_compiler_as_the_build_does(tmp_path,
 def test_the_mac_view_reaches_the_graded_tests():
     # `--mac-view` sets METALSIM_DEFAULT_DEVICE=gpu for the run: the tests' helpers say so in the
     # report's header, and the extension's glue reads the same variable.
-    cmd = [sys.executable, str(ROOT / "tools" / "run_tests.py"), "--refsol", "--mac-view"]
+    cmd = [sys.executable, "-m", "tiny_attn_tools.run_tests", "--refsol", "--mac-view"]
     cmd += ["--week", "2", "--day", "3", "--", "-p", "no:cacheprovider", "-k", "task_1"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr

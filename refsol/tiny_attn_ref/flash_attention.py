@@ -9,6 +9,7 @@ that is None, "causal" or an array. Everything else is checked in C++.
 
 from __future__ import annotations
 
+import importlib
 import math
 from types import ModuleType
 from typing import Any
@@ -19,13 +20,9 @@ KERNELS = ("simple", "fast")
 
 
 def _extension() -> ModuleType:
-    """The compiled extension, built first if a source changed (tools/build_ext.py)."""
-    import build_ext
-
-    build_ext.ensure_built("ref")
-    import tiny_attn_ext_ref
-
-    return tiny_attn_ext_ref
+    """This package's compiled extension: tiny_attn_ext for tiny_attn, tiny_attn_ext_ref for
+    tiny_attn_ref (`pdm run build-ext` builds it; the tests build it when a source changed)."""
+    return importlib.import_module(__package__.replace("tiny_attn", "tiny_attn_ext", 1))
 
 
 def flash_attention(

@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections import defaultdict
 
-import course
+from tiny_attn_tools import course
 
 
 def task_status(outcomes: list[course.Outcome]) -> str:

@@ -12,9 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import course
+from tiny_attn_tools import course
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FOLDERS = ["src/extensions", "refsol/extensions_ref", "src/metalsim"]
 
 

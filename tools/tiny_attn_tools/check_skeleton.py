@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-import course
+from tiny_attn_tools import course
 
 
 def main() -> int:

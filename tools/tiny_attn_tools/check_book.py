@@ -14,14 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import course
+from tiny_attn_tools import course
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BOOK = ROOT / "book"
 CODE_SUFFIXES = {".py", ".cpp", ".h", ".hpp", ".metal", ".txt", ".cmake"}
 PATH_RE = re.compile(

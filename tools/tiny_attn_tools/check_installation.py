@@ -10,9 +10,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import course
+from tiny_attn_tools import course
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def version_of(cmd: list[str]) -> str | None:

@@ -1,18 +1,21 @@
 """Build the course's MLX C++ extensions: `pdm run build-ext` and `pdm run build-ext-ref`.
 
-  python tools/build_ext.py student     src/extensions         -> package tiny_attn_ext
-  python tools/build_ext.py ref         refsol/extensions_ref  -> package tiny_attn_ext_ref
+  python -m tiny_attn_tools.build_ext student   src/extensions         -> package tiny_attn_ext
+  python -m tiny_attn_tools.build_ext ref       refsol/extensions_ref  -> package tiny_attn_ext_ref
 
 The first build configures CMake (Ninja, Release) in build/<package>/; later builds are
 incremental. The compiled module `_core.<suffix>` lands inside the package folder, next to its
 __init__.py. `ensure_built(which)` is what the tests call: it returns at once when nothing
 changed since the last successful build (a hash of the sources' names, sizes and mtimes).
+`build_on_import()` makes the harness (tests, benches, demo) build an extension the first time
+it is imported: the course packages import their extension by name and know nothing of this.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.abc
 import os
 import shutil
 import subprocess
@@ -20,9 +23,9 @@ import sys
 import sysconfig
 from pathlib import Path
 
-import course
+from tiny_attn_tools import course
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # which -> (source folder, Python package inside it)
 EXTENSIONS = {
@@ -30,10 +33,12 @@ EXTENSIONS = {
     "ref": (ROOT / "refsol" / "extensions_ref", "tiny_attn_ext_ref"),
 }
 SOURCE_SUFFIXES = {".cpp", ".h", ".hpp", ".metal", ".txt", ".cmake"}
-# What both extensions' builds share: the CMake function that builds them and the simulator
+# What both extensions' builds share: the CMake function that builds them, their bindings and
+# the ops' headers (src/extension_common), and the simulator
 # (its headers, its host library, its CMakeLists.txt). An edit there rebuilds them too.
 SHARED_SOURCES = (
     ROOT / "cmake",
+    ROOT / "src" / "extension_common",
     ROOT / "src" / "metalsim" / "include",
     ROOT / "src" / "metalsim" / "src",
 )
@@ -53,7 +58,7 @@ def _paths(which: str) -> tuple[Path, str, Path, Path]:
 
 
 def _sources(source: Path) -> list[Path]:
-    """Every file the build depends on: CMakeLists.txt, bindings.cpp, src/**."""
+    """Every file the build depends on: CMakeLists.txt, src/**."""
     files = [p for p in source.rglob("*") if p.is_file() and p.suffix in SOURCE_SUFFIXES]
     return sorted(p for p in files if "__pycache__" not in p.parts)
 
@@ -187,7 +192,7 @@ def ensure_built(which: str) -> None:
     print(f"[build-ext] {package} is missing or out of date: building it ...", flush=True)
     # Build in a child process and keep its output off the test report unless it fails.
     result = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), which],
+        [sys.executable, "-m", "tiny_attn_tools.build_ext", which],
         capture_output=True,
         text=True,
     )
@@ -200,9 +205,26 @@ def ensure_built(which: str) -> None:
         print(f"[build-ext] {package} was imported before this build: restart Python to load it")
 
 
+class _BuildOnImport(importlib.abc.MetaPathFinder):
+    """Builds a course extension (if a source changed) just before it is first imported."""
+
+    def find_spec(self, name, path, target=None):  # noqa: ANN001, ANN201
+        for which, (_, package) in EXTENSIONS.items():
+            if name == package:
+                ensure_built(which)
+        return None  # the usual finders import the module
+
+
+def build_on_import() -> None:
+    """From now on, importing tiny_attn_ext or tiny_attn_ext_ref builds it first if needed."""
+    if not any(isinstance(f, _BuildOnImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _BuildOnImport())
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0] not in EXTENSIONS:
-        print(f"usage: python tools/build_ext.py {{{'|'.join(EXTENSIONS)}}}", file=sys.stderr)
+        usage = f"python -m tiny_attn_tools.build_ext {{{'|'.join(EXTENSIONS)}}}"
+        print(f"usage: {usage}", file=sys.stderr)
         return 2
     try:
         build(argv[0])

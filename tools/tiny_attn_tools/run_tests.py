@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-import course
+from tiny_attn_tools import course
 
 
 def main(argv: list[str]) -> int:
@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
     else:
         files = [course.copy_test(w, d) for w, d in days]
     if args.mac_view:
-        # Read by the extensions' glue (metalsim/mlx_extension.h) and tools/tiny_attn_testing.py.
+        # Read by the extensions' glue (metalsim/mlx_extension.h) and tiny_attn_tools.testing.
         os.environ["METALSIM_DEFAULT_DEVICE"] = "gpu"
     label = "reference solution" if args.refsol else "your code"
     which = ", ".join(f"w{w}d{d}" for w, d in days) if len(days) < 6 else f"{len(days)} days"

@@ -12,11 +12,11 @@ import math
 import sys
 from collections.abc import Callable
 
-import build_ext
 import mlx.core as mx
 import numpy as np
 import tiny_attn_ref as ta
-from tiny_attn_testing import attention_flops, numpy_attention, qkv, to_numpy
+
+from tiny_attn_tools.testing import attention_flops, load_extension, numpy_attention, qkv, to_numpy
 
 
 def mib(n: int) -> str:
@@ -35,7 +35,7 @@ def main() -> int:
         parser.error("--heads, --kv-heads, --length, --dim must be positive, heads % kv-heads == 0")
 
     gpu = "Metal" if mx.metal.is_available() else "metalsim, the CPU simulator"
-    build_ext.ensure_built("ref")  # the C++ and Metal kernels: a no-op when up to date
+    load_extension("tiny_attn_ext_ref")  # builds the C++ and Metal kernels if a source changed
     print(
         f"tiny-attn demo: query (1, {h_q}, {n}, {e}), key/value (1, {h}, {n}, {e}), "
         f"float32, causal mask; MLX {mx.__version__}, GPU kernels on {gpu}\n",

@@ -1,6 +1,6 @@
 """What the course tools share: where things are, which days exist, running graded tests.
 
-Used by run_tests.py, copy_test.py, grade.py and check_skeleton.py.
+Used by run_tests, copy_test, grade and the course checks.
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TESTS_REFSOL = ROOT / "tests_refsol"
 TESTS_STUDENT = ROOT / "tests"
 DAY_FILE = re.compile(r"test_week_(\d+)_day_(\d+)\.py$")
 TASK_NAME = re.compile(r"test_task_(\d+)")
-# A stub's message always says this (see COURSE.md, "Conventions").
+# A stub's message always says this: "<name> is not implemented yet: see book/src/<chapter>.md,
+# Task N" (Python raises NotImplementedError, C++ throws std::runtime_error).
 STUB_MARKER = "not implemented"
 
 

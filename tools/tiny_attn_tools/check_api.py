@@ -12,6 +12,8 @@ import inspect
 import sys
 from typing import Any
 
+from tiny_attn_tools import build_ext
+
 
 def public_names(module: Any) -> list[str]:
     names = getattr(module, "__all__", None)
@@ -75,8 +77,6 @@ def compare(student_name: str, ref_name: str, problems: list[str]) -> int:
 
 
 def main() -> int:
-    import build_ext  # tools/build_ext.py
-
     problems: list[str] = []
     n = compare("tiny_attn", "tiny_attn_ref", problems)
     print(f"[check-api] tiny_attn vs tiny_attn_ref: {n} names compared")

@@ -1,8 +1,9 @@
 """Make the course environment match pdm.lock before every `pdm run`.
 
 pdm creates the virtual environment on first use; this script (the `pre_run` hook in
-pyproject.toml) installs the locked packages when pdm.lock or pyproject.toml changed since
-the last sync, and puts the course's source folders on the environment's import path.
+pyproject.toml) runs `pdm sync` when pdm.lock or pyproject.toml changed since the last sync:
+it installs the locked packages and the course's own packages (tiny_attn, tiny_attn_ref, their
+extensions, metalsim, tiny_attn_tools), editable, as pyproject.toml lists them.
 It uses the standard library only, because it runs before anything is installed.
 """
 
@@ -16,16 +17,10 @@ import sys
 import sysconfig
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-# Folders whose packages the course imports: the student tree, the reference tree,
-# the two extensions' Python packages, the simulator and the shared test helpers.
-IMPORT_ROOTS = [
-    "src",
-    "src/extensions",
-    "refsol",
-    "refsol/extensions_ref",
-    "tools",
-]
+ROOT = Path(__file__).resolve().parents[2]
+# What an earlier layout of the course left in the environment: a path file that put whole
+# folders on the import path. Removed, so that only the installed packages are importable.
+STALE_PATH_FILE = "tiny_attn_course.pth"
 
 
 def _fingerprint() -> str:
@@ -56,15 +51,12 @@ def main() -> int:
             "[tiny-attn] installing the course's packages from pdm.lock (first run only) ...",
             flush=True,
         )
-        rc = subprocess.call(_pdm_command() + ["sync", "--no-self"], cwd=ROOT)
+        rc = subprocess.call(_pdm_command() + ["sync"], cwd=ROOT)
         if rc != 0:
             print("[tiny-attn] `pdm sync` failed; see the messages above.", file=sys.stderr)
             return rc
         stamp.write_text(want + "\n")
-    pth = site / "tiny_attn_course.pth"
-    lines = "".join(f"{ROOT / d}\n" for d in IMPORT_ROOTS)
-    if not pth.exists() or pth.read_text() != lines:
-        pth.write_text(lines)
+    (site / STALE_PATH_FILE).unlink(missing_ok=True)
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import course
+from tiny_attn_tools import course
 
 
 def main() -> int:
