@@ -45,8 +45,8 @@ static_assert(sizeof(AttentionParams) == 64, "AttentionParams must match the C++
 // is masked this way gets uniform weights, exactly as mx.fast.scaled_dot_product_attention.
 constant constexpr float MASKED = -3.40282346638528859812e+38f;
 
-// One score through the mask. `mask_row` points at mask[n, h_q, i, 0] (unused for
-// MASK_NONE and MASK_CAUSAL). `last_key` = i + S - L, the last key query row i sees.
+// One score through the mask. `mask_add_row` / `mask_keep_row` point at mask[n, h_q, i, 0]
+// (unused for MASK_NONE and MASK_CAUSAL). `last_key` = i + S - L, the last key query row i sees.
 inline float mask_score(
     float s,
     int col,

@@ -13,7 +13,7 @@
 #include <limits>
 #include <vector>
 
-#include "src/flash_attention.h"
+#include "flash_attention.h"
 
 namespace tiny_attn {
 

@@ -8,9 +8,9 @@
 #include <stdexcept>
 #include <string>
 
+#include "flash_attention.h"
+#include "flash_attention_gpu.h"
 #include "metalsim/mlx_extension.h"
-#include "src/flash_attention.h"
-#include "src/flash_attention_gpu.h"
 
 namespace tiny_attn {
 

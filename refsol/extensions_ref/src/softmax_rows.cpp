@@ -1,5 +1,5 @@
 // Week 2, day 3: softmax_rows, the op (graph building) and its CPU evaluation.
-#include "src/softmax_rows.h"
+#include "softmax_rows.h"
 
 #include <algorithm>
 #include <cmath>

@@ -2,7 +2,7 @@
 #include <algorithm>
 
 #include "metalsim/mlx_extension.h"
-#include "src/softmax_rows.h"
+#include "softmax_rows.h"
 
 namespace tiny_attn {
 

@@ -14,7 +14,7 @@
 #include <stdexcept>
 #include <vector>
 
-#include "src/flash_attention.h"
+#include "flash_attention.h"
 
 namespace tiny_attn {
 

@@ -12,8 +12,8 @@
 #include <thread>
 #include <vector>
 
-#include "src/flash_attention.h"
-#include "src/simd.h"
+#include "flash_attention.h"
+#include "simd.h"
 
 namespace tiny_attn {
 

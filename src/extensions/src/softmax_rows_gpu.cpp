@@ -3,7 +3,7 @@
 #include <stdexcept>
 
 #include "metalsim/mlx_extension.h"
-#include "src/softmax_rows.h"
+#include "softmax_rows.h"
 
 namespace tiny_attn {
 

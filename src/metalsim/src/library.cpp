@@ -69,7 +69,6 @@ uint64_t compiler_runs() {
   return g_compiler_runs.load();
 }
 
-
 std::shared_ptr<Library> Library::from_files(
     const std::vector<std::string>& paths, const std::vector<std::string>& include_dirs) {
   if (paths.empty())

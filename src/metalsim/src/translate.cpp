@@ -733,7 +733,6 @@ std::string generate_kernel_glue(const Kernel& k, const std::string& file) {
 
 } // namespace
 
-
 Generated
 generate(const std::vector<std::string>& display_names, const std::vector<std::string>& sources) {
   Generated g;

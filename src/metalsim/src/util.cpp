@@ -74,8 +74,6 @@ void mkdirs(const std::string& path) {
   }
 }
 
-
-
 const char* getenv_nonempty(const char* name) {
   const char* v = std::getenv(name);
   return (v && *v) ? v : nullptr;

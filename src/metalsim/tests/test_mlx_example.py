@@ -1,11 +1,12 @@
-"""The end-to-end example: an MLX extension whose eval_gpu runs on metalsim (examples/row_softmax).
+"""The end-to-end example: an MLX extension whose eval_gpu runs on metalsim (examples/axpby).
 
 The first run builds the example extension with CMake (about a minute on 2 cores); later runs
-reuse the build in src/metalsim/examples/row_softmax/build.
+reuse the build in src/metalsim/examples/axpby/build.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -19,52 +20,60 @@ import pytest
 
 import metalsim
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "row_softmax"
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "axpby"
 
 
 @pytest.fixture(scope="module")
 def ext() -> ModuleType:
-    metalsim.cmake_build(EXAMPLE, EXAMPLE / "build", what="the row_softmax example")
-    sys.path.insert(0, str(EXAMPLE / "build" / "pkg"))
-    import metalsim_row_softmax
+    metalsim.cmake_build(EXAMPLE, EXAMPLE / "build", what="the axpby example")
+    # The example's package is not installed: load it from its folder.
+    init = EXAMPLE / "metalsim_axpby" / "__init__.py"
+    spec = importlib.util.spec_from_file_location(
+        "metalsim_axpby", init, submodule_search_locations=[str(init.parent)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["metalsim_axpby"] = module
+    spec.loader.exec_module(module)
+    return module
 
-    return metalsim_row_softmax
 
-
-def numpy_softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-@pytest.mark.parametrize("shape", [(3, 5), (7, 100), (16, 1000), (2, 3000)])
+@pytest.mark.parametrize("shape", [(3, 5), (7, 100), (16, 1000), (1, 0)])
 def test_gpu_path_runs_the_metal_kernel_and_matches_numpy(
     ext: ModuleType, shape: tuple[int, int]
 ) -> None:
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32) * 4
-    y = ext.row_softmax(mx.array(x), stream=mx.gpu)
-    np.testing.assert_allclose(
-        np.array(y), numpy_softmax(x.astype(np.float64)), rtol=1e-5, atol=1e-7
-    )
-    y_cpu = ext.row_softmax(mx.array(x))
-    np.testing.assert_allclose(
-        np.array(y_cpu), numpy_softmax(x.astype(np.float64)), rtol=1e-5, atol=1e-7
-    )
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    y = rng.standard_normal(shape).astype(np.float32)
+    expected = 2.0 * x.astype(np.float64) - 0.5 * y
+    for stream in (mx.gpu, None):
+        out = ext.axpby(mx.array(x), mx.array(y), 2.0, -0.5, stream=stream)
+        np.testing.assert_allclose(np.array(out), expected, rtol=1e-6, atol=1e-6)
 
 
 def test_gpu_path_is_lazy_and_ordered_after_its_inputs(ext: ModuleType) -> None:
-    a = mx.array(np.arange(64, dtype=np.float32).reshape(2, 32))
-    y = ext.row_softmax(a * 2.0 - 1.0, stream=mx.gpu) * 3.0  # input computed by MLX first
-    expected = 3.0 * numpy_softmax(np.arange(64, dtype=np.float64).reshape(2, 32) * 2 - 1)
-    np.testing.assert_allclose(np.array(y), expected, rtol=1e-5, atol=1e-7)
+    a = mx.arange(64, dtype=mx.float32)
+    out = ext.axpby(a * 2.0 - 1.0, a, 1.0, 1.0, stream=mx.gpu) * 3.0  # inputs computed first
+    expected = 3.0 * (np.arange(64) * 3.0 - 1.0)
+    np.testing.assert_allclose(np.array(out), expected, rtol=1e-6)
 
 
 def test_simulator_errors_reach_python(ext: ModuleType) -> None:
-    x = mx.array(np.ones((2, 8), np.float32))
-    with pytest.raises(RuntimeError, match=r"row_softmax_f32.*2048 threads.*1024"):
-        mx.eval(ext.row_softmax(x, threads=2048, stream=mx.gpu))
+    x = mx.ones((2, 8))
+    with pytest.raises(RuntimeError, match=r"axpby_f32.*2048 threads.*1024"):
+        mx.eval(ext.axpby(x, x, 1.0, 1.0, threads=2048, stream=mx.gpu))
     # The stream keeps working after an error.
-    y = ext.row_softmax(x, threads=64, stream=mx.gpu)
-    np.testing.assert_allclose(np.array(y), np.full((2, 8), 1 / 8), rtol=1e-6)
+    out = ext.axpby(x, x, 1.0, 1.0, threads=64, stream=mx.gpu)
+    np.testing.assert_allclose(np.array(out), np.full((2, 8), 2.0))
+
+
+def test_op_checks_name_the_argument(ext: ModuleType) -> None:
+    x = mx.ones((2, 8))
+    with pytest.raises(ValueError, match=r"\by\b.*shape"):
+        ext.axpby(x, mx.ones((8, 2)), 1.0, 1.0)
+    with pytest.raises(ValueError, match=r"\bx\b.*float32"):
+        ext.axpby(x.astype(mx.float16), x, 1.0, 1.0)
+    with pytest.raises(ValueError, match=r"\bthreads\b"):
+        ext.axpby(x, x, 1.0, 1.0, threads=-1)
 
 
 @pytest.mark.parametrize(

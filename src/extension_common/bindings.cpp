@@ -4,9 +4,9 @@
 #include <nanobind/stl/variant.h>
 
 #include "metalsim/mlx_extension.h"
-#include "src/flash_attention.h"
-#include "src/flash_attention_gpu.h"
-#include "src/softmax_rows.h"
+#include "flash_attention.h"
+#include "flash_attention_gpu.h"
+#include "softmax_rows.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
