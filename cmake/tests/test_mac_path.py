@@ -148,7 +148,7 @@ def test_linux_never_looks_for_metal(tmp_path):
 BF16_PROGRAM = r"""
 #include <iostream>
 #include "mlx/ops.h"
-#include "src/flash_attention_gpu.h"
+#include "flash_attention_gpu.h"
 namespace mx = mlx::core;
 int main() {
   const mx::array bf16 = mx::zeros({1, 1, 1, 8}, mx::bfloat16);
@@ -173,7 +173,8 @@ def test_bfloat16_is_refused_where_its_kernels_are_compiled_out(tmp_path, bfloat
     src.write_text(BF16_PROGRAM)
     exe = tmp_path / "bf16"
     cmd = [cxx, "-std=c++20", f"-DTINY_ATTN_METAL_BFLOAT16={bfloat16_kernels}"]
-    cmd += [f"-I{EXTENSION}", f"-I{mlx_dir / 'include'}", str(src), "-o", str(exe)]
+    common = ROOT / "src" / "extension_common"
+    cmd += [f"-I{common}", f"-I{mlx_dir / 'include'}", str(src), "-o", str(exe)]
     cmd += [f"-L{mlx_dir / 'lib'}", "-lmlx", f"-Wl,-rpath,{mlx_dir / 'lib'}"]
     built = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr
