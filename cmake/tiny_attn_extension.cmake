@@ -175,8 +175,9 @@ function(tiny_attn_add_extension package)
     endif()
   endif()
   # The bfloat16 kernels are compiled only for Metal 3.1 (macOS 14) and later; a build for an
-  # older macOS tells the host, which then refuses bfloat16 on the GPU with a ValueError. The
-  # simulator follows the same target, so a Linux build answers as the Mac it stands for.
+  # older macOS tells the host, which then refuses bfloat16 on the GPU with a ValueError
+  # (flash_attention_gpu.h). Both branches set it, so a metalsim build refuses what the Mac it
+  # stands for would.
   if(TINY_ATTN_MACOS_DEPLOYMENT_TARGET VERSION_GREATER_EQUAL 14.0)
     target_compile_definitions(_core PRIVATE TINY_ATTN_METAL_BFLOAT16=1)
   else()
