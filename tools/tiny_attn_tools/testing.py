@@ -219,9 +219,10 @@ def as_on_a_mac(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def pytest_report_header() -> str:
-    """The first lines of a test run say which GPU backend runs the kernels, and the view."""
+    """The first lines of a test run say whether MLX has a GPU here, and the view."""
+    gpu = "Metal" if mx.metal.is_available() else "none, GPU kernels run on metalsim"
     view = " (Mac view: the default device is the GPU, as on a Mac)" if mac_view() else ""
-    return f"tiny-attn: GPU kernels run on {gpu_backend_name()}{view}"
+    return f"tiny-attn: MLX's GPU: {gpu}{view}"
 
 
 @pytest.fixture(scope="session")
