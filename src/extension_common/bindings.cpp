@@ -14,6 +14,9 @@ using namespace nb::literals;
 NB_MODULE(_core, m) {
   m.doc() =
       "tiny-attn's MLX C++ extension: softmax_rows and FlashAttention on the CPU and the GPU.";
+  // Where this build runs its GPU kernels: a Mac without the Metal compiler builds for metalsim
+  // although MLX there has a GPU, so only the build can say (benches and the demo ask).
+  m.attr("gpu_backend") = METALSIM_GPU_IS_SIMULATED ? "metalsim" : "metal";
 
   m.def(
       "softmax_rows",
