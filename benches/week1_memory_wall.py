@@ -63,17 +63,16 @@ def print_table(ta: Any, ns: list[int], heads: int, E: int, results: dict[str, l
     names = list(results)
     short = ["day 1", "day 3 causal", "mx.fast"]
     print()
-    header = f"{'N':>6} {'scores MiB':>11} |" + "".join(
-        f" {s + ' ms':>16} {s + ' MiB':>17} |" for s in short
-    )
+    # Columns as wide as their labels: the table fits in 100 columns (and in the book).
+    header = f"{'N':>6} {'scores MiB':>11}" + "".join(f" | {s} ms {s} MiB" for s in short)
     print(header)
     print("-" * len(header))
     for i, n in enumerate(ns):
         scores = ta.scores_nbytes((1, heads, n, E), (1, heads, n, E), mx.float32) / MiB
-        row = f"{n:>6} {scores:>11.1f} |"
-        for name in names:
+        row = f"{n:>6} {scores:>11.1f}"
+        for s, name in zip(short, names, strict=True):
             p = results[name][i]
-            row += f" {p.median_s * 1e3:>16.1f} {p.peak_bytes / MiB:>17.1f} |"
+            row += f" | {p.median_s * 1e3:>{len(s) + 3}.1f} {p.peak_bytes / MiB:>{len(s) + 4}.1f}"
         print(row)
 
 

@@ -11,7 +11,13 @@ Columns: time, GFLOP/s (4·B·H·L·S·E, halved for causal) and the extra peak 
 beyond its inputs: MLX's allocator peak for the MLX paths, tracemalloc's peak for NumPy (NumPy
 reports its buffers to tracemalloc). Plots go to book/src/images/week2-bench-*.png.
 
+Then the fast kernel against the BLAS line: NumPy's float32 matmul and cpp-fast (unmasked and
+causal) at N = 4096, H = 8, E = 128, timed in alternation for several rounds; the medians and
+their ratio (kernel GFLOP/s / matmul GFLOP/s) are printed. On a shared machine single timings
+move a lot; alternating and taking medians lets both sides see the same load.
+
   python benches/week2_cpu.py [--quick] [--student]
+  python benches/week2_cpu.py --blas-line-only [--min-ratio 0.7]   only the ratio, ~20 s
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import statistics
 import sys
 import time
 import tracemalloc
@@ -88,9 +95,54 @@ def blas_baseline(n: int) -> None:
     )
 
 
+def blas_line(ext, N: int, H: int, E: int, n_matmul: int, rounds: int) -> dict[str, float]:
+    """cpp-fast against NumPy's matmul, timed in alternation: median GFLOP/s and ratios."""
+    rng = np.random.default_rng(0)
+    a = rng.random((n_matmul, n_matmul), dtype=np.float32)
+    q, k, v = (mx.array(rng.standard_normal((1, H, N, E), dtype=np.float32)) for _ in range(3))
+    mx.eval(q, k, v)
+    scale = 1.0 / math.sqrt(E)
+    runs: dict[str, tuple[Callable[[], object], float]] = {
+        "numpy-matmul": (lambda: a @ a, 2.0 * n_matmul**3),
+        "cpp-fast": (
+            lambda: mx.eval(ext.flash_attention_fast(q, k, v, scale, causal=False)),
+            attention_flops(1, H, N, N, E, False),
+        ),
+        "cpp-fast causal": (
+            lambda: mx.eval(ext.flash_attention_fast(q, k, v, scale, causal=True)),
+            attention_flops(1, H, N, N, E, True),
+        ),
+    }
+    for fn, _ in runs.values():  # warm-up: first-touch page faults, thread start-up
+        fn()
+    gflops: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, (fn, flops) in runs.items():
+            t = time.perf_counter()
+            fn()
+            gflops[name].append(flops / (time.perf_counter() - t) / 1e9)
+    med = {name: statistics.median(g) for name, g in gflops.items()}
+    base = med["numpy-matmul"]
+    print(
+        f"[bench] the BLAS line: N={N} H={H} E={E}, {rounds} alternating rounds, medians: "
+        f"NumPy {n_matmul}x{n_matmul} matmul {base:.1f} GFLOP/s; "
+        f"cpp-fast {med['cpp-fast']:.1f} GFLOP/s = {med['cpp-fast'] / base:.2f}x; "
+        f"causal {med['cpp-fast causal']:.1f} GFLOP/s = {med['cpp-fast causal'] / base:.2f}x",
+        flush=True,
+    )
+    return {
+        "ratio": med["cpp-fast"] / base,
+        "ratio_causal": med["cpp-fast causal"] / base,
+    }
+
+
+def load_ext(student: bool):
+    return load_extension("tiny_attn_ext" if student else "tiny_attn_ext_ref")
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     ta = importlib.import_module("tiny_attn" if args.student else "tiny_attn_ref")
-    ext = load_extension("tiny_attn_ext" if args.student else "tiny_attn_ext_ref")
+    ext = load_ext(args.student)
     tiled = getattr(ta, "flash_attention_tiled", None)
     if tiled is None:
         print("[bench] flash_attention_tiled is not in the package yet: python-tiled skipped")
@@ -215,6 +267,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", type=int, default=None, help="H (default 8; quick: 4)")
     parser.add_argument("--head-dim", type=int, default=128, help="E (default 128)")
     parser.add_argument("--no-plots", action="store_true", help="do not write the PNGs")
+    parser.add_argument(
+        "--blas-line-only", action="store_true", help="only cpp-fast against NumPy's matmul"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
+    parser.add_argument(
+        "--min-ratio",
+        type=float,
+        default=None,
+        help="exit 1 if cpp-fast (unmasked or causal) is below this fraction of the matmul",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.long, args.heads = [256, 512, 1024], [], args.heads or 4
@@ -222,11 +284,20 @@ def main(argv: list[str] | None = None) -> int:
         args.sizes, args.long, args.heads = [512, 1024, 2048, 4096], [32768], args.heads or 8
     print(f"[bench] week 2: CPU attention, {mx.__version__=}, numpy {np.__version__}", flush=True)
     t0 = time.perf_counter()
-    rows = run(args)
-    if not args.no_plots and not args.quick:
-        for p in plot(rows, args.heads):
-            print(f"[bench] wrote {p.relative_to(ROOT)}")
+    if not args.blas_line_only:
+        rows = run(args)
+        if not args.no_plots and not args.quick:
+            for p in plot(rows, args.heads):
+                print(f"[bench] wrote {p.relative_to(ROOT)}")
+    N, n_matmul = (1024, 512) if args.quick else (4096, 2048)
+    with mx.stream(mx.cpu):
+        ext = load_ext(args.student)
+        line = blas_line(ext, N, args.heads, args.head_dim, n_matmul, args.rounds)
     print(f"[bench] week 2 done in {time.perf_counter() - t0:.0f} s")
+    worst = min(line["ratio"], line["ratio_causal"])
+    if args.min_ratio is not None and worst < args.min_ratio:
+        print(f"[bench] cpp-fast at {worst:.2f}x of the matmul: below --min-ratio {args.min_ratio}")
+        return 1
     return 0
 
 

@@ -16,12 +16,12 @@ simulator (metalsim) against MLX's CPU attention, a correctness check with no ti
 from __future__ import annotations
 
 import argparse
-import functools
+import importlib
 import math
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import mlx.core as mx
 from tiny_attn_tools.testing import (
@@ -58,21 +58,9 @@ def kernels(ext) -> dict[str, Callable[..., mx.array]]:
     }
 
 
-def time_gpu(fn: Callable[[], mx.array], repeats: int) -> tuple[float, int]:
-    """Median seconds of one evaluated call, and the peak memory of one call in bytes."""
-    mx.eval(fn())  # warm-up: pipeline creation, allocations
-    mx.synchronize()
-    mx.reset_peak_memory()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        mx.eval(fn())
-        mx.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2], mx.get_peak_memory()
-
-
-def bench_metal(ext, quick: bool) -> None:
+def bench_metal(ext, ta: Any, quick: bool) -> None:
+    """Time and peak memory with Week 1's `profile` (ta.profile): the median of evaluated
+    calls, and the most memory one call held beyond what was held before it."""
     lengths = [256, 512, 1024] if quick else [256, 512, 1024, 2048, 4096, 8192]
     B, H, E = 1, 8, 64
     print(f"Metal: {mx.metal.device_info().get('device_name', 'Apple GPU')}, B={B}, H={H}, E={E}")
@@ -92,10 +80,10 @@ def bench_metal(ext, quick: bool) -> None:
                 for name, fn in kernels(ext).items():
                     if name == "simple" and N > 2048:
                         continue  # minutes of GPU time for a point the plot does not need
-                    seconds, peak = time_gpu(
-                        functools.partial(fn, q, k, v, 1 / math.sqrt(E), causal),
-                        repeats=3 if quick else 10,
+                    prof = ta.profile(
+                        fn, q, k, v, 1 / math.sqrt(E), causal, repeats=3 if quick else 10
                     )
+                    seconds, peak = prof.median_s, prof.peak_bytes
                     results.setdefault((dtype_name, causal, name), []).append((N, seconds, peak))
                     print(
                         f"{dtype_name:>8} {causal!s:>6} {N:>6} {name:>10} "
@@ -179,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     name = "tiny_attn_ext" if args.student else "tiny_attn_ext_ref"
     ext = load_extension(name)
+    ta = importlib.import_module("tiny_attn" if args.student else "tiny_attn_ref")
     if gpu_backend_name(name) == "metal":
-        bench_metal(ext, args.quick)
+        bench_metal(ext, ta, args.quick)
         return 0
     return 0 if check_on_simulator(ext) else 1
 

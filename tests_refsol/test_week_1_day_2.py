@@ -65,20 +65,6 @@ def test_task_1_merge_undoes_split_property(lead, L, H, E, seed):
     np.testing.assert_array_equal(to_numpy(ta.merge_heads(ta.split_heads(x, H))), to_numpy(x))
 
 
-def test_task_1_head_helpers_reject_bad_input():
-    x = rand((2, 5, 12), seed=3)
-    with pytest.raises(ValueError, match=r"last dimension \(12\) must be a multiple of num_heads"):
-        ta.split_heads(x, 5)
-    with pytest.raises(ValueError, match="num_heads must be at least 1"):
-        ta.split_heads(x, 0)
-    with pytest.raises(TypeError, match="num_heads must be an int"):
-        ta.split_heads(x, 2.0)
-    with pytest.raises(ValueError, match="x must have shape"):
-        ta.split_heads(rand((12,), seed=4), 3)
-    with pytest.raises(ValueError, match="x must have shape"):
-        ta.merge_heads(rand((5, 12), seed=5))
-
-
 # --- Task 2: MultiHeadAttention ---------------------------------------------------------------
 
 
@@ -191,32 +177,3 @@ def test_task_2_mha_property(B, L, S, H, E, D, seed):
     with mx.stream(mx.cpu):
         expected = mlx_nn_layer(H, wq, wk, wv, wo)(x_q, x_kv, x_kv)
     assert_allclose(out, expected, **TOL_F32)
-
-
-def test_task_2_mha_rejects_bad_weights():
-    wq, wk, wv, wo = make_weights(8, 8, 8, 2, 4, 4, 8, seed=80)
-    MHA = ta.MultiHeadAttention
-    with pytest.raises(ValueError, match="wk must have 8 output columns like wq"):
-        MHA(2, wq, wk[:, :6], wv, wo)
-    with pytest.raises(ValueError, match=r"wq's output columns \(8\) must be a multiple of num_"):
-        MHA(3, wq, wk, wv, wo)
-    with pytest.raises(ValueError, match="wo must have 8 input rows"):
-        MHA(2, wq, wk, wv, wo[:4])
-    with pytest.raises(ValueError, match="wq must be 2-D"):
-        MHA(2, wq.reshape(-1), wk, wv, wo)
-    with pytest.raises(ValueError, match="num_heads must be at least 1"):
-        MHA(0, wq, wk, wv, wo)
-    with pytest.raises(TypeError, match="wv must be an mx.array"):
-        MHA(2, wq, wk, np.zeros((8, 8), np.float32), wo)
-
-
-def test_task_2_mha_rejects_bad_inputs():
-    wq, wk, wv, wo = make_weights(8, 6, 5, 2, 4, 4, 8, seed=90)
-    layer = ta.MultiHeadAttention(2, wq, wk, wv, wo)
-    x_q, x_k, x_v = rand((2, 3, 8), seed=91), rand((2, 4, 6), seed=92), rand((2, 4, 5), seed=93)
-    with pytest.raises(ValueError, match="query's last dimension must be 8"):
-        layer(x_k, x_k, x_v)
-    with pytest.raises(ValueError, match="value's last dimension must be 5"):
-        layer(x_q, x_k, x_k)
-    with pytest.raises(ValueError, match="key and value must agree"):
-        layer(x_q, x_k, x_v[:, :3])

@@ -74,17 +74,6 @@ def test_task_1_causal_mask_is_what_mlx_means_by_causal(L, S):
     )
 
 
-def test_task_1_causal_mask_rejects_bad_input():
-    with pytest.raises(ValueError, match="L must be at least 1"):
-        ta.causal_mask(0, 4)
-    with pytest.raises(ValueError, match="S must be at least 1"):
-        ta.causal_mask(4, 0)
-    with pytest.raises(TypeError, match="L must be an int"):
-        ta.causal_mask(4.0, 4)
-    with pytest.raises(TypeError, match="dtype must be mx.bool_ or a floating dtype"):
-        ta.causal_mask(4, 4, dtype=mx.int32)
-
-
 # --- Task 2: padding_mask ---------------------------------------------------------------------
 
 
@@ -109,23 +98,6 @@ def test_task_2_padding_mask_in_attention_ignores_padding():
     for b, n in enumerate(lengths):
         expected = numpy_attention(q[b], k[b, :, :n], v[b, :, :n])
         assert_allclose(out[b], expected, **TOL_F32, what=f"sequence {b}")
-
-
-def test_task_2_padding_mask_rejects_bad_input():
-    with pytest.raises(ValueError, match=r"every length must be in \[0, S=4\]"):
-        ta.padding_mask([2, 5], 4)
-    with pytest.raises(ValueError, match=r"every length must be in \[0, S=4\]"):
-        ta.padding_mask([-1], 4)
-    with pytest.raises(ValueError, match="lengths must hold at least one length"):
-        ta.padding_mask([], 4)
-    with pytest.raises(TypeError, match="lengths must be a 1-D integer array"):
-        ta.padding_mask(mx.array([[1, 2]]), 4)
-    with pytest.raises(TypeError, match="lengths must be a 1-D integer array"):
-        ta.padding_mask(mx.array([1.0, 2.0]), 4)
-    with pytest.raises(TypeError, match="lengths must hold ints"):
-        ta.padding_mask([1.5, 2], 4)
-    with pytest.raises(ValueError, match="S must be at least 1"):
-        ta.padding_mask([0], 0)
 
 
 # --- Task 3: scaled_dot_product_attention -----------------------------------------------------
@@ -284,104 +256,58 @@ def test_task_3_sdpa_property(B, H, group, L, S, E, mask, seed):
 
 
 def bad_cases():
+    """(id, arguments, the exception, the argument its message must name)."""
     q, k, v = qkv((2,), 4, 2, 5, 6, 8, seed=90)
+    h16 = dict(query=q.astype(mx.float16), key=k.astype(mx.float16), value=v.astype(mx.float16))
     return [
-        ("rank", dict(query=q[0, 0], key=k, value=v), ValueError, "query must have shape"),
-        ("rank_kv", dict(query=q, key=k[0], value=v), ValueError, "key must have the rank of"),
-        ("batch", dict(query=q, key=k[:1], value=v[:1]), ValueError, "key's batch dimensions"),
-        (
-            "heads",
-            dict(query=q[:, :3], key=k, value=v),
-            ValueError,
-            "H_q=3 must be a multiple of key/value heads H=2",
-        ),
-        (
-            "no_kv_heads",
-            dict(query=q, key=k[:, :0], value=v[:, :0]),
-            ValueError,
-            "H_q=4 must be a multiple of key/value heads H=0",
-        ),
-        ("E", dict(query=q[..., :4], key=k, value=v), ValueError, "must equal query's E=4"),
-        ("kv_S", dict(query=q, key=k, value=v[:, :, :5]), ValueError, "value must have shape"),
-        ("kv_H", dict(query=q, key=k, value=v[:, :1]), ValueError, "value must have shape"),
-        ("L0", dict(query=q[:, :, :0], key=k, value=v), ValueError, "L and S must be at least 1"),
-        (
-            "S0",
-            dict(query=q, key=k[:, :, :0], value=v[:, :, :0]),
-            ValueError,
-            "L and S must be at least 1",
-        ),
-        (
-            "mask_str",
-            dict(query=q, key=k, value=v, mask="upper"),
-            ValueError,
-            "mask must be None, 'causal' or an mx.array, got 'upper'",
-        ),
+        ("rank", dict(query=q[0, 0], key=k, value=v), ValueError, "query"),
+        ("rank_kv", dict(query=q, key=k[0], value=v), ValueError, "key"),
+        ("batch", dict(query=q, key=k[:1], value=v[:1]), ValueError, "key"),
+        ("heads", dict(query=q[:, :3], key=k, value=v), ValueError, "H_q"),
+        ("no_kv_heads", dict(query=q, key=k[:, :0], value=v[:, :0]), ValueError, "key"),
+        ("E", dict(query=q[..., :4], key=k, value=v), ValueError, "key"),
+        ("kv_S", dict(query=q, key=k, value=v[:, :, :5]), ValueError, "value"),
+        ("kv_H", dict(query=q, key=k, value=v[:, :1]), ValueError, "value"),
+        ("L0", dict(query=q[:, :, :0], key=k, value=v), ValueError, "L"),
+        ("S0", dict(query=q, key=k[:, :, :0], value=v[:, :, :0]), ValueError, "S"),
+        ("mask_str", dict(query=q, key=k, value=v, mask="upper"), ValueError, "mask"),
         (
             "mask_type",
             dict(query=q, key=k, value=v, mask=np.zeros((5, 6), np.float32)),
             TypeError,
-            "mask must be None, 'causal' or an mx.array",
+            "mask",
         ),
-        (
-            "mask_shape",
-            dict(query=q, key=k, value=v, mask=mx.zeros((5, 5))),
-            ValueError,
-            r"mask with shape \(5, 5\) is not broadcastable",
-        ),
-        (
-            "mask_heads",
-            dict(query=q, key=k, value=v, mask=mx.zeros((2, 5, 6))),
-            ValueError,
-            r"mask with shape \(2, 5, 6\) is not broadcastable",
-        ),
+        ("mask_shape", dict(query=q, key=k, value=v, mask=mx.zeros((5, 5))), ValueError, "mask"),
+        ("mask_heads", dict(query=q, key=k, value=v, mask=mx.zeros((2, 5, 6))), ValueError, "mask"),
         (
             "mask_rank",
             dict(query=q, key=k, value=v, mask=mx.zeros((1, 2, 4, 5, 6))),
             ValueError,
-            "is not broadcastable",
+            "mask",
         ),
         (
             "mask_int",
             dict(query=q, key=k, value=v, mask=mx.zeros((5, 6), mx.int32)),
             TypeError,
-            "mask must have bool or a floating dtype",
+            "mask",
         ),
-        (
-            "mask_widens",
-            dict(
-                query=q.astype(mx.float16),
-                key=k.astype(mx.float16),
-                value=v.astype(mx.float16),
-                mask=mx.zeros((5, 6)),
-            ),
-            TypeError,
-            "mask must have dtype float16",
-        ),
-        (
-            "dtype",
-            dict(query=q, key=k.astype(mx.float16), value=v),
-            TypeError,
-            "key must have the dtype of query",
-        ),
-        (
-            "int",
-            dict(query=q.astype(mx.int32), key=k, value=v),
-            TypeError,
-            "query must be float32, float16 or bfloat16",
-        ),
+        ("mask_widens", dict(**h16, mask=mx.zeros((5, 6))), TypeError, "mask"),
+        ("dtype", dict(query=q, key=k.astype(mx.float16), value=v), TypeError, "key"),
+        ("int", dict(query=q.astype(mx.int32), key=k, value=v), TypeError, "query"),
         (
             "not_array",
             dict(query=np.zeros((2, 4, 5, 8), np.float32), key=k, value=v),
             TypeError,
-            "query must be an mx.array",
+            "query",
         ),
-        ("scale", dict(query=q, key=k, value=v, scale="0.5"), TypeError, "scale must be None"),
+        ("scale", dict(query=q, key=k, value=v, scale="0.5"), TypeError, "scale"),
+        ("scale_bool", dict(query=q, key=k, value=v, scale=True), TypeError, "scale"),
     ]
 
 
 @pytest.mark.parametrize("case", range(len(bad_cases())), ids=[c[0] for c in bad_cases()])
 def test_task_4_sdpa_rejects_bad_input(case):
-    _, kwargs, error, message = bad_cases()[case]
-    with pytest.raises(error, match=message):
+    # What matters is the kind of error and which argument it blames, not the wording.
+    _, kwargs, error, argument = bad_cases()[case]
+    with raises_naming(error, argument):
         ta.scaled_dot_product_attention(**kwargs)

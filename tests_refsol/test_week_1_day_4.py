@@ -48,17 +48,6 @@ def test_task_1_scores_nbytes_grows_quadratically():
     assert two == 4 * one
 
 
-def test_task_1_scores_nbytes_rejects_bad_input():
-    with pytest.raises(ValueError, match="query_shape must be"):
-        ta.scores_nbytes((4, 8), (1, 4, 8), mx.float32)
-    with pytest.raises(ValueError, match="key_shape must be"):
-        ta.scores_nbytes((1, 4, 8), (1, -4, 8), mx.float32)
-    with pytest.raises(ValueError, match="key_shape must have the rank of query_shape"):
-        ta.scores_nbytes((2, 1, 4, 8), (1, 4, 8), mx.float32)
-    with pytest.raises(TypeError, match="dtype must be an mx.Dtype"):
-        ta.scores_nbytes((1, 4, 8), (1, 4, 8), "float32")
-
-
 # --- Task 2: profile --------------------------------------------------------------------------
 
 
@@ -110,20 +99,6 @@ def test_task_2_profile_sees_the_memory_wall():
         assert 2.5 <= ratio <= 6.0, f"peak memory N={small}->{big} grew {ratio:.2f}x, expected ~4x"
 
 
-def test_task_2_profile_rejects_bad_input():
-    x = rand((4,), seed=5)
-    with pytest.raises(TypeError, match="fn must be callable"):
-        ta.profile(x, x)
-    with pytest.raises(ValueError, match="repeats must be at least 1"):
-        ta.profile(mx.abs, x, repeats=0)
-    with pytest.raises(ValueError, match="warmup must be at least 0"):
-        ta.profile(mx.abs, x, warmup=-1)
-    with pytest.raises(TypeError, match="repeats must be an int"):
-        ta.profile(mx.abs, x, repeats=2.5)
-    with pytest.raises(TypeError, match="fn must return an mx.array"):
-        ta.profile(lambda x: 3, x)
-
-
 # --- Task 3: softmax_naive and float16 overflow -------------------------------------------------
 
 
@@ -143,13 +118,6 @@ def test_task_3_softmax_naive_overflows_in_float16():
     assert_allclose(out[1], to_numpy(mx.softmax(x[1].astype(mx.float32))), **TOL_F16)
     # The same numbers in float32 are harmless: the overflow is a float16 story (until ~88).
     assert np.isfinite(to_numpy(ta.softmax_naive(x.astype(mx.float32)))).all()
-
-
-def test_task_3_softmax_naive_rejects_bad_input():
-    with pytest.raises(ValueError, match="axis must be in"):
-        ta.softmax_naive(rand((2, 3), seed=11), axis=5)
-    with pytest.raises(TypeError, match="x must be float32, float16 or bfloat16"):
-        ta.softmax_naive(mx.array([1, 2]))
 
 
 # --- Task 4: float16 and fully masked rows, end to end --------------------------------------------

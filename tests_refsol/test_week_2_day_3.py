@@ -10,13 +10,6 @@ import pytest
 from tiny_attn_base import *  # noqa: F403
 from tiny_attn_base import TOL_F32, assert_allclose, default_device, rand, to_numpy
 
-
-def numpy_softmax(x) -> np.ndarray:
-    xn = to_numpy(x)
-    e = np.exp(xn - xn.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 # --- Task 1: the op ----------------------------------------------------------------------
 
 
@@ -29,12 +22,12 @@ def test_task_1_softmax_rows_builds_a_lazy_array(ext):
 
 @pytest.mark.parametrize("dtype", [mx.float16, mx.bfloat16, mx.int32])
 def test_task_1_softmax_rows_rejects_other_dtypes(ext, dtype):
-    with pytest.raises(ValueError, match=r"x must be float32"):
+    with raises_naming(ValueError, "x"):
         ext.softmax_rows(mx.zeros((2, 3), dtype=dtype))
 
 
 def test_task_1_softmax_rows_rejects_a_scalar(ext):
-    with pytest.raises(ValueError, match=r"x must have at least 1 dimension"):
+    with raises_naming(ValueError, "x"):
         ext.softmax_rows(mx.array(1.0))
 
 

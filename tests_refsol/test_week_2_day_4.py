@@ -53,22 +53,24 @@ def causal_tiles(L: int, S: int) -> int:
 # --- Task 1: the op: validation and the lazy array -------------------------------------------
 
 BAD_INPUTS = [
-    # (what, query shape, key shape, value shape, message)
-    ("rank", (2, 8, 4), (1, 2, 8, 4), (1, 2, 8, 4), r"query must have 4 dimensions"),
-    ("key rank", (1, 2, 8, 4), (2, 8, 4), (2, 8, 4), r"key must have 4 dimensions"),
-    ("heads", (1, 3, 8, 4), (1, 2, 8, 4), (1, 2, 8, 4), r"H_q = 3 .*multiple.* H = 2"),
-    ("E", (1, 2, 8, 4), (1, 2, 8, 5), (1, 2, 8, 5), r"head dimension E = 4"),
-    ("k/v", (1, 2, 8, 4), (1, 2, 8, 4), (1, 2, 9, 4), r"key and value must have the same shape"),
-    ("N", (2, 2, 8, 4), (1, 2, 8, 4), (1, 2, 8, 4), r"batch size N = 2"),
-    ("L = 0", (1, 2, 0, 4), (1, 2, 8, 4), (1, 2, 8, 4), r"at least 1"),
-    ("S = 0", (1, 2, 8, 4), (1, 2, 0, 4), (1, 2, 0, 4), r"at least 1"),
+    # (what, query shape, key shape, value shape, the argument the error must name)
+    ("rank", (2, 8, 4), (1, 2, 8, 4), (1, 2, 8, 4), "query"),
+    ("key rank", (1, 2, 8, 4), (2, 8, 4), (2, 8, 4), "key"),
+    ("heads", (1, 3, 8, 4), (1, 2, 8, 4), (1, 2, 8, 4), "H_q"),
+    ("E", (1, 2, 8, 4), (1, 2, 8, 5), (1, 2, 8, 5), "key"),
+    ("k/v", (1, 2, 8, 4), (1, 2, 8, 4), (1, 2, 9, 4), "value"),
+    ("N", (2, 2, 8, 4), (1, 2, 8, 4), (1, 2, 8, 4), "key"),
+    ("L = 0", (1, 2, 0, 4), (1, 2, 8, 4), (1, 2, 8, 4), "query"),
+    ("S = 0", (1, 2, 8, 4), (1, 2, 0, 4), (1, 2, 0, 4), "key"),
+    ("E = 0", (1, 2, 8, 0), (1, 2, 8, 0), (1, 2, 8, 0), "query"),
 ]
 
 
-@pytest.mark.parametrize("what,qs,ks,vs,message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
-def test_task_1_flash_attention_rejects_bad_shapes(ext, what, qs, ks, vs, message):
+@pytest.mark.parametrize("what,qs,ks,vs,argument", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_task_1_flash_attention_rejects_bad_shapes(ext, what, qs, ks, vs, argument):
+    # A good error is a ValueError that names the argument at fault; the wording is yours.
     q, k, v = mx.zeros(qs), mx.zeros(ks), mx.zeros(vs)
-    with pytest.raises(ValueError, match=message):
+    with raises_naming(ValueError, argument):
         ext.flash_attention(q, k, v, 0.5)
 
 
@@ -77,25 +79,25 @@ def test_task_1_flash_attention_rejects_other_dtypes(ext, arg):
     arrays = {"query": mx.zeros((1, 2, 8, 4)), "key": mx.zeros((1, 2, 8, 4))}
     arrays["value"] = mx.zeros((1, 2, 8, 4))
     arrays[arg] = arrays[arg].astype(mx.float16)
-    with pytest.raises(ValueError, match=rf"{arg} must be float32"):
+    with raises_naming(ValueError, arg):
         ext.flash_attention(arrays["query"], arrays["key"], arrays["value"], 0.5)
 
 
 def test_task_1_flash_attention_rejects_bad_masks(ext):
     q, k, v = qkv((1,), 2, 2, 8, 6, 4, seed=1)
-    with pytest.raises(ValueError, match=r"mask must broadcast to \(N, H_q, L, S\)"):
+    with raises_naming(ValueError, "mask"):
         ext.flash_attention(q, k, v, 0.5, mx.zeros((8, 5)))
-    with pytest.raises(ValueError, match=r"mask must broadcast"):
+    with raises_naming(ValueError, "mask"):
         ext.flash_attention(q, k, v, 0.5, mx.zeros((1, 1, 1, 8, 6)))
-    with pytest.raises(ValueError, match=r"mask must be bool .* or floating"):
+    with raises_naming(ValueError, "mask"):
         ext.flash_attention(q, k, v, 0.5, mx.zeros((8, 6), dtype=mx.int32))
-    with pytest.raises(ValueError, match=r"either a mask array or causal=True"):
+    with raises_naming(ValueError, "causal"):
         ext.flash_attention(q, k, v, 0.5, mx.zeros((8, 6)), True)
 
 
 def test_task_1_flash_attention_rejects_a_bad_scale(ext):
     q, k, v = qkv((1,), 1, 1, 4, 4, 4, seed=2)
-    with pytest.raises(ValueError, match=r"scale must be a finite float"):
+    with raises_naming(ValueError, "scale"):
         ext.flash_attention(q, k, v, float("nan"))
 
 
@@ -300,15 +302,3 @@ def test_task_4_flash_attention_wrapper_scale(ext):
     q, k, v = qkv((2,), 2, 2, 20, 20, 8, seed=14)
     out = ta.flash_attention(q, k, v, scale=0.7, kernel="simple")
     assert_allclose(out, mlx_sdpa(q, k, v, scale=0.7), **TOL_F32_REORDERED)
-
-
-def test_task_4_flash_attention_wrapper_rejects_bad_input():
-    q, k, v = qkv((2,), 2, 2, 8, 8, 4, seed=15)
-    with pytest.raises(ValueError, match=r"mask must be None, \"causal\" or an mx.array"):
-        ta.flash_attention(q, k, v, mask="upper", kernel="simple")
-    with pytest.raises(ValueError, match=r"key must have the batch dimensions"):
-        ta.flash_attention(q, k[:1], v, kernel="simple")
-    with pytest.raises(ValueError, match=r"mask must broadcast"):
-        ta.flash_attention(q, k, v, mask=mx.zeros((3, 2, 8, 8)), kernel="simple")
-    with pytest.raises(ValueError, match=r"query must"):
-        ta.flash_attention(q[0, 0], k, v, kernel="simple")

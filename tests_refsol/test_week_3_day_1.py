@@ -11,12 +11,6 @@ from tiny_attn_base import *  # noqa: F403
 GPU = device_for("gpu")
 
 
-def softmax_numpy(x: mx.array) -> np.ndarray:
-    xn = to_numpy(x)
-    e = np.exp(xn - xn.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 @pytest.mark.parametrize(
     "shape",
     [(1,), (3, 10), (4, 32), (2, 3, 33), (5, 100), (2, 1024)],
@@ -27,7 +21,7 @@ def test_task_1_softmax_rows_gpu(ext, shape):
     y = ext.softmax_rows(x, stream=GPU)
     mx.eval(y)
     assert y.shape == x.shape and y.dtype == mx.float32
-    assert_allclose(y, softmax_numpy(x), **TOL_F32, what=f"softmax_rows on the GPU, {shape}")
+    assert_allclose(y, numpy_softmax(x), **TOL_F32, what=f"softmax_rows on the GPU, {shape}")
 
 
 def test_task_1_softmax_rows_gpu_matches_cpu(ext):
@@ -43,7 +37,7 @@ def test_task_1_softmax_rows_gpu_extreme_values(ext):
     x[1, ::3] = -np.inf
     x[2, :] = 88.0  # exp(88) is near the float32 limit: all equal -> uniform
     y = ext.softmax_rows(mx.array(x), stream=GPU)
-    expected = softmax_numpy(mx.array(x))
+    expected = numpy_softmax(mx.array(x))
     assert np.isfinite(to_numpy(y)).all(), "a finite row must give a finite softmax"
     assert_allclose(y, expected, **TOL_F32, what="rows with huge values and -inf")
 
@@ -52,7 +46,7 @@ def test_task_1_softmax_rows_gpu_noncontiguous(ext):
     # A transposed input: the op makes it row-contiguous before eval_gpu sees it.
     x = rand((40, 6), seed=11).T
     y = ext.softmax_rows(x, stream=GPU)
-    assert_allclose(y, softmax_numpy(x), **TOL_F32, what="transposed input")
+    assert_allclose(y, numpy_softmax(x), **TOL_F32, what="transposed input")
 
 
 def test_task_1_softmax_rows_gpu_empty(ext):
@@ -61,7 +55,7 @@ def test_task_1_softmax_rows_gpu_empty(ext):
     mx.eval(y)
     assert y.shape == (0, 7)
     x = rand((2, 5), seed=1)  # and the next call still works
-    assert_allclose(ext.softmax_rows(x, stream=GPU), softmax_numpy(x), **TOL_F32)
+    assert_allclose(ext.softmax_rows(x, stream=GPU), numpy_softmax(x), **TOL_F32)
 
 
 @pytest.mark.parametrize("n", [1025, 3000])
@@ -69,5 +63,5 @@ def test_task_2_softmax_rows_gpu_long_rows(ext, n):
     # More columns than threads in a threadgroup: every thread must loop.
     x = rand((3, n), seed=n, scale=4.0)
     y = ext.softmax_rows(x, stream=GPU)
-    assert_allclose(y, softmax_numpy(x), **TOL_F32, what=f"rows of {n} columns")
+    assert_allclose(y, numpy_softmax(x), **TOL_F32, what=f"rows of {n} columns")
     assert_allclose(mx.sum(y, axis=-1), np.ones(3), rtol=1e-5, atol=1e-5, what="row sums")

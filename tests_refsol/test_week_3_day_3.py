@@ -103,6 +103,25 @@ def test_task_3_strided_mask_gpu(ext):
     )
 
 
+@pytest.mark.parametrize("flip", ["rows", "columns"])
+@pytest.mark.parametrize("kind", ["additive", "boolean"])
+def test_task_3_reversed_mask_gpu(ext, flip, kind):
+    # mask[::-1] and mask[:, ::-1] are views with a negative stride: the mask's first element is
+    # not the first one in memory, and the kernel steps back from it.
+    q, k, v = qkv((1,), 2, 2, 36, 40, 64, seed=53)
+    base = (
+        rand((36, 40), seed=54) if kind == "additive" else rand_keep((36, 40), seed=55, p_keep=0.7)
+    )
+    mask = base[::-1] if flip == "rows" else base[:, ::-1]
+    out = gpu_attention(ext, q, k, v, mask=mask)
+    assert_allclose(
+        out,
+        mlx_sdpa(q, k, v, mask=mask),
+        **TOL_F32_REORDERED,
+        what=f"{kind} mask reversed along its {flip}",
+    )
+
+
 def test_task_3_fully_masked_rows_gpu(ext):
     q, k, v = qkv((1,), 1, 1, 6, 40, 64, seed=61)
     keep = np.random.default_rng(62).random((6, 40)) < 0.5

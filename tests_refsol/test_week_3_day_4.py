@@ -114,6 +114,23 @@ def test_task_2_simdgroup_kernel_masks(ext):
     )
 
 
+@pytest.mark.parametrize("flip", ["rows", "columns"])
+@pytest.mark.parametrize("kind", ["additive", "boolean"])
+def test_task_2_simdgroup_kernel_reversed_mask(ext, flip, kind):
+    # Views with a negative stride (mask[::-1], mask[:, ::-1]) read in place, as on day 3.
+    q, k, v = qkv((1,), 2, 2, 36, 40, 64, seed=35)
+    base = (
+        rand((36, 40), seed=36) if kind == "additive" else rand_keep((36, 40), seed=37, p_keep=0.7)
+    )
+    mask = base[::-1] if flip == "rows" else base[:, ::-1]
+    assert_allclose(
+        fast_gpu(ext, q, k, v, mask=mask),
+        mlx_sdpa(q, k, v, mask=mask),
+        **TOL_F32_REORDERED,
+        what=f"{kind} mask reversed along its {flip}",
+    )
+
+
 def test_task_2_python_wrapper_fast_on_gpu(ext):
     # ta.flash_attention(kernel="fast") (Week 2) with stream=mx.gpu reaches this kernel, for
     # any number of batch dimensions.

@@ -16,6 +16,8 @@ from typing import Any
 
 import mlx.core as mx
 
+from tiny_attn_contracts import check_wrapper_inputs
+
 KERNELS = ("simple", "fast")
 
 
@@ -48,25 +50,15 @@ def flash_attention(
             "simple" runs the Metal kernel flash_attention_<t>_e128, "fast" the
             simdgroup_matrix kernel flash_attention_simdgroup_<t>.
         num_threads: threads of the fast kernel; 0 means one per hardware thread.
-        stream: the stream or device to evaluate on (None: the default one). mx.gpu runs the
+        stream: the stream or device to evaluate on (None: the CPU, on a Mac too). mx.gpu runs the
             Metal kernels: on the Metal device, or on metalsim where there is none. On the
             GPU, query, key and value may also be float16 or bfloat16 (all the same dtype).
 
     Returns:
         (B..., H_q, L, E) in the dtype of query, lazy like every MLX result.
     """
-    for name, x in (("query", query), ("key", key), ("value", value)):
-        if not isinstance(x, mx.array) or x.ndim < 3:
-            got = f"shape {tuple(x.shape)}" if isinstance(x, mx.array) else type(x).__name__
-            raise ValueError(f"{name} must be an mx.array of shape (B..., H, L, E), got {got}")
+    check_wrapper_inputs(query, key, value, scale, mask, KERNELS, kernel, num_threads)
     batch = tuple(query.shape[:-3])
-    for name, x in (("key", key), ("value", value)):
-        if tuple(x.shape[:-3]) != batch:
-            raise ValueError(
-                f"{name} must have the batch dimensions {batch} of query, got {tuple(x.shape[:-3])}"
-            )
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     h_q, L, E = query.shape[-3:]
     S = key.shape[-2]
     if scale is None:
@@ -79,29 +71,12 @@ def flash_attention(
     k = key.reshape(n, *key.shape[-3:])
     v = value.reshape(n, *value.shape[-3:])
 
-    causal = False
-    mask_array = None
-    if isinstance(mask, str):
-        if mask != "causal":
-            raise ValueError(f'mask must be None, "causal" or an mx.array, got {mask!r}')
-        causal = True
-    elif isinstance(mask, mx.array):
-        mask_array = mask
-        if mask.ndim > 3:
-            # Only a mask with batch axes needs them flattened like the query's; a mask of
-            # rank <= 3 is broadcast by the C++ op without being copied.
-            target = (*batch, h_q, L, S)
-            fits = mask.ndim <= len(target) and all(
-                m in (1, t) for m, t in zip(reversed(mask.shape), reversed(target), strict=False)
-            )
-            if not fits:
-                raise ValueError(
-                    f"mask must broadcast to (B..., H_q, L, S) = {target}, "
-                    f"got shape {tuple(mask.shape)}"
-                )
-            mask_array = mx.broadcast_to(mask, target).reshape(n, h_q, L, S)
-    elif mask is not None:
-        raise ValueError(f'mask must be None, "causal" or an mx.array, got {type(mask).__name__}')
+    causal = isinstance(mask, str)  # "causal": the only string the check lets through
+    mask_array = None if causal else mask
+    if mask_array is not None and mask_array.ndim > 3:
+        # Only a mask with batch axes needs them flattened like the query's; a mask of rank
+        # <= 3 is broadcast by the C++ op without being copied.
+        mask_array = mx.broadcast_to(mask_array, (*batch, h_q, L, S)).reshape(n, h_q, L, S)
 
     ext = _extension()
     if kernel == "simple":

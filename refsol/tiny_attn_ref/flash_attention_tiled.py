@@ -17,23 +17,15 @@ and after the last K tile: O_i = o_i / l_i, lse_i = m_i + log(l_i).
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import mlx.core as mx
 
-from .masks import _check_attention_inputs
+from tiny_attn_contracts import check_attention_inputs, check_int
 
 # What a boolean or causal mask puts in a masked score, as MLX does: the lowest finite float32.
 # A row that may see no key at all then holds equal scores and averages the values, where -inf
 # would give 0 / 0 = NaN.
 MASKED = float(mx.finfo(mx.float32).min)
-
-
-def _check_block(n: Any, name: str) -> None:
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"{name} must be an int, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"{name} must be at least 1, got {n}")
 
 
 def _group_mask_heads(mask: mx.array, ndim: int, H: int, G: int) -> mx.array:
@@ -54,8 +46,11 @@ def _mask_tile(mask: mx.array, q0: int, q1: int, k0: int, k1: int) -> mx.array:
     return mask[..., rows, cols]
 
 
-def _causal_kv_tiles(q0: int, q1: int, L: int, S: int, Bc: int) -> int:
+def _kv_tiles_to_visit(q0: int, q1: int, L: int, S: int, Bc: int) -> int:
     """How many K tiles (from the first) the causal Q rows [q0, q1) must visit.
+
+    The rule of the course's kernels, under the same name: kv_tiles_to_visit in the C++
+    extension (Week 2, Day 4) and in flash_attention.metal (Week 3).
 
     Query i sees keys j <= i + S - L, so no row of the tile sees past key q1 - 1 + S - L: the
     K tiles after the one holding that key are masked everywhere and are skipped. Except when
@@ -109,9 +104,9 @@ def flash_attention_tiled(
             multiple of H, L or S of 0, a mask that does not broadcast to (B..., H_q, L, S),
             a mask string other than "causal", or block_q / block_k < 1.
     """
-    _check_attention_inputs(query, key, value, scale, mask)
-    _check_block(block_q, "block_q")
-    _check_block(block_k, "block_k")
+    check_attention_inputs(query, key, value, scale, mask)
+    check_int(block_q, "block_q")
+    check_int(block_k, "block_k")
     *batch, H_q, L, E = query.shape
     H, S, Ev = key.shape[-3], key.shape[-2], value.shape[-1]
     G = H_q // H
@@ -137,7 +132,7 @@ def flash_attention_tiled(
         m_i = mx.full((*batch, H, G, q1 - q0), -mx.inf, mx.float32)  # running row maximum
         l_i = mx.zeros((*batch, H, G, q1 - q0), mx.float32)  # running sum of exp(s - m_i)
         o_i = mx.zeros((*batch, H, G, q1 - q0, Ev), mx.float32)  # running sum of exp(s - m_i) v
-        n_tiles = _causal_kv_tiles(q0, q1, L, S, Bc) if causal else Tc
+        n_tiles = _kv_tiles_to_visit(q0, q1, L, S, Bc) if causal else Tc
         for j in range(n_tiles):  # inner loop: one K/V tile, Bc keys
             k0, k1 = j * Bc, min((j + 1) * Bc, S)
             S_ij = Q_i @ mx.swapaxes(K[..., k0:k1, :], -1, -2)  # (B..., H, G, Br, Bc)

@@ -12,70 +12,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import mlx.core as mx
 
-from .basics import (
-    _FLOAT_DTYPES,
-    _check_array,
-    _check_key_value_shapes,
-    _check_mask_dtype,
-    _check_mask_shape,
-    _check_scale,
-    _dtype_name,
-    softmax,
+from tiny_attn_contracts import (
+    check_attention_inputs,
+    check_lengths,
+    check_mask_dtype_arg,
+    check_mask_size,
 )
 
-
-def _check_size(n: Any, name: str) -> None:
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"{name} must be an int, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"{name} must be at least 1, got {n}")
-
-
-def _check_attention_inputs(
-    query: mx.array, key: mx.array, value: mx.array, scale: Any, mask: Any
-) -> None:
-    """The contract of mx.fast.scaled_dot_product_attention, with errors that say what is wrong.
-
-    Shared by every attention of the reference that takes (query, key, value, scale, mask).
-    """
-    _check_array(query, "query", 3, "(B..., H_q, L, E)")
-    _check_array(key, "key", 3, "(B..., H, S, E)")
-    _check_array(value, "value", 3, "(B..., H, S, Ev)")
-    for name, x in (("key", key), ("value", value)):
-        if x.ndim != query.ndim:
-            raise ValueError(
-                f"{name} must have the rank of query ({query.ndim}), got shape {tuple(x.shape)}"
-            )
-        if x.dtype != query.dtype:
-            want, got = _dtype_name(query.dtype), _dtype_name(x.dtype)
-            raise TypeError(f"{name} must have the dtype of query ({want}), got {got}")
-    _check_scale(scale)
-    *batch, H_q, L, E = query.shape
-    H, S = key.shape[-3], key.shape[-2]
-    if tuple(key.shape[:-3]) != tuple(batch):
-        raise ValueError(
-            f"key's batch dimensions must equal query's {tuple(batch)}, got shape "
-            f"{tuple(key.shape)}"
-        )
-    _check_key_value_shapes(query, key, value)
-    if H == 0 or H_q % H != 0:
-        raise ValueError(f"query's heads H_q={H_q} must be a multiple of key/value heads H={H}")
-    if L == 0 or S == 0:
-        raise ValueError(f"L and S must be at least 1, got query L={L} and key S={S}")
-    if isinstance(mask, str):
-        if mask != "causal":
-            raise ValueError(f"mask must be None, 'causal' or an mx.array, got {mask!r}")
-    elif mask is not None:
-        if not isinstance(mask, mx.array):
-            raise TypeError(
-                f"mask must be None, 'causal' or an mx.array, got {type(mask).__name__}"
-            )
-        _check_mask_dtype(mask, query.dtype, allow_bool=True)
-        _check_mask_shape(mask, (*batch, H_q, L, S), "(B..., H_q, L, S)")
+from .basics import softmax
 
 
 def causal_mask(L: int, S: int, dtype: mx.Dtype = mx.bool_) -> mx.array:
@@ -97,10 +44,8 @@ def causal_mask(L: int, S: int, dtype: mx.Dtype = mx.bool_) -> mx.array:
         TypeError: L or S is not an int; dtype is neither mx.bool_ nor a floating dtype.
         ValueError: L or S is below 1.
     """
-    _check_size(L, "L")
-    _check_size(S, "S")
-    if dtype != mx.bool_ and dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"dtype must be mx.bool_ or a floating dtype, got {_dtype_name(dtype)}")
+    check_mask_size(L, S)
+    check_mask_dtype_arg(dtype)
     rows = mx.arange(L)[:, None]  # (L, 1): query index i
     cols = mx.arange(S)[None, :]  # (1, S): key index j
     keep = cols <= rows + (S - L)  # (L, S)
@@ -124,26 +69,7 @@ def padding_mask(lengths: Sequence[int] | mx.array, S: int) -> mx.array:
         TypeError: lengths is not a sequence of ints / a 1-D integer array; S is not an int.
         ValueError: lengths is empty, a length is outside [0, S], S is below 1.
     """
-    _check_size(S, "S")
-    if isinstance(lengths, mx.array):
-        if lengths.ndim != 1 or not mx.issubdtype(lengths.dtype, mx.integer):
-            raise TypeError(
-                f"lengths must be a 1-D integer array, got shape {tuple(lengths.shape)} "
-                f"and dtype {_dtype_name(lengths.dtype)}"
-            )
-        values = lengths.tolist()
-    else:
-        if isinstance(lengths, (str, bytes)) or not isinstance(lengths, Sequence):
-            raise TypeError(f"lengths must be a sequence of ints, got {type(lengths).__name__}")
-        values = list(lengths)
-        for n in values:
-            if isinstance(n, bool) or not isinstance(n, int):
-                raise TypeError(f"lengths must hold ints, got {type(n).__name__}")
-    if len(values) == 0:
-        raise ValueError("lengths must hold at least one length")
-    for n in values:
-        if not 0 <= n <= S:
-            raise ValueError(f"every length must be in [0, S={S}], got {n}")
+    values = check_lengths(lengths, S)
     lens = mx.array(values, dtype=mx.int32)[:, None, None, None]  # (B, 1, 1, 1)
     return mx.arange(S)[None, None, None, :] < lens  # (B, 1, 1, S)
 
@@ -179,7 +105,7 @@ def scaled_dot_product_attention(
             != E of query; value's (B..., H, S) != key's; H_q not a multiple of H; L or S of 0;
             a mask string other than "causal"; a mask not broadcastable to (B..., H_q, L, S).
     """
-    _check_attention_inputs(query, key, value, scale, mask)
+    check_attention_inputs(query, key, value, scale, mask)
     *batch, H_q, L, E = query.shape
     H, S = key.shape[-3], key.shape[-2]
     if isinstance(mask, str):

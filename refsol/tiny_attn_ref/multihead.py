@@ -12,18 +12,16 @@ Weights are stored (in_features, out_features), so a projection is `x @ w`.
 
 from __future__ import annotations
 
-from typing import Any
-
 import mlx.core as mx
 
-from .basics import _FLOAT_DTYPES, _check_array, _dtype_name, scaled_dot_product_attention_simple
+from tiny_attn_contracts import (
+    check_float_array,
+    check_projection_inputs,
+    check_projection_weights,
+    check_split_heads,
+)
 
-
-def _check_num_heads(num_heads: Any) -> None:
-    if isinstance(num_heads, bool) or not isinstance(num_heads, int):
-        raise TypeError(f"num_heads must be an int, got {type(num_heads).__name__}")
-    if num_heads < 1:
-        raise ValueError(f"num_heads must be at least 1, got {num_heads}")
+from .basics import scaled_dot_product_attention_simple
 
 
 def split_heads(x: mx.array, num_heads: int) -> mx.array:
@@ -40,11 +38,8 @@ def split_heads(x: mx.array, num_heads: int) -> mx.array:
         TypeError: x is not a floating mx.array, num_heads is not an int.
         ValueError: x has fewer than 2 dimensions, num_heads < 1 or does not divide H * E.
     """
-    _check_array(x, "x", 2, "(B..., L, H * E)")
-    _check_num_heads(num_heads)
+    check_split_heads(x, num_heads)
     D = x.shape[-1]
-    if D % num_heads != 0:
-        raise ValueError(f"x's last dimension ({D}) must be a multiple of num_heads ({num_heads})")
     heads = x.reshape(*x.shape[:-1], num_heads, D // num_heads)  # (B..., L, H, E)
     return mx.swapaxes(heads, -3, -2)  # (B..., H, L, E)
 
@@ -62,7 +57,7 @@ def merge_heads(x: mx.array) -> mx.array:
         TypeError: x is not a floating mx.array.
         ValueError: x has fewer than 3 dimensions.
     """
-    _check_array(x, "x", 3, "(B..., H, L, E)")
+    check_float_array(x, "x", 3, "(B..., H, L, E)")
     H, L, E = x.shape[-3:]
     # swapaxes only changes strides; reshape then copies into the (L, H * E) order.
     return mx.swapaxes(x, -3, -2).reshape(*x.shape[:-3], L, H * E)
@@ -93,34 +88,7 @@ class MultiHeadAttention:
                 columns, num_heads does not divide wq's or wv's output columns, wo's rows
                 differ from wv's output columns.
         """
-        _check_num_heads(num_heads)
-        for name, w in (("wq", wq), ("wk", wk), ("wv", wv), ("wo", wo)):
-            if not isinstance(w, mx.array):
-                raise TypeError(f"{name} must be an mx.array, got {type(w).__name__}")
-            if w.dtype not in _FLOAT_DTYPES:
-                got = _dtype_name(w.dtype)
-                raise TypeError(f"{name} must be float32, float16 or bfloat16, got {got}")
-            if w.ndim != 2:
-                raise ValueError(
-                    f"{name} must be 2-D (in_features, out_features), got shape {tuple(w.shape)}"
-                )
-        if wk.shape[1] != wq.shape[1]:
-            raise ValueError(
-                f"wk must have {wq.shape[1]} output columns like wq, got shape {tuple(wk.shape)}"
-            )
-        if wq.shape[1] % num_heads != 0:
-            raise ValueError(
-                f"wq's output columns ({wq.shape[1]}) must be a multiple of num_heads ({num_heads})"
-            )
-        if wv.shape[1] % num_heads != 0:
-            raise ValueError(
-                f"wv's output columns ({wv.shape[1]}) must be a multiple of num_heads ({num_heads})"
-            )
-        if wo.shape[0] != wv.shape[1]:
-            raise ValueError(
-                f"wo must have {wv.shape[1]} input rows (wv's output columns), "
-                f"got shape {tuple(wo.shape)}"
-            )
+        check_projection_weights(num_heads, wq, wk, wv, wo)
         self.num_heads = num_heads
         self.wq, self.wk, self.wv, self.wo = wq, wk, wv, wo
 
@@ -137,19 +105,7 @@ class MultiHeadAttention:
             ValueError: an input's last dimension does not match its weight's rows, or key
                 and value differ in batch dimensions or S.
         """
-        checks = (("query", query, self.wq), ("key", key, self.wk), ("value", value, self.wv))
-        for name, x, w in checks:
-            _check_array(x, name, 2, f"(B..., {'L' if name == 'query' else 'S'}, {w.shape[0]})")
-            if x.shape[-1] != w.shape[0]:
-                raise ValueError(
-                    f"{name}'s last dimension must be {w.shape[0]} to match the projection "
-                    f"weights, got shape {tuple(x.shape)}"
-                )
-        if key.shape[:-1] != value.shape[:-1]:
-            raise ValueError(
-                f"key and value must agree in batch and S: key {tuple(key.shape)}, "
-                f"value {tuple(value.shape)}"
-            )
+        check_projection_inputs(query, key, value, self.wq, self.wk, self.wv)
         H = self.num_heads
         q = split_heads(query @ self.wq, H)  # (B..., H, L, E)
         k = split_heads(key @ self.wk, H)  # (B..., H, S, E)

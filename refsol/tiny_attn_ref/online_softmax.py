@@ -15,11 +15,17 @@ merges two partial outputs through their log-sum-exps (lse = m + log l).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import mlx.core as mx
 
-from .basics import _check_array
+from tiny_attn_contracts import (
+    check_int,
+    check_nonempty_axis,
+    check_partials,
+    check_softmax_args,
+    check_softmax_states,
+)
 
 
 class SoftmaxState(NamedTuple):
@@ -34,25 +40,6 @@ class SoftmaxState(NamedTuple):
 
     m: mx.array
     l: mx.array
-
-
-def _check_axis(x: mx.array, axis: Any) -> int:
-    """`axis` as a non-negative int, or a clear error."""
-    if isinstance(axis, bool) or not isinstance(axis, int):
-        raise TypeError(f"axis must be an int, got {type(axis).__name__}")
-    if not -x.ndim <= axis < x.ndim:
-        raise ValueError(f"axis must be in [{-x.ndim}, {x.ndim}) for x of shape {x.shape}")
-    axis = axis % x.ndim
-    if x.shape[axis] == 0:
-        raise ValueError(f"x must have at least one element along axis {axis}, got {x.shape}")
-    return axis
-
-
-def _check_block_size(block_size: Any) -> None:
-    if isinstance(block_size, bool) or not isinstance(block_size, int):
-        raise TypeError(f"block_size must be an int, got {type(block_size).__name__}")
-    if block_size < 1:
-        raise ValueError(f"block_size must be at least 1, got {block_size}")
 
 
 def _safe_max(m: mx.array) -> mx.array:
@@ -79,8 +66,8 @@ def softmax_state(x: mx.array, axis: int = -1) -> SoftmaxState:
         TypeError: x is not a floating-point mx.array, or axis is not an int.
         ValueError: axis is out of range, or x has no element along it.
     """
-    _check_array(x, "x", 1, "(...)")
-    axis = _check_axis(x, axis)
+    axis = check_softmax_args(x, axis)
+    check_nonempty_axis(x, axis)
     xf = x.astype(mx.float32)
     m = mx.max(xf, axis=axis)
     l = mx.sum(mx.exp(xf - mx.expand_dims(_safe_max(m), axis)), axis=axis)
@@ -101,9 +88,7 @@ def merge_softmax_states(a: SoftmaxState, b: SoftmaxState) -> SoftmaxState:
     Raises:
         TypeError: a or b is not a SoftmaxState.
     """
-    for name, s in (("a", a), ("b", b)):
-        if not isinstance(s, SoftmaxState):
-            raise TypeError(f"{name} must be a SoftmaxState, got {type(s).__name__}")
+    check_softmax_states(a, b, SoftmaxState)
     m = mx.maximum(a.m, b.m)
     shift = _safe_max(m)
     # Each partial sum was taken relative to its own maximum; rescale both to the common one.
@@ -128,9 +113,9 @@ def online_softmax_state(x: mx.array, block_size: int, axis: int = -1) -> Softma
         TypeError: x is not a floating-point mx.array, or axis or block_size is not an int.
         ValueError: axis is out of range, x has no element along it, or block_size < 1.
     """
-    _check_array(x, "x", 1, "(...)")
-    axis = _check_axis(x, axis)
-    _check_block_size(block_size)
+    axis = check_softmax_args(x, axis)
+    check_nonempty_axis(x, axis)
+    check_int(block_size, "block_size")
     xt = mx.moveaxis(x, axis, -1)  # the row runs along the last axis
     n = xt.shape[-1]
     shape = xt.shape[:-1]
@@ -196,17 +181,7 @@ def merge_attention_partials(
         TypeError: an argument is not a floating-point mx.array.
         ValueError: o_b's shape differs from o_a's, or an lse is not o_a's shape without Ev.
     """
-    for name, x in (("o_a", o_a), ("o_b", o_b)):
-        _check_array(x, name, 1, "(..., L, Ev)")
-    for name, x in (("lse_a", lse_a), ("lse_b", lse_b)):
-        _check_array(x, name, 0, "(..., L)")
-    if o_b.shape != o_a.shape:
-        raise ValueError(f"o_b must have o_a's shape {o_a.shape}, got {o_b.shape}")
-    for name, x in (("lse_a", lse_a), ("lse_b", lse_b)):
-        if x.shape != o_a.shape[:-1]:
-            raise ValueError(
-                f"{name} must have shape {o_a.shape[:-1]} (o_a's shape without Ev), got {x.shape}"
-            )
+    check_partials(o_a, lse_a, o_b, lse_b)
     lse_a, lse_b = lse_a.astype(mx.float32), lse_b.astype(mx.float32)
     lse = mx.logaddexp(lse_a, lse_b)
     shift = _safe_max(lse)

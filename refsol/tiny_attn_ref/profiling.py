@@ -18,7 +18,12 @@ from typing import Any
 
 import mlx.core as mx
 
-from .basics import _check_softmax_args
+from tiny_attn_contracts import (
+    check_profile_args,
+    check_returns_arrays,
+    check_scores_shapes,
+    check_softmax_args,
+)
 
 
 @dataclass(frozen=True)
@@ -55,32 +60,14 @@ def scores_nbytes(query_shape: Sequence[int], key_shape: Sequence[int], dtype: m
             two ranks differ.
         TypeError: dtype is not an mx.Dtype.
     """
+    check_scores_shapes(query_shape, key_shape, dtype)
     q, k = tuple(query_shape), tuple(key_shape)
-    for name, shape in (("query_shape", q), ("key_shape", k)):
-        if len(shape) < 3 or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise ValueError(
-                f"{name} must be (B..., heads, length, E) with at least 3 non-negative "
-                f"ints, got {shape}"
-            )
-    if len(k) != len(q):
-        raise ValueError(f"key_shape must have the rank of query_shape ({len(q)}), got {k}")
-    if not isinstance(dtype, mx.Dtype):
-        raise TypeError(f"dtype must be an mx.Dtype, got {type(dtype).__name__}")
     *batch, H_q, L, _ = q
     S = k[-2]
     n = H_q * L * S
     for b in batch:
         n *= b
     return n * dtype.size
-
-
-def _arrays(x: Any) -> list[mx.array] | None:
-    """The arrays in `x` (an mx.array or a tuple / list of them), or None if it is neither."""
-    if isinstance(x, mx.array):
-        return [x]
-    if isinstance(x, (tuple, list)) and x and all(isinstance(a, mx.array) for a in x):
-        return list(x)
-    return None
 
 
 def profile(
@@ -107,24 +94,13 @@ def profile(
             repeats is not an int.
         ValueError: warmup < 0 or repeats < 1.
     """
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-    for name, value, low in (("warmup", warmup, 0), ("repeats", repeats, 1)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        if value < low:
-            raise ValueError(f"{name} must be at least {low}, got {value}")
-
+    check_profile_args(fn, warmup, repeats)
     inputs = [a for a in (*args, *kwargs.values()) if isinstance(a, mx.array)]
     mx.eval(inputs)
 
     def call() -> list[mx.array]:
         out = fn(*args, **kwargs)
-        arrays = _arrays(out)
-        if arrays is None:
-            raise TypeError(
-                f"fn must return an mx.array or a tuple / list of them, got {type(out).__name__}"
-            )
+        arrays = check_returns_arrays(out)
         mx.eval(arrays)
         return arrays
 
@@ -172,6 +148,6 @@ def softmax_naive(x: mx.array, axis: int = -1) -> mx.array:
         TypeError: x is not a floating-point mx.array, or axis is not an int.
         ValueError: axis is out of range for x.
     """
-    _check_softmax_args(x, axis)
+    check_softmax_args(x, axis)
     e = mx.exp(x)
     return e / mx.sum(e, axis=axis, keepdims=True)

@@ -1,15 +1,119 @@
 // The Python face of the extension: one nanobind function per op, with its docstring.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
 #include <nanobind/stl/variant.h>
 
-#include "metalsim/mlx_extension.h"
+#include <cfloat>
+#include <climits>
+#include <cmath>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
 #include "flash_attention.h"
 #include "flash_attention_gpu.h"
+#include "metalsim/mlx_extension.h"
 #include "softmax_rows.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
+
+namespace {
+
+// The arguments arrive as Python objects and are converted here, so that a wrong one (a list,
+// None, a NumPy array, a string, an int out of range) is a TypeError or ValueError that names
+// it, not nanobind's "incompatible function arguments".
+
+std::string python_type(nb::handle x) {
+  return nb::cast<std::string>(nb::str(nb::handle(x.type()).attr("__name__")));
+}
+
+[[noreturn]] void type_error(const std::string& op, const std::string& message) {
+  throw nb::type_error(("[" + op + "] " + message).c_str());
+}
+
+[[noreturn]] void value_error(const std::string& op, const std::string& message) {
+  throw std::invalid_argument("[" + op + "] " + message);
+}
+
+mx::array array_arg(const char* op, const char* name, nb::handle x) {
+  if (!nb::isinstance<mx::array>(x)) {
+    type_error(op, std::string(name) + " must be an mx.array, got " + python_type(x));
+  }
+  return nb::cast<mx::array>(x);
+}
+
+std::optional<mx::array> mask_arg(const char* op, nb::handle mask) {
+  if (mask.is_none()) {
+    return std::nullopt;
+  }
+  if (!nb::isinstance<mx::array>(mask)) {
+    type_error(op, "mask must be None or an mx.array, got " + python_type(mask));
+  }
+  return nb::cast<mx::array>(mask);
+}
+
+bool is_int(nb::handle x) {
+  return PyLong_Check(x.ptr()) && !PyBool_Check(x.ptr());
+}
+
+// A Python float or int (not a bool) as the float32 the kernels compute with.
+float scale_arg(const char* op, nb::handle scale) {
+  if (PyBool_Check(scale.ptr()) || !(PyFloat_Check(scale.ptr()) || is_int(scale))) {
+    type_error(op, "scale must be a float, got " + python_type(scale));
+  }
+  const double v = PyFloat_AsDouble(scale.ptr());
+  if (PyErr_Occurred()) {
+    PyErr_Clear();
+    value_error(op, "scale must be a finite float32 value, got an int too large for a float");
+  }
+  // A finite value that float32 cannot hold would reach the op as inf; NaN and inf themselves
+  // are left to the op's own checks (Week 2, Day 4, Task 1).
+  if (std::isfinite(v) && std::fabs(v) > FLT_MAX) {
+    std::ostringstream os;
+    os << "scale must be a finite float32 value, got " << v;
+    value_error(op, os.str());
+  }
+  return static_cast<float>(v);
+}
+
+bool bool_arg(const char* op, const char* name, nb::handle x) {
+  if (!PyBool_Check(x.ptr())) {
+    type_error(op, std::string(name) + " must be True or False, got " + python_type(x));
+  }
+  return x.ptr() == Py_True;
+}
+
+int int_arg(const char* op, const char* name, nb::handle x) {
+  if (!is_int(x)) {
+    type_error(op, std::string(name) + " must be an int, got " + python_type(x));
+  }
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(x.ptr(), &overflow);
+  if (overflow != 0 || v < INT_MIN || v > INT_MAX) {
+    value_error(op, std::string(name) + " must fit in a 32-bit int, got " + nb::cast<std::string>(nb::str(x)));
+  }
+  return static_cast<int>(v);
+}
+
+mx::StreamOrDevice stream_arg(const char* op, nb::handle stream) {
+  if (stream.is_none()) {
+    return {};
+  }
+  // Like MLX's own ops: a Device, a DeviceType (mx.cpu, mx.gpu) or a Stream.
+  mx::Device device(mx::Device::cpu);
+  if (nb::try_cast<mx::Device>(stream, device)) {
+    return metalsim::to_stream_or_device(device);
+  }
+  mx::Stream s(0, device);
+  if (nb::try_cast<mx::Stream>(stream, s)) {
+    return metalsim::to_stream_or_device(s);
+  }
+  type_error(op, "stream must be None, an mx.Device or an mx.Stream, got " + python_type(stream));
+}
+
+} // namespace
 
 NB_MODULE(_core, m) {
   m.doc() =
@@ -20,17 +124,18 @@ NB_MODULE(_core, m) {
 
   m.def(
       "softmax_rows",
-      [](const mx::array& x, const metalsim::DeviceOrStream& stream) {
-        return tiny_attn::softmax_rows(x, metalsim::to_stream_or_device(stream));
+      [](nb::handle x, nb::handle stream) {
+        const char* op = "softmax_rows";
+        return tiny_attn::softmax_rows(array_arg(op, "x", x), stream_arg(op, stream));
       },
-      "x"_a,
+      "x"_a.none(),
       nb::kw_only(),
-      "stream"_a = nb::none(),
+      "stream"_a.none() = nb::none(),
       R"(Softmax over the last axis of a float32 array.
 
 Args:
     x (array): float32, any shape with at least one dimension.
-    stream (Stream or Device, optional): where to evaluate; the default device if None.
+    stream (Stream or Device, optional): where to evaluate; the CPU if None, on a Mac too.
         mx.gpu runs the Metal kernel softmax_rows_f32 (Week 3), on metalsim without Metal.
 
 Returns:
@@ -41,26 +146,36 @@ Raises:
 
   m.def(
       "flash_attention",
-      [](const mx::array& query,
-         const mx::array& key,
-         const mx::array& value,
-         float scale,
-         const std::optional<mx::array>& mask,
-         bool causal,
-         const metalsim::DeviceOrStream& stream) {
-        const mx::StreamOrDevice s = metalsim::to_stream_or_device(stream);
-        tiny_attn::check_gpu_has_bfloat16(query, metalsim::place_op(s).on_gpu());
+      [](nb::handle query,
+         nb::handle key,
+         nb::handle value,
+         nb::handle scale,
+         nb::handle mask,
+         nb::handle causal,
+         nb::handle stream) {
+        const char* op = "flash_attention";
+        const mx::array q = array_arg(op, "query", query);
+        const mx::StreamOrDevice s = stream_arg(op, stream);
+        tiny_attn::check_gpu_has_bfloat16(q, metalsim::place_op(s).on_gpu());
         return tiny_attn::flash_attention(
-            query, key, value, scale, mask, causal, tiny_attn::CpuKernel::Simple, 1, s);
+            q,
+            array_arg(op, "key", key),
+            array_arg(op, "value", value),
+            scale_arg(op, scale),
+            mask_arg(op, mask),
+            bool_arg(op, "causal", causal),
+            tiny_attn::Kernel::Simple,
+            1,
+            s);
       },
-      "query"_a,
-      "key"_a,
-      "value"_a,
-      "scale"_a,
-      "mask"_a = nb::none(),
-      "causal"_a = false,
+      "query"_a.none(),
+      "key"_a.none(),
+      "value"_a.none(),
+      "scale"_a.none(),
+      "mask"_a.none() = nb::none(),
+      "causal"_a.none() = nb::bool_(false),
       nb::kw_only(),
-      "stream"_a = nb::none(),
+      "stream"_a.none() = nb::none(),
       R"(FlashAttention (Br = Bc = 32): day 4's single-threaded CPU kernel, or on the GPU
 Week 3's Metal kernel flash_attention_<t>_e128 (one score per thread, E <= 128).
 
@@ -72,9 +187,10 @@ Args:
     mask (array, optional): bool (True = keep) or floating (added to the scores),
         broadcastable to (N, H_q, L, S).
     causal (bool): query i sees keys j <= i + S - L. Not together with ``mask``.
-    stream (Stream or Device, optional): where to evaluate. mx.gpu runs the Metal kernel
-        (on metalsim where there is no Metal device); there, query, key and value may also
-        be float16 or bfloat16, all of one dtype.
+    stream (Stream or Device, optional): where to evaluate; the CPU if None, on a Mac too.
+        mx.gpu runs the Metal kernel (on metalsim where there is no Metal device); there,
+        query, key and value may also be float16 or bfloat16, all of one dtype (bfloat16
+        only in a build for macOS 14 or later).
 
 Returns:
     array: shape (N, H_q, L, E), the dtype of ``query``.
@@ -85,28 +201,38 @@ Raises:
 
   m.def(
       "flash_attention_fast",
-      [](const mx::array& query,
-         const mx::array& key,
-         const mx::array& value,
-         float scale,
-         const std::optional<mx::array>& mask,
-         bool causal,
-         int num_threads,
-         const metalsim::DeviceOrStream& stream) {
-        const mx::StreamOrDevice s = metalsim::to_stream_or_device(stream);
-        tiny_attn::check_gpu_has_bfloat16(query, metalsim::place_op(s).on_gpu());
+      [](nb::handle query,
+         nb::handle key,
+         nb::handle value,
+         nb::handle scale,
+         nb::handle mask,
+         nb::handle causal,
+         nb::handle num_threads,
+         nb::handle stream) {
+        const char* op = "flash_attention_fast";
+        const mx::array q = array_arg(op, "query", query);
+        const mx::StreamOrDevice s = stream_arg(op, stream);
+        tiny_attn::check_gpu_has_bfloat16(q, metalsim::place_op(s).on_gpu());
         return tiny_attn::flash_attention(
-            query, key, value, scale, mask, causal, tiny_attn::CpuKernel::Fast, num_threads, s);
+            q,
+            array_arg(op, "key", key),
+            array_arg(op, "value", value),
+            scale_arg(op, scale),
+            mask_arg(op, mask),
+            bool_arg(op, "causal", causal),
+            tiny_attn::Kernel::Fast,
+            int_arg(op, "num_threads", num_threads),
+            s);
       },
-      "query"_a,
-      "key"_a,
-      "value"_a,
-      "scale"_a,
-      "mask"_a = nb::none(),
-      "causal"_a = false,
+      "query"_a.none(),
+      "key"_a.none(),
+      "value"_a.none(),
+      "scale"_a.none(),
+      "mask"_a.none() = nb::none(),
+      "causal"_a.none() = nb::bool_(false),
       nb::kw_only(),
-      "num_threads"_a = 0,
-      "stream"_a = nb::none(),
+      "num_threads"_a.none() = nb::int_(0),
+      "stream"_a.none() = nb::none(),
       R"(FlashAttention (Br = Bc = 32), day 5's fast CPU kernel: vectorised, multi-threaded;
 on the GPU, Week 3's Metal kernel flash_attention_simdgroup_<t> (8x8 simdgroup_matrix
 products; E a multiple of 8, at most 128).

@@ -4,6 +4,9 @@
 #include <atomic>
 #include <cstdint>
 #include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
 
 #include "mlx/ops.h"
 #include "mlx/primitives.h"
@@ -16,8 +19,26 @@ namespace tiny_attn {
 constexpr int kBr = 32;
 constexpr int kBc = 32;
 
-// Which CPU kernel evaluates the attention: day 4's readable one or day 5's fast one.
-enum class CpuKernel { Simple, Fast };
+// For the op's checks (Task 1): a shape as "(1, 2, 8, 4)", and the error to throw, which
+// Python sees as a ValueError whose message starts with "[flash_attention]".
+inline std::string shape_str(const mx::Shape& shape) {
+  std::ostringstream os;
+  os << "(";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    os << (i ? ", " : "") << shape[i];
+  }
+  os << (shape.size() == 1 ? ",)" : ")");
+  return os.str();
+}
+
+[[noreturn]] inline void fail(const std::string& message) {
+  throw std::invalid_argument("[flash_attention] " + message);
+}
+
+// Which kernel evaluates the attention. On the CPU: day 4's readable one (Simple) or day 5's
+// fast one (Fast); on the GPU (Week 3): flash_attention_<t>_e128 (Simple) or the
+// simdgroup_matrix kernel flash_attention_simdgroup_<t> (Fast).
+enum class Kernel { Simple, Fast };
 
 // softmax(scale * Q K^T + mask) V for query (N, H_q, L, E), key and value (N, H, S, E), all
 // float32; query head h reads key/value head h / (H_q / H) (grouped-query attention).
@@ -32,7 +53,7 @@ mx::array flash_attention(
     float scale,
     const std::optional<mx::array>& mask = std::nullopt,
     bool causal = false,
-    CpuKernel kernel = CpuKernel::Simple,
+    Kernel kernel = Kernel::Simple,
     int num_threads = 0,
     mx::StreamOrDevice s = {});
 
@@ -61,8 +82,15 @@ struct AttentionProblem {
   }
 };
 
-// Day 4: one thread, plain loops (src/flash_attention_cpu.cpp).
+// Day 4: one thread, plain loops (src/flash_attention_simple.cpp).
 void flash_attention_simple_cpu(const AttentionProblem& p);
+// Causal block skipping (day 4, Task 3, in src/flash_attention_simple.cpp; day 5 reuses it): how
+// many K/V tiles, from the first, query rows first_row..last_row must visit. Row i sees keys
+// j <= i + S - L, so with p.causal the tiles after the one holding last_row's last key are
+// skipped; not when first_row sees no key at all (only if L > S): such a row averages every
+// value, as MLX does. Without p.causal, every tile. The same rule, under the same name, is
+// kv_tiles_to_visit in flash_attention.metal and in tiny_attn/flash_attention_tiled.py.
+int kv_tiles_to_visit(const AttentionProblem& p, int first_row, int last_row);
 // Day 5: packed tiles, 8-wide micro-kernels, threads (src/flash_attention_fast.cpp).
 // num_threads = 0 means one per hardware thread.
 void flash_attention_fast_cpu(const AttentionProblem& p, int num_threads);
@@ -78,7 +106,7 @@ class FlashAttention : public mx::Primitive {
       float scale,
       bool causal,
       bool has_mask,
-      CpuKernel kernel,
+      Kernel kernel,
       int num_threads,
       bool simulated = false)
       : mx::Primitive(stream), scale_(scale), causal_(causal), has_mask_(has_mask), kernel_(kernel),
@@ -99,7 +127,7 @@ class FlashAttention : public mx::Primitive {
   float scale_;
   bool causal_;
   bool has_mask_;
-  CpuKernel kernel_;
+  Kernel kernel_;
   int num_threads_;
   // Week 3: a GPU call on a machine without Metal. The primitive sits on a CPU stream and
   // eval_cpu hands over to eval_gpu, which runs the Metal kernels on metalsim

@@ -56,7 +56,7 @@ void FlashAttention::eval_cpu(
   }
   encoder.set_output_array(out);
 
-  if (kernel_ == CpuKernel::Simple) {
+  if (kernel_ == Kernel::Simple) {
     encoder.dispatch([p]() { flash_attention_simple_cpu(p); });
   } else {
     encoder.dispatch([p, n = num_threads_]() { flash_attention_fast_cpu(p, n); });

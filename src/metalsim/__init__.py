@@ -46,6 +46,10 @@ __all__ = [
     "Library",
     "bfloat16",
     "LimitError",
+    "MemoryAccessError",
+    "RaceError",
+    "TimeoutError",
+    "InterruptedError",
     "cache_dir",
     "cmake_build",
     "compiler_runs",
@@ -62,6 +66,10 @@ BindingError = _core.BindingError
 LimitError = _core.LimitError
 DeadlockError = _core.DeadlockError
 DispatchError = _core.DispatchError
+RaceError = _core.RaceError
+MemoryAccessError = _core.MemoryAccessError
+TimeoutError = _core.TimeoutError  # noqa: A001  (metalsim.TimeoutError: a dispatch past its deadline)
+InterruptedError = _core.InterruptedError  # noqa: A001
 
 _DTYPE_CODES = {
     np.dtype(np.bool_): 1,
@@ -94,6 +102,11 @@ def compiler_runs() -> int:
     return _core.compiler_runs()
 
 
+_MAX_DIM = 2**32 - 1
+# More OS threads than this only adds switching: threadgroups are queued to the workers.
+_MAX_WORKERS = 1024
+
+
 def _size3(value: int | Sequence[int], what: str) -> tuple[int, int, int]:
     if isinstance(value, (int, np.integer)):
         dims = [int(value)]
@@ -106,6 +119,10 @@ def _size3(value: int | Sequence[int], what: str) -> tuple[int, int, int]:
             ) from None
     if not 1 <= len(dims) <= 3 or any(d < 0 for d in dims):
         raise ValueError(f"{what} must be 1 to 3 non-negative ints, got {value!r}")
+    if any(d > _MAX_DIM for d in dims):
+        raise ValueError(
+            f"{what} must have dimensions of at most 2^32 - 1 (Metal's uint), got {value!r}"
+        )
     dims += [1] * (3 - len(dims))
     return dims[0], dims[1], dims[2]
 
@@ -123,13 +140,14 @@ class bfloat16:  # noqa: N801  (named after the Metal type it stands for)
         self.bits = bits
 
 
-def _binding(index: int, value: Any) -> tuple[tuple[int, int, int, int, bool], Any]:
-    """(index, address, size, dtype code, is_bytes) of one buffer, and the object to keep alive."""
+def _binding(index: int, value: Any) -> tuple[tuple[int, int, int, int, bool, bool, int], Any]:
+    """(index, address, size, dtype code, is_bytes, read_only, bytes before the address) of one
+    buffer, and the object to keep alive."""
     if not isinstance(index, (int, np.integer)) or not 0 <= int(index) <= 30:
         raise ValueError(f"buffers: index {index!r} is not a buffer index (0 to 30)")
     if isinstance(value, bfloat16):
         spec, obj = _binding(index, value.bits)
-        return (spec[0], spec[1], spec[2], 11, False), obj
+        return (spec[0], spec[1], spec[2], 11, False, spec[5], spec[6]), obj
     if isinstance(value, np.ndarray):
         if not value.flags.c_contiguous:
             raise ValueError(
@@ -137,14 +155,25 @@ def _binding(index: int, value: Any) -> tuple[tuple[int, int, int, int, bool], A
             )
         code = _DTYPE_CODES.get(value.dtype, 0)
         addr = value.__array_interface__["data"][0]
-        return (int(index), addr, value.nbytes, code, False), value
+        # Each array is a buffer of its own (a view too): the kernel runs on a copy that starts
+        # at a page, as a Metal buffer does.
+        read_only = not value.flags.writeable
+        return (int(index), addr, value.nbytes, code, False, read_only, 0), value
     if isinstance(value, np.generic):
         arr = np.array(value)
         code = _DTYPE_CODES.get(arr.dtype, 0)
-        return (int(index), arr.__array_interface__["data"][0], arr.nbytes, code, True), arr
+        return (
+            int(index),
+            arr.__array_interface__["data"][0],
+            arr.nbytes,
+            code,
+            True,
+            False,
+            0,
+        ), arr
     if isinstance(value, (bytes, bytearray)):
         arr = np.frombuffer(bytes(value), dtype=np.uint8)
-        return (int(index), arr.__array_interface__["data"][0], arr.nbytes, 0, True), arr
+        return (int(index), arr.__array_interface__["data"][0], arr.nbytes, 0, True, False, 0), arr
     raise TypeError(
         f"buffers[{index}]: expected a NumPy array, a NumPy scalar (e.g. np.uint32(n)) or bytes, "
         f"got {type(value).__name__} (a Python int/float has no Metal type: say which one)"
@@ -202,9 +231,10 @@ class Library:
     ) -> None:
         """Run `kernel` on `grid` threadgroups of `threadgroup` threads (dispatchThreadgroups).
 
-        buffers: {index: array | NumPy scalar | bytes} for [[buffer(index)]]; arrays are used in
-        place (outputs appear in them; an array whose data is not 16-byte aligned, as Metal
-        buffers always are, runs on an aligned copy that is written back), scalars and bytes are
+        buffers: {index: array | NumPy scalar | bytes} for [[buffer(index)]]; what the kernel
+        writes into an array appears in it (the kernel runs on a copy that starts at a page, as
+        a Metal buffer does, with inaccessible memory around it; an access outside the array is
+        a MemoryAccessError, and so is a write to a read-only array); scalars and bytes are
         copied like setBytes.
         threadgroup_memory: {index: bytes} for [[threadgroup(index)]] (multiples of 16).
         workers: OS threads for the threadgroups (0: one per core, METALSIM_THREADS overrides).
@@ -238,6 +268,22 @@ class Library:
             raise TypeError(f"kernel must be a kernel name (str), got {type(kernel).__name__}")
         g = _size3(grid, "threads" if grid_is_threads else "grid")
         t = _size3(group, "threadgroup")
+        if buffers is not None and not isinstance(buffers, Mapping):
+            raise TypeError(
+                f"buffers must be a dict {{index: array}}, got {type(buffers).__name__}"
+            )
+        if tg is not None and not isinstance(tg, Mapping):
+            raise TypeError(
+                f"threadgroup_memory must be a dict {{index: bytes}}, got {type(tg).__name__}"
+            )
+        if (
+            isinstance(workers, bool)
+            or not isinstance(workers, (int, np.integer))
+            or not 0 <= workers <= _MAX_WORKERS
+        ):
+            raise ValueError(
+                f"workers must be an int from 0 (one per core) to {_MAX_WORKERS}, got {workers!r}"
+            )
         keep = []
         specs = []
         for index, value in (buffers or {}).items():

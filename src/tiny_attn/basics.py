@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import mlx.core as mx
 
+from tiny_attn_contracts import check_attention_simple_inputs, check_softmax_args
+
 _CHAPTER = "book/src/week1-01-softmax-attention.md"
 
 
@@ -28,6 +30,7 @@ def softmax(x: mx.array, axis: int = -1) -> mx.array:
         TypeError: x is not a floating-point mx.array, or axis is not an int.
         ValueError: axis is out of range for x.
     """
+    axis = check_softmax_args(x, axis)  # the contract: see src/tiny_attn_contracts
     # TODO(Task 1): subtract the maximum along `axis` before exponentiating.
     raise NotImplementedError(f"softmax is not implemented yet: see {_CHAPTER}, Task 1")
 
@@ -59,7 +62,8 @@ def scaled_dot_product_attention_simple(
             != key's, L or S of 0, leading dimensions that do not broadcast, a mask not
             broadcastable to (..., L, S)).
     """
-    # TODO(Task 2): check the inputs, then scores -> mask -> softmax -> @ value.
+    check_attention_simple_inputs(query, key, value, scale, mask)
+    # TODO(Task 2): scores -> mask -> softmax -> @ value.
     raise NotImplementedError(
         f"scaled_dot_product_attention_simple is not implemented yet: see {_CHAPTER}, Task 2"
     )

@@ -15,6 +15,8 @@ from typing import Any
 
 import mlx.core as mx
 
+from tiny_attn_contracts import check_wrapper_inputs
+
 KERNELS = ("simple", "fast")
 
 
@@ -47,13 +49,14 @@ def flash_attention(
             "simple" runs the Metal kernel flash_attention_<t>_e128, "fast" the
             simdgroup_matrix kernel flash_attention_simdgroup_<t>.
         num_threads: threads of the fast kernel; 0 means one per hardware thread.
-        stream: the stream or device to evaluate on (None: the default one). mx.gpu runs the
+        stream: the stream or device to evaluate on (None: the CPU, on a Mac too). mx.gpu runs the
             Metal kernels: on the Metal device, or on metalsim where there is none. On the
             GPU, query, key and value may also be float16 or bfloat16 (all the same dtype).
 
     Returns:
         (B..., H_q, L, E) in the dtype of query, lazy like every MLX result.
     """
+    check_wrapper_inputs(query, key, value, scale, mask, KERNELS, kernel, num_threads)
     # TODO(Task 4): flatten the batch dimensions, turn mask into (mask array, causal),
     # default the scale, call _extension().flash_attention or .flash_attention_fast, and
     # restore the batch dimensions of the result.

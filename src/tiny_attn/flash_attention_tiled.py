@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import mlx.core as mx
 
+from tiny_attn_contracts import check_attention_inputs, check_int
+
 _CHAPTER = "book/src/week2-02-flash-attention-tiled.md"
 
 
@@ -67,9 +69,11 @@ def flash_attention_tiled(
             multiple of H, L or S of 0, a mask that does not broadcast to (B..., H_q, L, S),
             a mask string other than "causal", or block_q / block_k < 1.
     """
+    check_attention_inputs(query, key, value, scale, mask)
+    check_int(block_q, "block_q")
+    check_int(block_k, "block_k")
     # TODO(Task 1): outer loop over Q tiles, inner loop over K/V tiles, keeping m_i, l_i, o_i.
     # TODO(Task 2): apply the mask to each score tile; skip the K tiles "causal" hides.
-    # TODO(Task 3): check the arguments first, with errors that name the argument.
     raise NotImplementedError(
         f"flash_attention_tiled is not implemented yet: see {_CHAPTER}, Task 1"
     )

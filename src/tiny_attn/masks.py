@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import mlx.core as mx
 
+from tiny_attn_contracts import check_lengths, check_mask_dtype_arg, check_mask_size
+
 from .basics import softmax  # noqa: F401  (you will need it)
 
 _CHAPTER = "book/src/week1-03-masks-and-gqa.md"
@@ -38,6 +40,8 @@ def causal_mask(L: int, S: int, dtype: mx.Dtype = mx.bool_) -> mx.array:
         TypeError: L or S is not an int; dtype is neither mx.bool_ nor a floating dtype.
         ValueError: L or S is below 1.
     """
+    check_mask_size(L, S)
+    check_mask_dtype_arg(dtype)
     # TODO(Task 1): compare a column of query indices with a row of key indices.
     raise NotImplementedError(f"causal_mask is not implemented yet: see {_CHAPTER}, Task 1")
 
@@ -57,6 +61,7 @@ def padding_mask(lengths: Sequence[int] | mx.array, S: int) -> mx.array:
         TypeError: lengths is not a sequence of ints / a 1-D integer array; S is not an int.
         ValueError: lengths is empty, a length is outside [0, S], S is below 1.
     """
+    lengths = check_lengths(lengths, S)  # as a list of ints
     # TODO(Task 2): one comparison, broadcast over (B, 1, 1, S).
     raise NotImplementedError(f"padding_mask is not implemented yet: see {_CHAPTER}, Task 2")
 

@@ -14,6 +14,13 @@ from __future__ import annotations
 
 import mlx.core as mx
 
+from tiny_attn_contracts import (
+    check_float_array,
+    check_projection_inputs,
+    check_projection_weights,
+    check_split_heads,
+)
+
 from .basics import scaled_dot_product_attention_simple  # noqa: F401  (you will need it)
 
 _CHAPTER = "book/src/week1-02-multi-head-attention.md"
@@ -33,6 +40,7 @@ def split_heads(x: mx.array, num_heads: int) -> mx.array:
         TypeError: x is not a floating mx.array, num_heads is not an int.
         ValueError: x has fewer than 2 dimensions, num_heads < 1 or does not divide H * E.
     """
+    check_split_heads(x, num_heads)
     # TODO(Task 1): a reshape and a swapaxes.
     raise NotImplementedError(f"split_heads is not implemented yet: see {_CHAPTER}, Task 1")
 
@@ -50,6 +58,7 @@ def merge_heads(x: mx.array) -> mx.array:
         TypeError: x is not a floating mx.array.
         ValueError: x has fewer than 3 dimensions.
     """
+    check_float_array(x, "x", 3, "(B..., H, L, E)")
     # TODO(Task 1): undo split_heads.
     raise NotImplementedError(f"merge_heads is not implemented yet: see {_CHAPTER}, Task 1")
 
@@ -79,7 +88,8 @@ class MultiHeadAttention:
                 columns, num_heads does not divide wq's or wv's output columns, wo's rows
                 differ from wv's output columns.
         """
-        # TODO(Task 2): validate, then store num_heads and the four weights.
+        check_projection_weights(num_heads, wq, wk, wv, wo)
+        # TODO(Task 2): store num_heads and the four weights.
         raise NotImplementedError(
             f"MultiHeadAttention is not implemented yet: see {_CHAPTER}, Task 2"
         )
@@ -97,6 +107,7 @@ class MultiHeadAttention:
             ValueError: an input's last dimension does not match its weight's rows, or key
                 and value differ in batch dimensions or S.
         """
+        check_projection_inputs(query, key, value, self.wq, self.wk, self.wv)
         # TODO(Task 2): project, split_heads, attention, merge_heads, project.
         raise NotImplementedError(
             f"MultiHeadAttention.__call__ is not implemented yet: see {_CHAPTER}, Task 2"

@@ -19,6 +19,14 @@ from typing import NamedTuple
 
 import mlx.core as mx
 
+from tiny_attn_contracts import (
+    check_int,
+    check_nonempty_axis,
+    check_partials,
+    check_softmax_args,
+    check_softmax_states,
+)
+
 _CHAPTER = "book/src/week2-01-online-softmax.md"
 
 
@@ -51,6 +59,8 @@ def softmax_state(x: mx.array, axis: int = -1) -> SoftmaxState:
         TypeError: x is not a floating-point mx.array, or axis is not an int.
         ValueError: axis is out of range, or x has no element along it.
     """
+    axis = check_softmax_args(x, axis)
+    check_nonempty_axis(x, axis)
     # TODO(Task 1): m is the maximum along axis; l sums exp(x - m). Mind a slice of -inf only.
     raise NotImplementedError(f"softmax_state is not implemented yet: see {_CHAPTER}, Task 1")
 
@@ -69,6 +79,7 @@ def merge_softmax_states(a: SoftmaxState, b: SoftmaxState) -> SoftmaxState:
     Raises:
         TypeError: a or b is not a SoftmaxState.
     """
+    check_softmax_states(a, b, SoftmaxState)
     # TODO(Task 1): rescale each partial sum to the common maximum (and keep -inf from making NaN).
     raise NotImplementedError(
         f"merge_softmax_states is not implemented yet: see {_CHAPTER}, Task 1"
@@ -91,6 +102,9 @@ def online_softmax_state(x: mx.array, block_size: int, axis: int = -1) -> Softma
         TypeError: x is not a floating-point mx.array, or axis or block_size is not an int.
         ValueError: axis is out of range, x has no element along it, or block_size < 1.
     """
+    axis = check_softmax_args(x, axis)
+    check_nonempty_axis(x, axis)
+    check_int(block_size, "block_size")
     # TODO(Task 2): start from the empty state and merge in one block at a time.
     raise NotImplementedError(
         f"online_softmax_state is not implemented yet: see {_CHAPTER}, Task 2"
@@ -116,6 +130,9 @@ def online_softmax(x: mx.array, block_size: int, axis: int = -1) -> mx.array:
         TypeError: x is not a floating-point mx.array, or axis or block_size is not an int.
         ValueError: axis is out of range, x has no element along it, or block_size < 1.
     """
+    axis = check_softmax_args(x, axis)
+    check_nonempty_axis(x, axis)
+    check_int(block_size, "block_size")
     # TODO(Task 2): pass 1 finds (m, l), pass 2 writes exp(x - m) / l block by block.
     raise NotImplementedError(f"online_softmax is not implemented yet: see {_CHAPTER}, Task 2")
 
@@ -147,6 +164,7 @@ def merge_attention_partials(
         TypeError: an argument is not a floating-point mx.array.
         ValueError: o_b's shape differs from o_a's, or an lse is not o_a's shape without Ev.
     """
+    check_partials(o_a, lse_a, o_b, lse_b)
     # TODO(Task 3): the softmax merge with m = lse and l = 1; ignore a part with lse = -inf.
     raise NotImplementedError(
         f"merge_attention_partials is not implemented yet: see {_CHAPTER}, Task 3"

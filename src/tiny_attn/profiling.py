@@ -16,6 +16,13 @@ from typing import Any
 
 import mlx.core as mx
 
+from tiny_attn_contracts import (
+    check_profile_args,
+    check_returns_arrays,  # noqa: F401  (you will need it)
+    check_scores_shapes,
+    check_softmax_args,
+)
+
 _CHAPTER = "book/src/week1-04-memory-wall.md"
 
 
@@ -53,6 +60,7 @@ def scores_nbytes(query_shape: Sequence[int], key_shape: Sequence[int], dtype: m
             two ranks differ.
         TypeError: dtype is not an mx.Dtype.
     """
+    check_scores_shapes(query_shape, key_shape, dtype)
     # TODO(Task 1): arithmetic only; no arrays needed.
     raise NotImplementedError(f"scores_nbytes is not implemented yet: see {_CHAPTER}, Task 1")
 
@@ -81,6 +89,7 @@ def profile(
             repeats is not an int.
         ValueError: warmup < 0 or repeats < 1.
     """
+    check_profile_args(fn, warmup, repeats)
     # TODO(Task 2): evaluate inputs, warm up, measure peak memory, time the repeats.
     raise NotImplementedError(f"profile is not implemented yet: see {_CHAPTER}, Task 2")
 
@@ -102,5 +111,6 @@ def softmax_naive(x: mx.array, axis: int = -1) -> mx.array:
         TypeError: x is not a floating-point mx.array, or axis is not an int.
         ValueError: axis is out of range for x.
     """
+    check_softmax_args(x, axis)
     # TODO(Task 3): the formula as written, no max subtraction, no float32 upcast.
     raise NotImplementedError(f"softmax_naive is not implemented yet: see {_CHAPTER}, Task 3")

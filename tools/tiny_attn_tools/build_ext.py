@@ -48,6 +48,10 @@ JOBS = 2  # the course machines are small: keep the compiler from taking every c
 class BuildError(RuntimeError):
     """The extension could not be built; the message says why and what to do."""
 
+    def __init__(self, message: str, *, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output  # what the failing step printed
+
 
 def _paths(which: str) -> tuple[Path, str, Path, Path]:
     if which not in EXTENSIONS:
@@ -117,11 +121,101 @@ def _check_compiler() -> None:
     raise BuildError(f"no C++ compiler found (looked for c++, g++, clang++): {hint}")
 
 
-def _run(cmd: list[str], what: str, cwd: Path) -> None:
+def _run(cmd: list[str], what: str, cwd: Path) -> str:
+    """Run a build step, showing its output as it comes; return the output (for diagnosis)."""
     print(f"[build-ext] {what}: {' '.join(cmd)}", flush=True)
-    result = subprocess.run(cmd, cwd=cwd)
-    if result.returncode != 0:
-        raise BuildError(f"{what} failed (exit code {result.returncode}); see the output above")
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    )
+    lines = []
+    for line in proc.stdout:
+        print(line, end="", flush=True)
+        lines.append(line)
+    output = "".join(lines)
+    if proc.wait() != 0:
+        raise BuildError(
+            f"{what} failed (exit code {proc.returncode}); see the output above", output=output
+        )
+    return output
+
+
+# What CMake or ninja say when the state of the build folder is damaged, not the sources.
+_DAMAGED_STATE = (
+    "loading 'build.ninja'",  # ninja cannot read its manifest
+    "ninja: error: build.ninja:",
+    "could not load cache",  # CMake cannot read CMakeCache.txt
+    "CMakeCache.txt directory",  # the cache was made for another folder
+    "Error: could not find CMAKE_",  # ... CMAKE_GENERATOR in Cache, CMAKE_ROOT
+)
+
+
+def _damaged(build_dir: Path, source: Path) -> str | None:
+    """Why the CMake state of build_dir cannot be used as it is, or None if it looks sound."""
+    cache = build_dir / "CMakeCache.txt"
+    if not cache.exists():
+        return None
+    text = cache.read_text(errors="replace")
+    home = next(
+        (ln.split("=", 1)[1] for ln in text.splitlines() if ln.startswith("CMAKE_HOME_DIRECTORY:")),
+        None,
+    )
+    if home is None:
+        return "CMakeCache.txt is damaged"
+    if Path(home).resolve() != source.resolve():
+        return f"CMakeCache.txt was made for {home}"
+    ninja = build_dir / "build.ninja"
+    if not ninja.exists() or "ninja_required_version" not in ninja.read_text(errors="replace"):
+        return "build.ninja is missing or damaged"
+    return None
+
+
+def _start_afresh(build_dir: Path, why: str) -> None:
+    print(f"[build-ext] {why}: configuring {build_dir} afresh", flush=True)
+    for entry in build_dir.iterdir():
+        if entry.name == ".build.lock":  # held by this build
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def cmake_build(source: Path, build_dir: Path, name: str, configure_args: list[str]) -> None:
+    """Configure (the first time) and build `source` in `build_dir` with CMake and Ninja.
+
+    A build folder left damaged (a build.ninja cut short by a killed build, a CMakeCache.txt
+    edited by hand or copied from elsewhere) is configured afresh, once; if that does not
+    help, the error says which folder to delete.
+    """
+    cmake, ninja = _tool("cmake"), _tool("ninja")
+    build_dir.mkdir(parents=True, exist_ok=True)
+    why = _damaged(build_dir, source)
+    if why:
+        _start_afresh(build_dir, why)
+    configure = [cmake, "-S", str(source), "-B", str(build_dir), "-G", "Ninja"]
+    configure += [f"-DCMAKE_MAKE_PROGRAM={ninja}", *configure_args]
+    compile_ = [cmake, "--build", str(build_dir), "-j", str(JOBS)]
+    for attempt in range(2):
+        try:
+            if not (build_dir / "CMakeCache.txt").exists():
+                print(
+                    f"[build-ext] first build of {name}: configuring CMake and compiling "
+                    "everything takes a few minutes; later builds only recompile what changed",
+                    flush=True,
+                )
+                _run(configure, f"configuring {name}", ROOT)
+            _run(compile_, f"building {name}", ROOT)
+            return
+        except BuildError as e:
+            damaged = any(sign in e.output for sign in _DAMAGED_STATE)
+            if not damaged:
+                raise
+            if attempt == 1:
+                raise BuildError(
+                    f"{e}\nThe build folder still looks damaged after configuring it afresh: "
+                    f"delete the folder {build_dir} and build again."
+                ) from None
+            _start_afresh(build_dir, "the build folder's CMake state is damaged")
 
 
 def build(which: str, *, verbose: bool = True) -> Path:
@@ -143,26 +237,12 @@ def _build_locked(which: str, *, verbose: bool) -> Path:
     if not (source / "CMakeLists.txt").exists():
         raise BuildError(f"{source / 'CMakeLists.txt'} is missing")
     _check_compiler()
-    cmake, ninja = _tool("cmake"), _tool("ninja")
-    build_dir.mkdir(parents=True, exist_ok=True)
-    if not (build_dir / "CMakeCache.txt").exists():
-        _run(
-            [
-                cmake,
-                "-S",
-                str(source),
-                "-B",
-                str(build_dir),
-                "-G",
-                "Ninja",
-                f"-DCMAKE_MAKE_PROGRAM={ninja}",
-                "-DCMAKE_BUILD_TYPE=Release",
-                f"-DPython_EXECUTABLE={sys.executable}",
-            ],
-            f"configuring {package}",
-            ROOT,
-        )
-    _run([cmake, "--build", str(build_dir), "-j", str(JOBS)], f"building {package}", ROOT)
+    cmake_build(
+        source,
+        build_dir,
+        package,
+        ["-DCMAKE_BUILD_TYPE=Release", f"-DPython_EXECUTABLE={sys.executable}"],
+    )
     module = _module_file(which)
     if not module.exists():
         raise BuildError(f"the build finished but {module} is missing")
@@ -188,8 +268,15 @@ def ensure_built(which: str) -> None:
     if is_up_to_date(which):
         _checked.add(which)
         return
-    _, package, _, _ = _paths(which)
-    print(f"[build-ext] {package} is missing or out of date: building it ...", flush=True)
+    _, package, build_dir, _ = _paths(which)
+    if (build_dir / "CMakeCache.txt").exists():
+        print(f"[build-ext] {package} is out of date: building it ...", flush=True)
+    else:
+        print(
+            f"[build-ext] {package} is not built yet: building it, which takes a few minutes "
+            "the first time ...",
+            flush=True,
+        )
     # Build in a child process and keep its output off the test report unless it fails.
     result = subprocess.run(
         [sys.executable, "-m", "tiny_attn_tools.build_ext", which],

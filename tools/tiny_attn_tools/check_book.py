@@ -5,6 +5,9 @@
    tools/..., book/..., .ci/...) exists; each `pdm run X` names a pdm script or a program of
    the environment; each function named in code spans as `name(...)` is defined somewhere in the
    course's code (or in MLX / NumPy for `mx.` / `np.` names); each relative link or image exists.
+3. Every day's chapter says which days it builds on (a "> **Builds on**" line under the title).
+4. No line of a code block is wider than MAX_CODE_COLUMNS: wider ones scroll sideways on a
+   1280 px screen (book/theme/tiny-attn.css sizes the column for them).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ PDM_RE = re.compile(r"pdm run ([\w-]+)")
 CALL_RE = re.compile(r"`([A-Za-z_][\w.:]*)\(")
 LINK_RE = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")
 CODE_SPAN_OR_BLOCK = re.compile(r"```.*?```|`[^`\n]+`", re.S)
+DAY_CHAPTER = re.compile(r"week\d+-\d\d-.*\.md$")
+MAX_CODE_COLUMNS = 104
 
 
 def defined_identifiers() -> set[str]:
@@ -102,6 +107,16 @@ def check_chapter(md: Path, words: set[str], scripts: set[str]) -> list[str]:
                     problems.append(f"{rel}: names `{name}(`, which MLX/NumPy do not have")
             elif last not in words:
                 problems.append(f"{rel}: names `{name}(`, defined nowhere in the course's code")
+    if DAY_CHAPTER.match(md.name) and "\n> **Builds on** " not in text:
+        problems.append(f"{rel}: does not say which days it builds on ('> **Builds on** ...')")
+    for span in CODE_SPAN_OR_BLOCK.findall(text):
+        if span.startswith("```"):
+            for line in span.splitlines()[1:-1]:
+                if len(line) > MAX_CODE_COLUMNS:
+                    problems.append(
+                        f"{rel}: a code line of {len(line)} columns (at most {MAX_CODE_COLUMNS} "
+                        f"fit without scrolling): {line.strip()[:50]}..."
+                    )
     for target in LINK_RE.findall(text):
         if re.match(r"[a-z]+:", target):
             continue

@@ -8,12 +8,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+
+from tiny_attn_tools import supervise
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTS_REFSOL = ROOT / "tests_refsol"
@@ -81,21 +81,42 @@ def copy_test(week: int, day: int, *, force: bool = False, quiet: bool = False) 
     return dst
 
 
-def pytest_command(files: list[Path], extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "pytest", *map(str, files), *extra]
+def rerun_command(week: int, day: int, test: str = "", *, refsol: bool = False) -> str:
+    """The command that runs one day (and, with `test`, one test of it) on its own."""
+    cmd = f"pdm run {'test-refsol' if refsol else 'test'} --week {week} --day {day}"
+    if test:
+        name = test.split("::")[-1].split("[")[0]
+        cmd += f" -- -k {name}"
+    return cmd
 
 
-def run_pytest(files: list[Path], extra: list[str], cwd: Path = ROOT) -> int:
-    """Run pytest; exit code 5 (no test selected, e.g. a -k that matches nothing) is reported."""
-    rc = subprocess.call(pytest_command(files, extra), cwd=cwd)
-    if rc == 5:
+def report_incidents(run: supervise.Run, *, refsol: bool) -> None:
+    """One paragraph per crashed or hung test: what happened and the command to see it alone."""
+    for incident in run.incidents:
+        m = DAY_FILE.search(incident.nodeid.split("::")[0]) if incident.nodeid else None
+        test = incident.nodeid or "the test run"
+        print(f"\n[tiny-attn] {test}: {incident.message}", file=sys.stderr)
+        if m:
+            w, d = int(m.group(1)), int(m.group(2))
+            command = rerun_command(w, d, incident.nodeid, refsol=refsol)
+            print(f"[tiny-attn]   run it alone: {command}", file=sys.stderr)
+
+
+def run_pytest(files: list[Path], extra: list[str], cwd: Path = ROOT, *, refsol: bool) -> int:
+    """Run pytest under supervision (a crash or a hang fails one test, never the terminal).
+
+    Exit code 5 (no test selected, e.g. a -k that matches nothing) is explained.
+    """
+    run = supervise.run_pytest(files, extra, cwd=cwd)
+    report_incidents(run, refsol=refsol)
+    if run.returncode == 5:
         print("no test was selected: check the --week/--day and -k arguments", file=sys.stderr)
-    return rc
+    return run.returncode
 
 
 @dataclass
 class Outcome:
-    """One graded test's result: 'passed', 'failed', 'error' or 'skipped', and its message."""
+    """One graded test's result: passed, failed, error, skipped, crashed or timed out."""
 
     week: int
     day: int
@@ -105,66 +126,63 @@ class Outcome:
     message: str
 
 
-def run_graded_against_student(days: list[tuple[int, int]], timeout: int = 120) -> list[Outcome]:
+# A day of graded tests may take this long in all (the slowest takes about a minute).
+DAY_TIMEOUT = 900.0
+
+
+def run_graded_against_student(
+    days: list[tuple[int, int]],
+    timeout: int = 120,
+    *,
+    day_timeout: float = DAY_TIMEOUT,
+    test_timeout: float = supervise.HARD_TEST_TIMEOUT,
+    root: Path | None = None,
+) -> list[Outcome]:
     """Run the official graded tests (from tests_refsol/) against the student's code.
 
     The files are copied, with the student's tiny_attn_base.py and conftest.py, into a
-    scratch folder, so an edited copy in tests/ cannot change a grade.
+    scratch folder, so an edited copy in tests/ cannot change a grade. Each day runs in a
+    process of its own, under supervision (tiny_attn_tools.supervise): a crash or a hang costs
+    the test that caused it; a day past `day_timeout` is stopped. `timeout` is pytest-timeout's
+    limit per test (it sees hangs in Python code), `test_timeout` the hard one. `root` is the
+    checkout to grade (default: this one).
     """
+    root = root or ROOT
+    outcomes: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="tiny-attn-grade-") as tmp:
         work = Path(tmp)
         for helper in ("tiny_attn_base.py", "conftest.py"):
-            shutil.copyfile(TESTS_STUDENT / helper, work / helper)
-        files = []
-        for w, d in days:
-            shutil.copyfile(TESTS_REFSOL / test_file_name(w, d), work / test_file_name(w, d))
-            files.append(work / test_file_name(w, d))
-        report = work / "report.xml"
-        cmd = pytest_command(
-            files,
-            [
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                f"--timeout={timeout}",
-                f"--junitxml={report}",
-                "-o",
-                "junit_family=xunit1",
-                "--tb=line",
-            ],
-        )
+            shutil.copyfile(root / "tests" / helper, work / helper)
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-        subprocess.run(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        if not report.exists():
-            sys.exit("error: pytest wrote no report; run `pdm run test` to see what went wrong")
-        return parse_junit(report)
-
-
-def parse_junit(report: Path) -> list[Outcome]:
-    outcomes = []
-    for case in ET.parse(report).getroot().iter("testcase"):
-        m = DAY_FILE.search(case.get("file", "") or "") or re.search(
-            r"test_week_(\d+)_day_(\d+)", case.get("classname", "")
-        )
-        if not m:
-            continue
-        name = case.get("name", "")
-        t = TASK_NAME.match(name)
-        status, message = "passed", ""
-        for tag in ("failure", "error", "skipped"):
-            node = case.find(tag)
-            if node is not None:
-                status = {"failure": "failed"}.get(tag, tag)
-                message = (node.get("message") or "") + "\n" + (node.text or "")
-                break
-        outcomes.append(
-            Outcome(
-                int(m.group(1)),
-                int(m.group(2)),
-                int(t.group(1)) if t else None,
-                name,
-                status,
-                message,
+        for w, d in days:
+            name = test_file_name(w, d)
+            shutil.copyfile(root / "tests_refsol" / name, work / name)
+            run = supervise.run_pytest(
+                [name],
+                ["-q", "-p", "no:cacheprovider", f"--timeout={timeout}", "--tb=line"],
+                cwd=work,
+                env=env,
+                test_timeout=test_timeout,
+                total_timeout=day_timeout,
+                capture=True,
             )
-        )
+            for r in run.results:
+                m = TASK_NAME.match(r.nodeid.split("::")[-1])
+                task = int(m.group(1)) if m else None
+                outcomes.append(Outcome(w, d, task, r.nodeid, r.status, r.message))
+            for incident in run.incidents:
+                if not incident.nodeid:  # nothing ran, or the process died between tests
+                    tail = "\n".join(run.output.strip().splitlines()[-15:])
+                    outcomes.append(
+                        Outcome(w, d, None, name, incident.status, f"{incident.message}\n{tail}")
+                    )
+            if not run.results and not run.incidents:
+                tail = "\n".join(run.output.strip().splitlines()[-15:])
+                outcomes.append(
+                    Outcome(w, d, None, name, "error", f"no test ran ({describe(run)})\n{tail}")
+                )
     return outcomes
+
+
+def describe(run: supervise.Run) -> str:
+    return f"pytest {supervise.describe_exit(run.returncode)}"

@@ -4,6 +4,11 @@ pdm run test --week 1 --day 1                 your code (copies the day's test i
 pdm run test --week 2 --day 4 -- -k task_2    extra pytest arguments after `--`
 pdm run test-refsol                           every day, against the reference solution
 pdm run test-refsol --mac-view --week 2       as a Mac sees it: MLX's default device the GPU
+
+pytest runs in a supervised child process (tiny_attn_tools.supervise): a test that crashes the
+process (a segfault in native code) or hangs where pytest-timeout cannot stop it fails as
+"crashed (signal N)" or "timed out", with the command to run it alone, and the other tests
+still run.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ def main(argv: list[str]) -> int:
     which = ", ".join(f"w{w}d{d}" for w, d in days) if len(days) < 6 else f"{len(days)} days"
     view = " (Mac view)" if args.mac_view else ""
     print(f"[tiny-attn] testing {label}: {which}{view}", flush=True)
-    return course.run_pytest(files, extra)
+    return course.run_pytest(files, extra, refsol=args.refsol)
 
 
 if __name__ == "__main__":

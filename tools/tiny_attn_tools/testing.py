@@ -10,11 +10,13 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import mlx.core as mx
 import numpy as np
+import pytest
 
 from tiny_attn_tools import build_ext
 
@@ -42,12 +44,45 @@ def to_numpy(x: Any, dtype: Any = np.float64) -> np.ndarray:
 def assert_allclose(
     actual: Any, expected: Any, *, rtol: float, atol: float, what: str = ""
 ) -> None:
-    """Compare two arrays (mx or NumPy) with a message that says where they differ most."""
+    """Compare two arrays (mx or NumPy); on a mismatch, say where they differ most.
+
+    The message gives how many elements differ, the index of the worst one with both values,
+    and the first NaN (or the first missing NaN) if there is one. NaN equals NaN.
+    """
     a = to_numpy(actual)
     e = to_numpy(expected)
     label = f" ({what})" if what else ""
     assert a.shape == e.shape, f"shape mismatch{label}: got {a.shape}, expected {e.shape}"
-    np.testing.assert_allclose(a, e, rtol=rtol, atol=atol, err_msg=f"values differ{label}")
+    close = np.isclose(a, e, rtol=rtol, atol=atol, equal_nan=True)
+    if close.all():
+        return
+    bad = ~close
+    lines = [
+        f"values differ{label}: {int(bad.sum())} of {a.size} elements are not within "
+        f"atol={atol:g} + rtol={rtol:g} * |expected|"
+    ]
+
+    def at(index: tuple[int, ...]) -> str:
+        where = tuple(int(i) for i in index)
+        return f"index {where}: got {float(a[index])!r}, expected {float(e[index])!r}"
+
+    for mask, what_nan in (
+        (np.isnan(a) & ~np.isnan(e), "NaN where a number was expected"),
+        (~np.isnan(a) & np.isnan(e), "a number where NaN was expected"),
+    ):
+        if mask.any():
+            first = tuple(np.argwhere(mask)[0])
+            lines.append(f"{int(mask.sum())} x {what_nan}; the first at {at(first)}")
+    numeric = bad & ~np.isnan(a) & ~np.isnan(e)
+    if numeric.any():
+        with np.errstate(invalid="ignore", over="ignore"):
+            excess = np.where(numeric, np.abs(a - e) - (atol + rtol * np.abs(e)), -np.inf)
+        excess = np.nan_to_num(excess, nan=np.inf)  # inf - inf: an infinity where it is not
+        worst = np.unravel_index(int(np.argmax(excess)), a.shape)
+        with np.errstate(invalid="ignore", over="ignore"):
+            diff = abs(a[worst] - e[worst])
+        lines.append(f"the largest difference, {diff:.6g}, is at {at(worst)}")
+    raise AssertionError("\n".join(lines))
 
 
 def rand(
@@ -93,6 +128,17 @@ def mlx_sdpa(
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
         mx.eval(out)
     return out
+
+
+def numpy_softmax(x: Any, axis: int = -1) -> np.ndarray:
+    """The course's softmax oracle: two passes in float64 NumPy, independent of MLX.
+
+    A row of -inf only gives NaN (0 / 0), as mx.softmax does.
+    """
+    xn = to_numpy(x)
+    with np.errstate(invalid="ignore"):
+        e = np.exp(xn - np.max(xn, axis=axis, keepdims=True))
+        return e / np.sum(e, axis=axis, keepdims=True)
 
 
 def numpy_attention(
@@ -169,9 +215,17 @@ def load_extension(module_name: str) -> Any:
     return importlib.import_module(module_name)
 
 
+def raises_naming(error: type[Exception], argument: str) -> Any:
+    """pytest.raises(error) whose message names `argument` (as a word: "mask", not "masks").
+
+    The graded tests check what a good error says, the kind of error and the argument it
+    blames, and leave the wording to the author.
+    """
+    return pytest.raises(error, match=rf"(?<![\w.]){re.escape(argument)}(?![\w(])")
+
+
 # --- pytest fixtures, re-exported by tests/conftest.py and tests_refsol/conftest.py ---------
 
-import pytest  # noqa: E402
 
 # The backends a GPU day runs on: "cpu" is the C++ CPU path, "gpu" is the Metal kernel
 # (on a real Metal device where there is one, on metalsim everywhere else).

@@ -12,20 +12,6 @@ namespace tiny_attn {
 
 namespace {
 
-[[maybe_unused]] std::string shape_str(const mx::Shape& shape) {
-  std::ostringstream os;
-  os << "(";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    os << (i ? ", " : "") << shape[i];
-  }
-  os << (shape.size() == 1 ? ",)" : ")");
-  return os.str();
-}
-
-[[noreturn, maybe_unused]] void fail(const std::string& message) {
-  throw std::invalid_argument("[flash_attention] " + message);
-}
-
 // float32 everywhere; float16 and bfloat16 too on the GPU (Week 3, day 5), whose kernels read
 // 16-bit values and compute in float32.
 void check_operand(const mx::array& x, const char* name, const char* layout, bool on_gpu) {
@@ -55,7 +41,7 @@ mx::array flash_attention(
     float scale,
     const std::optional<mx::array>& mask,
     bool causal,
-    CpuKernel kernel,
+    Kernel kernel,
     int num_threads,
     mx::StreamOrDevice s) {
   // Where the op runs: mx::to_stream(s), or, for a GPU call without Metal, a CPU stream whose

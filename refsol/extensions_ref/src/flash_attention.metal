@@ -9,6 +9,9 @@
 // where n' is the key/value head of query head n (grouped-query attention), with the online
 // softmax of Week 2: a running row max m_i, a running row sum l_i and an unnormalised output
 // row o_i, rescaled by exp(m_old - m_new) whenever the max grows.
+//
+// SIMD indices, as in every kernel of the course: simd_gid [[simdgroup_index_in_threadgroup]]
+// and simd_lid [[thread_index_in_simdgroup]]; each kernel says once what they mean to it.
 #include <metal_stdlib>
 
 using namespace metal;
@@ -66,11 +69,12 @@ inline float mask_score(
   }
 }
 
-// How many K/V tiles query rows up to `last_row` must visit. With a causal mask, a tile
+// How many K/V tiles query rows up to `last_row` must visit: the rule of Week 2, Day 4's
+// kv_tiles_to_visit (src/flash_attention_simple.cpp), under the same name. With a causal mask, a tile
 // whose first key lies beyond the last key of `last_row` is fully masked and skipped. One
 // exception: a row that sees no key at all (only when L > S) gets uniform weights over
 // every key, as in MLX, so a block holding such a row visits every tile.
-inline int tiles_to_visit(int first_row, int last_row, constant AttentionParams& p) {
+inline int kv_tiles_to_visit(int first_row, int last_row, constant AttentionParams& p) {
   const int Tc = (p.S + Bc - 1) / Bc;
   if (p.mask_kind != MASK_CAUSAL || first_row + p.S - p.L < 0) {
     return Tc;
@@ -107,8 +111,10 @@ void flash_attention_e128_impl(
     threadgroup float (*Q_tile)[E_MAX],
     threadgroup float (*O_acc)[E_MAX],
     uint2 group,
-    uint a,
-    uint b) {
+    uint simd_gid,
+    uint simd_lid) {
+  const uint a = simd_gid; // this SIMD group computes row a of the Q tile
+  const uint b = simd_lid; // this lane, key b of the K tile
   const int n = group.x; // (batch, query head), flattened
   const int h_q = n % p.H_q;
   const int batch = n / p.H_q;
@@ -138,7 +144,7 @@ void flash_attention_e128_impl(
   // Tiles are skipped per row: no barrier sits inside this loop, so SIMD groups may run
   // different numbers of iterations.
   const int last_key = row + p.S - p.L;
-  const int tiles = row_valid ? tiles_to_visit(row, row, p) : 0;
+  const int tiles = row_valid ? kv_tiles_to_visit(row, row, p) : 0;
   for (int j = 0; j < tiles; ++j) {
     const int col = j * Bc + b; // the key of lane b
     const bool col_valid = col < p.S;
@@ -199,12 +205,12 @@ void flash_attention_e128_impl(
     device const bool* mask_keep [[buffer(5)]],
     constant AttentionParams& p [[buffer(6)]],
     uint2 group [[threadgroup_position_in_grid]],
-    uint a [[simdgroup_index_in_threadgroup]],
-    uint b [[thread_index_in_simdgroup]]) {
+    uint simd_gid [[simdgroup_index_in_threadgroup]],
+    uint simd_lid [[thread_index_in_simdgroup]]) {
   threadgroup float Q_tile[Br][E_MAX]; // 16 KiB
   threadgroup float O_acc[Br][E_MAX]; // 16 KiB: with Q_tile, the whole 32 KiB
   flash_attention_e128_impl<float>(
-      q, k, v, out, mask_add, mask_keep, p, Q_tile, O_acc, group, a, b);
+      q, k, v, out, mask_add, mask_keep, p, Q_tile, O_acc, group, simd_gid, simd_lid);
 }
 
 [[kernel]] void flash_attention_f16_e128(
@@ -216,12 +222,12 @@ void flash_attention_e128_impl(
     device const bool* mask_keep [[buffer(5)]],
     constant AttentionParams& p [[buffer(6)]],
     uint2 group [[threadgroup_position_in_grid]],
-    uint a [[simdgroup_index_in_threadgroup]],
-    uint b [[thread_index_in_simdgroup]]) {
+    uint simd_gid [[simdgroup_index_in_threadgroup]],
+    uint simd_lid [[thread_index_in_simdgroup]]) {
   threadgroup float Q_tile[Br][E_MAX]; // 16 KiB
   threadgroup float O_acc[Br][E_MAX]; // 16 KiB: with Q_tile, the whole 32 KiB
   flash_attention_e128_impl<half>(
-      q, k, v, out, mask_add, mask_keep, p, Q_tile, O_acc, group, a, b);
+      q, k, v, out, mask_add, mask_keep, p, Q_tile, O_acc, group, simd_gid, simd_lid);
 }
 
 #if __METAL_VERSION__ >= 310 // bfloat needs Metal 3.1 (macOS 14)
@@ -234,12 +240,12 @@ void flash_attention_e128_impl(
     device const bool* mask_keep [[buffer(5)]],
     constant AttentionParams& p [[buffer(6)]],
     uint2 group [[threadgroup_position_in_grid]],
-    uint a [[simdgroup_index_in_threadgroup]],
-    uint b [[thread_index_in_simdgroup]]) {
+    uint simd_gid [[simdgroup_index_in_threadgroup]],
+    uint simd_lid [[thread_index_in_simdgroup]]) {
   threadgroup float Q_tile[Br][E_MAX]; // 16 KiB
   threadgroup float O_acc[Br][E_MAX]; // 16 KiB: with Q_tile, the whole 32 KiB
   flash_attention_e128_impl<bfloat>(
-      q, k, v, out, mask_add, mask_keep, p, Q_tile, O_acc, group, a, b);
+      q, k, v, out, mask_add, mask_keep, p, Q_tile, O_acc, group, simd_gid, simd_lid);
 }
 #endif
 
@@ -327,9 +333,11 @@ void flash_attention_simdgroup_impl(
     threadgroup float (*spill)[BLOCK_SIZE],
     threadgroup float (*row_alpha)[SG_ROWS],
     uint2 group,
-    uint g,
-    uint lane,
+    uint simd_gid,
+    uint simd_lid,
     uint tid) {
+  const uint g = simd_gid; // this SIMD group owns rows g * SG_ROWS .. of the Q tile
+  const uint lane = simd_lid; // this lane, a key column of a score tile
   const int n = group.x;
   const int h_q = n % p.H_q;
   const int batch = n / p.H_q;
@@ -362,7 +370,7 @@ void flash_attention_simdgroup_impl(
 
   // Every SIMD group of the block runs the same tiles: the barriers below need all of them.
   const int last_row = min(first_row + Br, p.L) - 1;
-  const int tiles = tiles_to_visit(first_row, last_row, p);
+  const int tiles = kv_tiles_to_visit(first_row, last_row, p);
   threadgroup float* S_g = scores[g];
   for (int j = 0; j < tiles; ++j) {
     const int first_col = j * Bc;
@@ -466,15 +474,15 @@ void flash_attention_simdgroup_impl(
     device const bool* mask_keep [[buffer(5)]],
     constant AttentionParams& p [[buffer(6)]],
     uint2 group [[threadgroup_position_in_grid]],
-    uint g [[simdgroup_index_in_threadgroup]],
-    uint lane [[thread_index_in_simdgroup]],
+    uint simd_gid [[simdgroup_index_in_threadgroup]],
+    uint simd_lid [[thread_index_in_simdgroup]],
     uint tid [[thread_index_in_threadgroup]]) {
   threadgroup float tile[TILE_SIZE];
   threadgroup float scores[SG_COUNT][SCORES_SIZE];
   threadgroup float spill[SG_COUNT][BLOCK_SIZE];
   threadgroup float row_alpha[SG_COUNT][SG_ROWS];
   flash_attention_simdgroup_impl<float>(
-      q, k, v, out, mask_add, mask_keep, p, tile, scores, spill, row_alpha, group, g, lane, tid);
+      q, k, v, out, mask_add, mask_keep, p, tile, scores, spill, row_alpha, group, simd_gid, simd_lid, tid);
 }
 
 [[kernel]] void flash_attention_simdgroup_f16(
@@ -486,15 +494,15 @@ void flash_attention_simdgroup_impl(
     device const bool* mask_keep [[buffer(5)]],
     constant AttentionParams& p [[buffer(6)]],
     uint2 group [[threadgroup_position_in_grid]],
-    uint g [[simdgroup_index_in_threadgroup]],
-    uint lane [[thread_index_in_simdgroup]],
+    uint simd_gid [[simdgroup_index_in_threadgroup]],
+    uint simd_lid [[thread_index_in_simdgroup]],
     uint tid [[thread_index_in_threadgroup]]) {
   threadgroup float tile[TILE_SIZE];
   threadgroup float scores[SG_COUNT][SCORES_SIZE];
   threadgroup float spill[SG_COUNT][BLOCK_SIZE];
   threadgroup float row_alpha[SG_COUNT][SG_ROWS];
   flash_attention_simdgroup_impl<half>(
-      q, k, v, out, mask_add, mask_keep, p, tile, scores, spill, row_alpha, group, g, lane, tid);
+      q, k, v, out, mask_add, mask_keep, p, tile, scores, spill, row_alpha, group, simd_gid, simd_lid, tid);
 }
 
 #if __METAL_VERSION__ >= 310 // bfloat needs Metal 3.1 (macOS 14)
@@ -507,15 +515,15 @@ void flash_attention_simdgroup_impl(
     device const bool* mask_keep [[buffer(5)]],
     constant AttentionParams& p [[buffer(6)]],
     uint2 group [[threadgroup_position_in_grid]],
-    uint g [[simdgroup_index_in_threadgroup]],
-    uint lane [[thread_index_in_simdgroup]],
+    uint simd_gid [[simdgroup_index_in_threadgroup]],
+    uint simd_lid [[thread_index_in_simdgroup]],
     uint tid [[thread_index_in_threadgroup]]) {
   threadgroup float tile[TILE_SIZE];
   threadgroup float scores[SG_COUNT][SCORES_SIZE];
   threadgroup float spill[SG_COUNT][BLOCK_SIZE];
   threadgroup float row_alpha[SG_COUNT][SG_ROWS];
   flash_attention_simdgroup_impl<bfloat>(
-      q, k, v, out, mask_add, mask_keep, p, tile, scores, spill, row_alpha, group, g, lane, tid);
+      q, k, v, out, mask_add, mask_keep, p, tile, scores, spill, row_alpha, group, simd_gid, simd_lid, tid);
 }
 #endif
 

@@ -1,6 +1,6 @@
 // Week 2, day 5: the fast CPU kernel.
 //
-// The same algorithm as day 4 (src/flash_attention_cpu.cpp), rearranged for the machine:
+// The same algorithm as day 4 (src/flash_attention_simple.cpp), rearranged for the machine:
 //
 //  * Everything is vectorised over the Q tile's 32 rows. Q is packed transposed (qT[e][a],
 //    scale folded in), the scores are kept transposed (sT[b][a]) and so is the accumulator
@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <thread>
 #include <vector>
@@ -34,86 +35,113 @@ namespace tiny_attn {
 namespace {
 
 using simd::f32x8;
-constexpr int kVecs = kBr / 8; // f32x8 vectors per column of a transposed tile
+constexpr int kVecs = kBr / 8; // f32x8 vectors per row of a transposed tile
+
+// The register block of both micro-kernels: 3 rows of the result by its whole width of 32
+// (4 f32x8), 12 accumulators. An FMA has a latency of 4 cycles and a core starts 2 per cycle,
+// so at least 8 independent sums must be in flight; 12 leave slack. With the 4 loaded vectors
+// and a broadcast that is 17 registers, one more than AVX2 has: the compiler reads one of the
+// four straight from L1 in each FMA, which costs nothing measurable.
+constexpr int kBlockRows = 3;
+
+// A tile of floats that starts on a cache line (64 bytes): then no 32-byte vector load
+// straddles two lines, which costs a second access each time.
+class AlignedTile {
+ public:
+  explicit AlignedTile(int n) : storage_(n + 16) {
+    const auto address = reinterpret_cast<uintptr_t>(storage_.data());
+    data_ = storage_.data() + (64 - address % 64) % 64 / sizeof(float);
+  }
+  float* data() {
+    return data_;
+  }
+
+ private:
+  std::vector<float> storage_;
+  float* data_;
+};
 
 struct Workspace {
-  std::vector<float> qT, sT, oT;
-  float m[kBr], l[kBr];
+  AlignedTile qT, sT, oT;
+  float m[kBr], l[kBr], alpha[kBr];
   explicit Workspace(int E) : qT(E * kBr), sT(kBc * kBr), oT(E * kBr) {}
 };
 
-// sT[b][:] = sum_e k[b][e] * qT[e][:] for the bc rows of a K tile.
-TINY_ATTN_INLINE void scores_tile(const float* qT, const float* k, int bc, int E, float* sT) {
-  int b = 0;
-  for (; b + 2 <= bc; b += 2) {
-    const float* k0 = k + b * E;
-    const float* k1 = k0 + E;
-    f32x8 acc0[kVecs] = {}, acc1[kVecs] = {};
-    for (int e = 0; e < E; ++e) {
-      const f32x8 x0 = simd::broadcast(k0[e]);
-      const f32x8 x1 = simd::broadcast(k1[e]);
-      for (int c = 0; c < kVecs; ++c) {
-        const f32x8 q = simd::load(qT + e * kBr + 8 * c);
-        acc0[c] += x0 * q;
-        acc1[c] += x1 * q;
-      }
-    }
+// sT[b][:] = sum_e k[b][e] * qT[e][:] for R rows b of a K tile. The loop over e keeps
+// R x 4 accumulators in registers; each qT vector loaded from L1 feeds R FMAs, each k scalar
+// (broadcast by `float * f32x8`) feeds 4.
+template <int R>
+TINY_ATTN_INLINE void scores_block(const float* qT, const float* k, int E, float* sT) {
+  f32x8 acc[R][kVecs] = {};
+  for (int e = 0; e < E; ++e) {
+    f32x8 q[kVecs];
     for (int c = 0; c < kVecs; ++c) {
-      simd::store(sT + b * kBr + 8 * c, acc0[c]);
-      simd::store(sT + (b + 1) * kBr + 8 * c, acc1[c]);
+      q[c] = simd::load(qT + e * kBr + 8 * c);
+    }
+    for (int r = 0; r < R; ++r) {
+      const float x = k[r * E + e];
+      for (int c = 0; c < kVecs; ++c) {
+        acc[r][c] += x * q[c];
+      }
     }
   }
-  for (; b < bc; ++b) { // an odd last row
-    f32x8 acc[kVecs] = {};
-    for (int e = 0; e < E; ++e) {
-      const f32x8 x = simd::broadcast(k[b * E + e]);
-      for (int c = 0; c < kVecs; ++c) {
-        acc[c] += x * simd::load(qT + e * kBr + 8 * c);
-      }
-    }
+  for (int r = 0; r < R; ++r) {
     for (int c = 0; c < kVecs; ++c) {
-      simd::store(sT + b * kBr + 8 * c, acc[c]);
+      simd::store(sT + r * kBr + 8 * c, acc[r][c]);
     }
   }
 }
 
-// oT[e][:] += sum_b v[b][e] * pT[b][:] for the bc rows of a V tile.
-TINY_ATTN_INLINE void accumulate_pv(const float* pT, const float* v, int bc, int E, float* oT) {
-  int e = 0;
-  for (; e + 2 <= E; e += 2) {
-    f32x8 acc0[kVecs], acc1[kVecs];
+// The scores of a K tile of bc rows, sT = K Q^T (Bc x 32): 3 rows b at a time, then the rest.
+TINY_ATTN_INLINE void scores_tile(const float* qT, const float* k, int bc, int E, float* sT) {
+  int b = 0;
+  for (; b + kBlockRows <= bc; b += kBlockRows) {
+    scores_block<kBlockRows>(qT, k + b * E, E, sT + b * kBr);
+  }
+  for (; b < bc; ++b) {
+    scores_block<1>(qT, k + b * E, E, sT + b * kBr);
+  }
+}
+
+// oT[e][:] = alpha[:] * oT[e][:] + sum_b v[b][e] * pT[b][:] for R columns e. The rescale of
+// the online softmax rides on the load of the accumulator: no pass of its own over oT.
+template <int R>
+TINY_ATTN_INLINE void
+pv_block(const float* pT, const float* v, const float* alpha, int bc, int E, float* oT) {
+  f32x8 acc[R][kVecs];
+  for (int r = 0; r < R; ++r) {
     for (int c = 0; c < kVecs; ++c) {
-      acc0[c] = simd::load(oT + e * kBr + 8 * c);
-      acc1[c] = simd::load(oT + (e + 1) * kBr + 8 * c);
-    }
-    for (int b = 0; b < bc; ++b) {
-      const f32x8 x0 = simd::broadcast(v[b * E + e]);
-      const f32x8 x1 = simd::broadcast(v[b * E + e + 1]);
-      for (int c = 0; c < kVecs; ++c) {
-        const f32x8 p = simd::load(pT + b * kBr + 8 * c);
-        acc0[c] += x0 * p;
-        acc1[c] += x1 * p;
-      }
-    }
-    for (int c = 0; c < kVecs; ++c) {
-      simd::store(oT + e * kBr + 8 * c, acc0[c]);
-      simd::store(oT + (e + 1) * kBr + 8 * c, acc1[c]);
+      acc[r][c] = simd::load(alpha + 8 * c) * simd::load(oT + r * kBr + 8 * c);
     }
   }
-  for (; e < E; ++e) { // an odd last column
-    f32x8 acc[kVecs];
+  for (int b = 0; b < bc; ++b) {
+    f32x8 p[kVecs];
     for (int c = 0; c < kVecs; ++c) {
-      acc[c] = simd::load(oT + e * kBr + 8 * c);
+      p[c] = simd::load(pT + b * kBr + 8 * c);
     }
-    for (int b = 0; b < bc; ++b) {
-      const f32x8 x = simd::broadcast(v[b * E + e]);
+    for (int r = 0; r < R; ++r) {
+      const float x = v[b * E + r];
       for (int c = 0; c < kVecs; ++c) {
-        acc[c] += x * simd::load(pT + b * kBr + 8 * c);
+        acc[r][c] += x * p[c];
       }
     }
+  }
+  for (int r = 0; r < R; ++r) {
     for (int c = 0; c < kVecs; ++c) {
-      simd::store(oT + e * kBr + 8 * c, acc[c]);
+      simd::store(oT + r * kBr + 8 * c, acc[r][c]);
     }
+  }
+}
+
+// oT = alpha * oT + (P V)^T for a V tile of bc rows: 3 columns e at a time, then the rest.
+TINY_ATTN_INLINE void
+accumulate_pv(const float* pT, const float* v, const float* alpha, int bc, int E, float* oT) {
+  int e = 0;
+  for (; e + kBlockRows <= E; e += kBlockRows) {
+    pv_block<kBlockRows>(pT, v + e, alpha, bc, E, oT + e * kBr);
+  }
+  for (; e < E; ++e) {
+    pv_block<1>(pT, v + e, alpha, bc, E, oT + e * kBr);
   }
 }
 
@@ -139,14 +167,13 @@ int64_t process_q_tile(const AttentionProblem& p, int n, int h, int tile, Worksp
       qT[e * kBr + a] = a < br ? p.scale * q[a * E + e] : 0.0f;
     }
   }
-  std::fill(ws.oT.begin(), ws.oT.end(), 0.0f);
+  std::fill(oT, oT + E * kBr, 0.0f);
   std::fill(ws.m, ws.m + kBr, -INFINITY);
   std::fill(ws.l, ws.l + kBr, 0.0f);
 
-  // Causal block skipping, as on day 4: row i sees keys j <= i + S - L.
-  const int first_limit = i0 + S - L;         // the last key the tile's first row may see
-  const int last_limit = i0 + br - 1 + S - L; // ... and its last row
-  const int j_end = (p.causal && first_limit >= 0) ? std::min(S, last_limit + 1) : S;
+  // Causal block skipping, day 4's rule: row i sees keys j <= i + S - L.
+  const int first_limit = i0 + S - L; // the last key the tile's first row may see
+  const int j_end = std::min(S, kv_tiles_to_visit(p, i0, i0 + br - 1) * kBc);
 
   int64_t tiles = 0;
   for (int j0 = 0; j0 < j_end; j0 += kBc) {
@@ -198,11 +225,9 @@ int64_t process_q_tile(const AttentionProblem& p, int n, int h, int tile, Worksp
       }
       simd::store(ws.l + 8 * c, alpha * simd::load(ws.l + 8 * c) + row_sum);
       simd::store(ws.m + 8 * c, m_new);
-      for (int e = 0; e < E; ++e) {
-        simd::store(oT + e * kBr + 8 * c, alpha * simd::load(oT + e * kBr + 8 * c));
-      }
+      simd::store(ws.alpha + 8 * c, alpha);
     }
-    accumulate_pv(sT, v + int64_t(j0) * E, bc, E, oT);
+    accumulate_pv(sT, v + int64_t(j0) * E, ws.alpha, bc, E, oT);
   }
 
   // O = oT^T / l. A row with l = 0 saw only -inf scores: 0 / 0 = NaN, as MLX gives.
@@ -230,11 +255,12 @@ void flash_attention_fast_cpu(const AttentionProblem& p, int num_threads) {
     Workspace ws(p.E);
     int64_t my_tiles = 0;
     for (int64_t item; (item = next.fetch_add(1)) < n_items;) {
-      // The last Q tile of every head first: under a causal mask the last tiles are the
+      // Head by head: the threads share one head's K and V (2 S E floats, 4 MiB at S = 4096)
+      // in the last-level cache instead of each streaming a different head's from memory.
+      // Within a head, the last Q tile first: under a causal mask the last tiles are the
       // longest, and starting them early keeps a thread from ending alone with one.
-      const int64_t heads = int64_t(p.N) * p.H_q;
-      const int tile = tiles_per_head - 1 - static_cast<int>(item / heads);
-      const int64_t head = item % heads;
+      const int64_t head = item / tiles_per_head;
+      const int tile = tiles_per_head - 1 - static_cast<int>(item % tiles_per_head);
       my_tiles += process_q_tile(p, head / p.H_q, head % p.H_q, tile, ws);
     }
     tiles += my_tiles;

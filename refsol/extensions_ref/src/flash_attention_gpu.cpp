@@ -16,7 +16,7 @@ namespace tiny_attn {
 
 namespace {
 
-[[noreturn]] void fail(const std::string& message) {
+[[noreturn]] void fail_gpu(const std::string& message) {
   throw std::invalid_argument("[flash_attention on the GPU] " + message);
 }
 
@@ -30,7 +30,7 @@ const char* type_suffix(mx::Dtype dtype) {
   if (dtype == mx::bfloat16) {
     return "bf16";
   }
-  fail("query, key and value must be float32, float16 or bfloat16");
+  fail_gpu("query, key and value must be float32, float16 or bfloat16");
 }
 
 } // namespace
@@ -41,34 +41,34 @@ void FlashAttention::eval_gpu(
   const mx::array& k = inputs[1];
   const mx::array& v = inputs[2];
   mx::array& out = outputs[0];
-  const bool fast = kernel_ == CpuKernel::Fast;
+  const bool fast = kernel_ == Kernel::Fast;
   const int N = q.shape(0), H_q = q.shape(1), L = q.shape(2), E = q.shape(3);
   const int H = k.shape(1), S = k.shape(2);
 
   // ---- every limit of the kernels, before anything is encoded
   if (E > kMaxHeadDim) {
-    fail(
+    fail_gpu(
         "the head dimension E must be at most " + std::to_string(kMaxHeadDim) +
         " (the kernels keep E floats per row in threadgroup memory), got E = " + std::to_string(E));
   }
   if (fast && E % 8 != 0) {
-    fail(
+    fail_gpu(
         "flash_attention_fast needs the head dimension E to be a multiple of 8 (it works on "
         "8x8 matrix blocks), got E = " +
         std::to_string(E));
   }
   const char* suffix = type_suffix(q.dtype());
   if (k.dtype() != q.dtype() || v.dtype() != q.dtype()) {
-    fail("query, key and value must have the same dtype");
+    fail_gpu("query, key and value must have the same dtype");
   }
   for (const auto* x : {&q, &k, &v}) {
     if (!x->flags().row_contiguous) {
-      fail("query, key and value must be row-contiguous (the op makes them so)");
+      fail_gpu("query, key and value must be row-contiguous (the op makes them so)");
     }
   }
   const mx::array* mask = has_mask_ ? &inputs[3] : nullptr;
   if (mask && mask->dtype() != mx::float32 && mask->dtype() != mx::bool_) {
-    fail("the mask must be float32 or bool (the op converts floating masks to float32)");
+    fail_gpu("the mask must be float32 or bool (the op converts floating masks to float32)");
   }
 
   out.set_data(mx::allocator::malloc(out.nbytes()));

@@ -10,7 +10,7 @@
 // Each reduction (max, then sum) runs in three steps:
 //   1. every thread reduces its own columns in a register;
 //   2. simd_max / simd_sum combine the 32 lanes of each SIMD group; lane 0 writes the SIMD
-//      group's result to partial[sg] in threadgroup memory;
+//      group's result to partial[simd_gid] in threadgroup memory;
 //   3. after a barrier, every SIMD group reads all of partial[] and reduces it again with one
 //      more simd_max / simd_sum, so every thread ends up with the row's value.
 #include <metal_stdlib>
@@ -24,8 +24,8 @@ using namespace metal;
     uint row [[threadgroup_position_in_grid]],
     uint tid [[thread_index_in_threadgroup]],
     uint threads [[threads_per_threadgroup]],
-    uint sg [[simdgroup_index_in_threadgroup]],
-    uint lane [[thread_index_in_simdgroup]]) {
+    uint simd_gid [[simdgroup_index_in_threadgroup]],
+    uint simd_lid [[thread_index_in_simdgroup]]) {
   // One float per SIMD group: at most 1024 / 32 = 32 of them.
   threadgroup float partial[32];
   const uint num_sg = (threads + 31) / 32;
@@ -38,12 +38,12 @@ using namespace metal;
     m = max(m, x_row[j]);
   }
   m = simd_max(m);
-  if (lane == 0) {
-    partial[sg] = m;
+  if (simd_lid == 0) {
+    partial[simd_gid] = m;
   }
   // Barrier 1: partial[] is complete before any SIMD group reads it.
   threadgroup_barrier(mem_flags::mem_threadgroup);
-  m = simd_max(lane < num_sg ? partial[lane] : -INFINITY);
+  m = simd_max(simd_lid < num_sg ? partial[simd_lid] : -INFINITY);
   // Barrier 2: every SIMD group has read partial[] before lane 0s overwrite it with sums.
   threadgroup_barrier(mem_flags::mem_threadgroup);
 
@@ -53,12 +53,12 @@ using namespace metal;
     l += exp(x_row[j] - m);
   }
   l = simd_sum(l);
-  if (lane == 0) {
-    partial[sg] = l;
+  if (simd_lid == 0) {
+    partial[simd_gid] = l;
   }
   // Barrier 3: the partial sums are complete before they are read.
   threadgroup_barrier(mem_flags::mem_threadgroup);
-  l = simd_sum(lane < num_sg ? partial[lane] : 0.0f);
+  l = simd_sum(simd_lid < num_sg ? partial[simd_lid] : 0.0f);
 
   // ---- normalise: each thread writes the columns it read
   const float inv_l = 1.0f / l;

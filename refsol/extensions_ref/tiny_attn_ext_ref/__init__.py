@@ -3,22 +3,6 @@
 import mlx.core  # noqa: F401  (loads libmlx before the extension that links to it)
 
 try:
-    from ._core import (
-        flash_attention,
-        flash_attention_fast,
-        reset_tiles_visited,
-        softmax_rows,
-        tiles_visited,
-    )
+    from ._core import *  # noqa: F403  (the ops of src/extension_common/bindings.cpp)
 except ImportError as e:
-    raise ImportError(
-        f"tiny_attn_ext_ref is not built or does not load: run `pdm run build-ext-ref` ({e})"
-    ) from e
-
-__all__ = [
-    "flash_attention",
-    "flash_attention_fast",
-    "reset_tiles_visited",
-    "softmax_rows",
-    "tiles_visited",
-]
+    raise ImportError(f"tiny_attn_ext_ref is not built: run `pdm run build-ext-ref` ({e})") from e

@@ -10,24 +10,6 @@
 
 namespace tiny_attn {
 
-namespace {
-
-[[maybe_unused]] std::string shape_str(const mx::Shape& shape) {
-  std::ostringstream os;
-  os << "(";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    os << (i ? ", " : "") << shape[i];
-  }
-  os << (shape.size() == 1 ? ",)" : ")");
-  return os.str();
-}
-
-[[noreturn, maybe_unused]] void fail(const std::string& message) {
-  throw std::invalid_argument("[flash_attention] " + message);
-}
-
-} // namespace
-
 // ---------------------------------------------------------------- Task 1: the op
 mx::array flash_attention(
     const mx::array& query,
@@ -36,7 +18,7 @@ mx::array flash_attention(
     float scale,
     const std::optional<mx::array>& mask,
     bool causal,
-    CpuKernel kernel,
+    Kernel kernel,
     int num_threads,
     mx::StreamOrDevice s) {
   // TODO(Task 1): check every argument (ranks, dtypes, shapes, H_q % H, sizes of 0, the

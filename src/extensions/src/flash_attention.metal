@@ -9,6 +9,9 @@
 // where n' is the key/value head of query head n (grouped-query attention), with the online
 // softmax of Week 2: a running row max m_i, a running row sum l_i and an unnormalised output
 // row o_i, rescaled by exp(m_old - m_new) whenever the max grows.
+//
+// SIMD indices, as in every kernel of the course: simd_gid [[simdgroup_index_in_threadgroup]]
+// and simd_lid [[thread_index_in_simdgroup]]; each kernel says once what they mean to it.
 #include <metal_stdlib>
 
 using namespace metal;
@@ -60,8 +63,9 @@ inline float mask_score(
   return s;
 }
 
-// How many K/V tiles query rows first_row..last_row must visit.
-inline int tiles_to_visit(int first_row, int last_row, constant AttentionParams& p) {
+// How many K/V tiles query rows first_row..last_row must visit: the rule of Week 2, Day 4's
+// kv_tiles_to_visit (src/extensions/src/flash_attention_simple.cpp), under the same name.
+inline int kv_tiles_to_visit(int first_row, int last_row, constant AttentionParams& p) {
   const int Tc = (p.S + Bc - 1) / Bc;
   // TODO(day 3, Task 2): with a causal mask, skip the tiles past the last key of last_row,
   //   except when a row sees no key at all (first_row + S - L < 0): see the chapter.
@@ -88,8 +92,10 @@ void flash_attention_e128_impl(
     threadgroup float (*Q_tile)[E_MAX],
     threadgroup float (*O_acc)[E_MAX],
     uint2 group,
-    uint a,
-    uint b) {
+    uint simd_gid,
+    uint simd_lid) {
+  const uint a = simd_gid; // this SIMD group computes row a of the Q tile
+  const uint b = simd_lid; // this lane, key b of the K tile
   const int n = group.x; // (batch, query head), flattened
   const int h_q = n % p.H_q;
   const int batch = n / p.H_q;
@@ -108,10 +114,11 @@ void flash_attention_e128_impl(
 
   // TODO(Task 2): SIMD group a stages Q row `row` into Q_tile[a] (zeros if !row_valid) and
   //   zeroes O_acc[a]; then the barrier the chapter explains.
-  // TODO(Task 2): m_i = -inf, l_i = 0; for each of the tiles_to_visit(row, row, p) K tiles:
+  // TODO(Task 2): m_i = -inf, l_i = 0; for each of the kv_tiles_to_visit(row, row, p) K tiles:
   //   - lane b: score s of key j * Bc + b (-inf past S), through mask_score;
-  //   - m_new = max(m_i, simd_max(s)); p_ab = exp(s - m_new) (mind m_new = -inf);
-  //     alpha = exp(m_i - m_new); l_i = l_i * alpha + simd_sum(p_ab);
+  //   - m_new = max(m_i, simd_max(s)); m_sub = m_new, or 0 while m_new is -inf (see the
+  //     chapter); p_ab = exp(s - m_sub); alpha = exp(m_i - m_sub);
+  //     l_i = l_i * alpha + simd_sum(p_ab);
   //   - for each column e: pv = simd_sum(p_ab * V[b, e]); lane 0: O_acc[a][e] = ... .
   // TODO(Task 2): a barrier, then the lanes write out[row, :] = O_acc[a][:] / l_i.
   if (row_valid) {
@@ -130,12 +137,12 @@ void flash_attention_e128_impl(
     device const bool* mask_keep [[buffer(5)]],
     constant AttentionParams& p [[buffer(6)]],
     uint2 group [[threadgroup_position_in_grid]],
-    uint a [[simdgroup_index_in_threadgroup]],
-    uint b [[thread_index_in_simdgroup]]) {
+    uint simd_gid [[simdgroup_index_in_threadgroup]],
+    uint simd_lid [[thread_index_in_simdgroup]]) {
   threadgroup float Q_tile[Br][E_MAX]; // 16 KiB
   threadgroup float O_acc[Br][E_MAX]; // 16 KiB: with Q_tile, the whole 32 KiB
   flash_attention_e128_impl<float>(
-      q, k, v, out, mask_add, mask_keep, p, Q_tile, O_acc, group, a, b);
+      q, k, v, out, mask_add, mask_keep, p, Q_tile, O_acc, group, simd_gid, simd_lid);
 }
 
 // TODO(day 5, Task 1): flash_attention_f16_e128 (half) and flash_attention_bf16_e128 (bfloat,
@@ -169,9 +176,11 @@ void flash_attention_simdgroup_impl(
     threadgroup float (*spill)[BLOCK_SIZE],
     threadgroup float (*row_alpha)[SG_ROWS],
     uint2 group,
-    uint g,
-    uint lane,
+    uint simd_gid,
+    uint simd_lid,
     uint tid) {
+  const uint g = simd_gid; // this SIMD group owns rows g * SG_ROWS .. of the Q tile
+  const uint lane = simd_lid; // this lane, a key column of a score tile
   const int n = group.x;
   const int first_row = group.y * Br; // of the threadgroup
   const int my_first_row = first_row + g * SG_ROWS; // of this SIMD group
@@ -181,7 +190,7 @@ void flash_attention_simdgroup_impl(
   // TODO(Task 1): for each K/V tile: load K into `tile` (float4 loads), S_g = Q_g K^T into
   //   scores[g], load V into `tile`, online softmax of the 8 rows (S_g becomes P_g), rescale
   //   O_g through spill[g], O_g += P_g V; with the four barriers of the chapter.
-  // TODO(Task 2): mask_score on every score, the GQA head, tiles_to_visit for the block.
+  // TODO(Task 2): mask_score on every score, the GQA head, kv_tiles_to_visit for the block.
   // TODO(Task 1): write O_g / l_i for the rows < L.
   for (int idx = lane; idx < SG_ROWS * E; idx += 32) {
     const int row = my_first_row + idx / E;
@@ -200,15 +209,15 @@ void flash_attention_simdgroup_impl(
     device const bool* mask_keep [[buffer(5)]],
     constant AttentionParams& p [[buffer(6)]],
     uint2 group [[threadgroup_position_in_grid]],
-    uint g [[simdgroup_index_in_threadgroup]],
-    uint lane [[thread_index_in_simdgroup]],
+    uint simd_gid [[simdgroup_index_in_threadgroup]],
+    uint simd_lid [[thread_index_in_simdgroup]],
     uint tid [[thread_index_in_threadgroup]]) {
   threadgroup float tile[TILE_SIZE];
   threadgroup float scores[SG_COUNT][SCORES_SIZE];
   threadgroup float spill[SG_COUNT][BLOCK_SIZE];
   threadgroup float row_alpha[SG_COUNT][SG_ROWS];
   flash_attention_simdgroup_impl<float>(
-      q, k, v, out, mask_add, mask_keep, p, tile, scores, spill, row_alpha, group, g, lane, tid);
+      q, k, v, out, mask_add, mask_keep, p, tile, scores, spill, row_alpha, group, simd_gid, simd_lid, tid);
 }
 
 // TODO(day 5, Task 2): flash_attention_simdgroup_f16 and flash_attention_simdgroup_bf16.

@@ -1,6 +1,6 @@
 // Week 2, day 5: the fast CPU kernel.
 //
-// The same algorithm as day 4 (src/flash_attention_cpu.cpp), rearranged for the machine:
+// The same algorithm as day 4 (src/flash_attention_simple.cpp), rearranged for the machine:
 // packed, transposed tiles so that every inner loop is an 8-wide vector operation over the
 // Q tile's rows (src/simd.h), register-blocked micro-kernels for Q K^T and P V, and threads
 // that take (batch, query head, Q tile) work items from a shared counter.

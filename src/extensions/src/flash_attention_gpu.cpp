@@ -18,7 +18,7 @@ void FlashAttention::eval_gpu(
     const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
   // inputs: query (N, H_q, L, E), key and value (N, H, S, E), all row-contiguous, and, if
   // has_mask_, the mask as a (N, H_q, L, S) view (stride 0 on broadcast axes). outputs[0]:
-  // (N, H_q, L, E). kernel_ == CpuKernel::Fast selects the day 4 kernel.
+  // (N, H_q, L, E). kernel_ == Kernel::Fast selects the day 4 kernel.
   //
   // TODO(Task 1): check every limit before encoding anything, throwing std::invalid_argument
   //   with a message that names the argument: E <= kMaxHeadDim; query, key and value float32

@@ -13,8 +13,8 @@ using namespace metal;
     uint row [[threadgroup_position_in_grid]],
     uint tid [[thread_index_in_threadgroup]],
     uint threads [[threads_per_threadgroup]],
-    uint sg [[simdgroup_index_in_threadgroup]],
-    uint lane [[thread_index_in_simdgroup]]) {
+    uint simd_gid [[simdgroup_index_in_threadgroup]],
+    uint simd_lid [[thread_index_in_simdgroup]]) {
   // One float per SIMD group: at most 1024 / 32 = 32 of them.
   threadgroup float partial[32];
   device const float* x_row = x + size_t(row) * n;
@@ -23,7 +23,7 @@ using namespace metal;
   // Task 1 (book/src/week3-01-gpu-model.md): thread tid handles column tid of its row, as the
   // placeholder below does; eval_gpu gives rows of up to 1024 columns that many threads.
   // TODO(Task 1): the row max m: each thread from its column, then simd_max, then lane 0
-  //   writes partial[sg]; a barrier; every SIMD group reduces partial[] with simd_max.
+  //   writes partial[simd_gid]; a barrier; every SIMD group reduces partial[] with simd_max.
   // TODO(Task 1): a barrier before partial[] is reused (why? see the chapter).
   // TODO(Task 1): the row sum l of exp(x - m), the same way with simd_sum.
   // TODO(Task 1): each thread writes exp(x - m) / l for its column.

@@ -132,7 +132,9 @@ struct ieee_half_traits {
 using bfloat = soft_float16<bfloat_traits>;
 using bfloat16_t = bfloat;
 
-#if defined(__FLT16_MAX__) && !defined(METALSIM_SOFT_HALF)
+// _Float16 in C++: GCC 12 has it on x86-64 only (AArch64 from GCC 13), clang on both.
+#if defined(__FLT16_MAX__) && !defined(METALSIM_SOFT_HALF) &&                                      \
+    !(defined(__aarch64__) && !defined(__clang__) && defined(__GNUC__) && __GNUC__ < 13)
 using half = _Float16;
 #define METALSIM_NATIVE_HALF 1
 #else

@@ -5,7 +5,8 @@
 
 namespace metalsim {
 
-void Bindings::buffer(int index, void* data, uint64_t size, Dtype dtype) {
+void Bindings::buffer(
+    int index, void* data, uint64_t size, Dtype dtype, uint64_t before, bool read_only) {
   if (index < 0 || index > 30)
     throw BindingError(
         "buffer index " + std::to_string(index) +
@@ -14,6 +15,8 @@ void Bindings::buffer(int index, void* data, uint64_t size, Dtype dtype) {
   b.data = data;
   b.size = size;
   b.dtype = dtype;
+  b.before = before;
+  b.read_only = read_only;
   buffers_[index] = b;
 }
 

@@ -135,6 +135,26 @@ std::shared_ptr<Library> Library::build(
   // thread's stack. (Apple's compilers probe large frames by default.)
   flags.push_back("-fstack-clash-protection");
 #endif
+  // The sanitizer's checks (see "the sanitizer" in runtime/metalsim_rt.h): every memory access
+  // of a kernel calls the runtime's __tsan_* functions, and every typed one checks its pointer's
+  // alignment (calling __ubsan_handle_type_mismatch_v1 if it is off); -g1 keeps the line tables
+  // that name the .metal line of an access. The sanitizers' own runtimes are not linked.
+  std::vector<std::string> link_libs;
+  const char* checks = getenv_nonempty("METALSIM_CHECKS");
+  if (!checks || std::string(checks) != "0") {
+    flags.push_back("-fsanitize=thread,alignment");
+    flags.push_back("-g1");
+    bool clang = cxx.find("clang") != std::string::npos;
+#if defined(__APPLE__)
+    clang = true;
+#endif
+    if (clang) {
+      flags.push_back("-fno-sanitize-link-runtime");
+    } else {
+      flags.push_back("-nodefaultlibs");
+      link_libs = {"-lstdc++", "-lm", "-lc", "-lgcc_s", "-lgcc"};
+    }
+  }
   std::vector<std::string> search_dirs;
   for (auto& n : names)
     if (!n.empty() && n[0] == '/')
@@ -180,7 +200,18 @@ std::shared_ptr<Library> Library::build(
   std::string dir = cache_dir();
   mkdirs(dir);
   std::string so = dir + "/" + key + ".so";
-  if (!file_exists(so)) {
+  // A library from the cache, unless it does not load: empty or cut short (a compile killed
+  // half-way, a full disk) or built for another metalsim. Then it is deleted and compiled
+  // again, instead of every dispatch failing on "invalid ELF header".
+  std::shared_ptr<Library> lib;
+  if (file_exists(so)) {
+    try {
+      lib = load(so);
+    } catch (const Error&) {
+      std::remove(so.c_str());
+    }
+  }
+  if (!lib) {
     std::string tag = std::to_string(getpid()) + "." + std::to_string(std::rand());
     std::vector<std::string> argv = {cxx};
     argv.insert(argv.end(), flags.begin(), flags.end());
@@ -199,6 +230,7 @@ std::shared_ptr<Library> Library::build(
     std::string tmp_so = so + "." + tag;
     argv.push_back("-o");
     argv.push_back(tmp_so);
+    argv.insert(argv.end(), link_libs.begin(), link_libs.end());
     std::string out;
     ++g_compiler_runs;
     int rc = run_command(argv, out);
@@ -216,9 +248,9 @@ std::shared_ptr<Library> Library::build(
     }
     if (std::rename(tmp_so.c_str(), so.c_str()) != 0)
       throw Error("metalsim: cannot move the compiled library to '" + so + "'");
+    lib = load(so);
   }
 
-  std::shared_ptr<Library> lib = load(so);
   std::lock_guard<std::mutex> lk(g_libs_mu);
   auto [it, inserted] = g_libs.emplace(key, lib);
   return it->second;

@@ -20,6 +20,10 @@ NB_MODULE(_core, m) {
   nb::exception<metalsim::LimitError>(m, "LimitError", base);
   nb::exception<metalsim::DeadlockError>(m, "DeadlockError", base);
   nb::exception<metalsim::DispatchError>(m, "DispatchError", base);
+  nb::exception<metalsim::RaceError>(m, "RaceError", base);
+  nb::exception<metalsim::MemoryAccessError>(m, "MemoryAccessError", base);
+  nb::exception<metalsim::TimeoutError>(m, "TimeoutError", base);
+  nb::exception<metalsim::InterruptedError>(m, "InterruptedError", base);
 
   nb::class_<metalsim::Library>(m, "Library")
       .def_static(
@@ -42,34 +46,49 @@ NB_MODULE(_core, m) {
           nb::call_guard<nb::gil_scoped_release>())
       .def_prop_ro("kernel_names", &metalsim::Library::kernel_names)
       .def_prop_ro("path", &metalsim::Library::path)
-      // buffers: (index, address, size, dtype code, is_bytes); threadgroup: (index, length)
+      // buffers: (index, address, size, dtype code, is_bytes, read_only, bytes before address);
+      // threadgroup: (index, length)
       .def(
           "dispatch",
           [](const metalsim::Library& lib,
              const std::string& kernel,
              std::tuple<uint64_t, uint64_t, uint64_t> grid,
              std::tuple<uint64_t, uint64_t, uint64_t> group,
-             const std::vector<std::tuple<int, uintptr_t, uint64_t, int, bool>>& buffers,
+             const std::vector<std::tuple<int, uintptr_t, uint64_t, int, bool, bool, uint64_t>>&
+                 buffers,
              const std::vector<std::tuple<int, uint64_t>>& threadgroup,
              bool grid_is_threads,
              int workers) {
             metalsim::Bindings b;
-            for (auto& [idx, addr, size, dtype, is_bytes] : buffers) {
+            for (auto& [idx, addr, size, dtype, is_bytes, read_only, before] : buffers) {
               if (is_bytes)
                 b.bytes(idx, reinterpret_cast<void*>(addr), size, metalsim::Dtype(dtype));
               else
-                b.buffer(idx, reinterpret_cast<void*>(addr), size, metalsim::Dtype(dtype));
+                b.buffer(
+                    idx,
+                    reinterpret_cast<void*>(addr),
+                    size,
+                    metalsim::Dtype(dtype),
+                    before,
+                    read_only);
             }
             for (auto& [idx, len] : threadgroup)
               b.threadgroup(idx, len);
-            nb::gil_scoped_release release;
-            lib.dispatch(
-                kernel,
-                {std::get<0>(grid), std::get<1>(grid), std::get<2>(grid)},
-                {std::get<0>(group), std::get<1>(group), std::get<2>(group)},
-                b,
-                grid_is_threads,
-                workers);
+            try {
+              nb::gil_scoped_release release;
+              lib.dispatch(
+                  kernel,
+                  {std::get<0>(grid), std::get<1>(grid), std::get<2>(grid)},
+                  {std::get<0>(group), std::get<1>(group), std::get<2>(group)},
+                  b,
+                  grid_is_threads,
+                  workers);
+            } catch (const metalsim::InterruptedError&) {
+              // Ctrl-C stopped the dispatch: Python's handler raises KeyboardInterrupt.
+              if (PyErr_CheckSignals() != 0)
+                throw nb::python_error();
+              throw;
+            }
           },
           "kernel"_a,
           "grid"_a,

@@ -6,6 +6,8 @@ Run: pdm run pytest src/metalsim/tests -q
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -678,3 +680,30 @@ def test_soft_half_fallback_compiles_and_runs(monkeypatch: pytest.MonkeyPatch) -
     )
     np.testing.assert_array_equal(out, h.astype(np.float32) * 2 + 1.5)
     np.testing.assert_array_equal(hout, (h * h + np.float16(0.25)).astype(np.float16))
+
+
+@pytest.mark.parametrize("damage", [b"", b"not a shared object"])
+def test_a_broken_library_in_the_cache_is_compiled_again(tmp_path: Path, damage: bytes) -> None:
+    # A compile killed half-way or a full disk can leave an empty or cut-short library in the
+    # cache; loading it must compile it again, not fail every dispatch on "invalid ELF header".
+    src = tmp_path / "cached.metal"
+    src.write_text(
+        f"// {uuid.uuid4()}\n#include <metal_stdlib>\nusing namespace metal;\n"
+        "kernel void k(device float* x [[buffer(0)]], uint i [[thread_position_in_grid]]) {\n"
+        "    x[i] = 3.0f * x[i];\n}\n"
+    )
+    cache = Path(metalsim.cache_dir())
+    before = set(cache.glob("*.so")) if cache.exists() else set()
+    # Compile in another process, so that this one has not loaded the library yet.
+    subprocess.run(
+        [sys.executable, "-c", f"import metalsim; metalsim.Library.from_files([{str(src)!r}])"],
+        check=True,
+    )
+    [so] = set(cache.glob("*.so")) - before
+    so.write_bytes(damage)
+    runs = metalsim.compiler_runs()
+    lib = metalsim.Library.from_files([src])
+    assert metalsim.compiler_runs() == runs + 1
+    x = np.arange(4, dtype=np.float32)
+    lib.dispatch_threads("k", threads=4, threadgroup=4, buffers={0: x})
+    assert np.array_equal(x, 3.0 * np.arange(4, dtype=np.float32))

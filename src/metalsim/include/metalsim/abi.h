@@ -8,7 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define METALSIM_ABI_VERSION 1
+#define METALSIM_ABI_VERSION 2
 
 #ifdef __cplusplus
 extern "C" {
@@ -41,14 +41,27 @@ enum metalsim_status {
   METALSIM_ERR_LIMIT = 3,
   METALSIM_ERR_DEADLOCK = 4,
   METALSIM_ERR_RUNTIME = 5,
-  METALSIM_ERR_INVALID = 6
+  METALSIM_ERR_INVALID = 6,
+  METALSIM_ERR_RACE = 7,        // threadgroup memory shared between SIMD groups with no barrier
+  METALSIM_ERR_MEMORY = 8,      // out of bounds, a read-only buffer written, a misaligned access
+  METALSIM_ERR_TIMEOUT = 9,     // the dispatch ran past its deadline
+  METALSIM_ERR_INTERRUPTED = 10 // the host asked the dispatch to stop (Ctrl-C)
+};
+
+enum metalsim_schedule {
+  METALSIM_SCHEDULE_FORWARD = 0, // SIMD groups of a threadgroup in index order
+  METALSIM_SCHEDULE_REVERSE = 1, // in reverse order
+  METALSIM_SCHEDULE_RANDOM = 2   // in an order drawn from the seed, per threadgroup
 };
 
 typedef struct metalsim_binding {
-  void* data;       // NULL: this index is not bound
-  uint64_t size;    // bytes visible to the kernel from data
-  int32_t dtype;    // enum metalsim_dtype
-  int32_t is_bytes; // 1: set_bytes (a copy), 0: a buffer/array
+  void* data;        // NULL: this index is not bound
+  uint64_t size;     // bytes visible to the kernel from data
+  int32_t dtype;     // enum metalsim_dtype
+  int32_t is_bytes;  // 1: set_bytes (a copy), 0: a buffer/array
+  uint64_t before;   // bytes of the same buffer that lie before data (a binding at an offset)
+  int32_t read_only; // 1: the kernel must not write it (a read-only NumPy array)
+  int32_t reserved;
 } metalsim_binding;
 
 typedef struct metalsim_dispatch_args {
@@ -62,6 +75,13 @@ typedef struct metalsim_dispatch_args {
   uint32_t n_threadgroup; // threadgroup_lengths[i] is [[threadgroup(i)]] (0 = unset)
   const uint64_t* threadgroup_lengths;
   int32_t n_workers; // OS threads to spread threadgroups over (<= 0: automatic)
+  int32_t schedule;  // enum metalsim_schedule
+  uint64_t seed;     // for METALSIM_SCHEDULE_RANDOM
+  // [guard_lo, guard_hi): memory the host reserved around its copies of the bound buffers. An
+  // access in it that is in no binding is out of bounds (0, 0: the host reserved none).
+  uint64_t guard_lo, guard_hi;
+  double timeout_s;               // the dispatch's deadline in seconds (<= 0: none)
+  const volatile int32_t* cancel; // the host sets *cancel to nonzero to stop the dispatch
 } metalsim_dispatch_args;
 
 // Returns a metalsim_status; on error writes a NUL-terminated message into err.

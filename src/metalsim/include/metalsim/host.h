@@ -17,7 +17,10 @@
 // Environment: METALSIM_HOME (the src/metalsim folder, to find the runtime headers),
 // METALSIM_CACHE_DIR (else $XDG_CACHE_HOME/metalsim or ~/.cache/metalsim),
 // METALSIM_THREADS (OS threads per dispatch), METALSIM_CXXFLAGS (extra compiler flags, e.g. -g),
-// METALSIM_STACK_KB (stack per simulated thread, default 256).
+// METALSIM_STACK_KB (stack per simulated thread, default 256), METALSIM_TIMEOUT (a dispatch's
+// deadline in seconds, default 60, 0 for none), METALSIM_SCHEDULE (the order SIMD groups run
+// in: forward, reverse, random or random:SEED), METALSIM_CHECKS=0 (compile kernels without the
+// sanitizer's checks).
 #pragma once
 
 #include <cstddef>
@@ -89,6 +92,29 @@ class DispatchError : public Error {
  public:
   using Error::Error;
 };
+// Threads of different SIMD groups touched the same threadgroup memory, at least one writing,
+// with no threadgroup_barrier between them (or lanes of one SIMD group did so in an order
+// metalsim cannot run in lockstep).
+class RaceError : public Error {
+ public:
+  using Error::Error;
+};
+// An access outside a bound buffer or a threadgroup allocation, a write to a read-only buffer,
+// any other invalid address.
+class MemoryAccessError : public Error {
+ public:
+  using Error::Error;
+};
+// The dispatch ran past its deadline (METALSIM_TIMEOUT seconds, default 60) and was stopped.
+class TimeoutError : public Error {
+ public:
+  using Error::Error;
+};
+// The dispatch was stopped by Ctrl-C (SIGINT).
+class InterruptedError : public Error {
+ public:
+  using Error::Error;
+};
 
 struct Size3 {
   uint64_t x = 1, y = 1, z = 1;
@@ -102,11 +128,22 @@ class Bindings {
     uint64_t size = 0;
     Dtype dtype = Dtype::untyped;
     bool is_bytes = false;
+    uint64_t before = 0;    // bytes of the same allocation before data (a binding at an offset)
+    bool read_only = false; // writes are errors
     std::shared_ptr<std::vector<unsigned char>> copy; // owned bytes for set_bytes
   };
-  // A buffer the kernel reads/writes in place (memory that does not start 16-byte aligned, as
-  // every Metal buffer does, is run on an aligned copy and written back after the dispatch).
-  void buffer(int index, void* data, uint64_t size, Dtype dtype);
+  // A buffer the kernel reads and writes: `size` bytes from `data`, and `before` bytes of the
+  // same allocation before it (an array that is a view at an offset into a larger buffer, whose
+  // strides may step back). The kernel runs on a copy, placed as Metal places buffers (at the
+  // start of a page), with inaccessible memory around it; what it writes is copied back after
+  // the dispatch. A read-only buffer may not be written (an error names the line).
+  void buffer(
+      int index,
+      void* data,
+      uint64_t size,
+      Dtype dtype,
+      uint64_t before = 0,
+      bool read_only = false);
   // A small constant: the bytes are copied now (like setBytes).
   void bytes(int index, const void* data, uint64_t size, Dtype dtype);
   // Length in bytes of [[threadgroup(index)]] memory (a multiple of 16).

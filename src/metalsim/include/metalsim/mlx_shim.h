@@ -238,9 +238,18 @@ class CommandEncoder {
       Bindings b;
       for (auto& [idx, a] : args) {
         if (a.is_array) {
+          // As Metal binds it: the array's whole buffer, the kernel's pointer at the array's
+          // offset in it (a view with a negative stride reads memory before that pointer).
+          char* base = static_cast<char*>(const_cast<mlx::core::array&>(a.arr).buffer().raw_ptr());
           char* p = const_cast<char*>(a.arr.data<char>()) + a.offset;
-          int64_t size = int64_t(a.arr.data_size() * a.arr.itemsize()) - a.offset;
-          b.buffer(idx, p, uint64_t(size > 0 ? size : 0), to_dtype(a.arr.dtype()));
+          int64_t before = p - base;
+          int64_t size = int64_t(a.arr.buffer_size()) - before;
+          if (before < 0 || size < 0) { // not inside its buffer: bind what the array spans
+            before = 0;
+            size = int64_t(a.arr.data_size() * a.arr.itemsize()) - a.offset;
+          }
+          b.buffer(
+              idx, p, uint64_t(size > 0 ? size : 0), to_dtype(a.arr.dtype()), uint64_t(before));
         } else {
           b.bytes(idx, a.bytes.data(), a.bytes.size(), a.dtype);
         }

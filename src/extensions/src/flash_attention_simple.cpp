@@ -18,6 +18,13 @@
 
 namespace tiny_attn {
 
+// ---------------------------------------------------------------- Task 3
+int kv_tiles_to_visit(const AttentionProblem& p, int first_row, int last_row) {
+  // TODO(Task 3): with p.causal, only the tiles up to the one holding key last_row + S - L,
+  // unless first_row sees no key at all (first_row + S - L < 0). Every tile until then:
+  return (p.S + kBc - 1) / kBc;
+}
+
 // ---------------------------------------------------------------- Tasks 2 and 3
 void flash_attention_simple_cpu(const AttentionProblem& p) {
   // TODO(Task 2): the tile loops and the online softmax (m, l, O per row of a Q tile);

@@ -17,6 +17,15 @@
 
 namespace tiny_attn {
 
+// ---------------------------------------------------------------- Task 3
+int kv_tiles_to_visit(const AttentionProblem& p, int first_row, int last_row) {
+  const int Tc = (p.S + kBc - 1) / kBc;
+  if (!p.causal || first_row + p.S - p.L < 0) {
+    return Tc;
+  }
+  return std::min(Tc, (last_row + p.S - p.L) / kBc + 1);
+}
+
 // ---------------------------------------------------------------- Tasks 2 and 3
 void flash_attention_simple_cpu(const AttentionProblem& p) {
   const int E = p.E, L = p.L, S = p.S;
@@ -41,12 +50,10 @@ void flash_attention_simple_cpu(const AttentionProblem& p) {
         std::fill(l.begin(), l.end(), 0.0f);
         std::fill(o.begin(), o.end(), 0.0f);
 
-        // Causal: row i sees keys j <= i + S - L. Tiles right of the last row's limit are
-        // fully masked: stop there. (If the first row sees no key at all, which happens
-        // only for L > S, keep every tile so that it averages all values as MLX does.)
+        // Causal: row i sees keys j <= i + S - L; the tiles past the Q tile's last row are
+        // fully masked and never computed (kv_tiles_to_visit above).
         const int first_limit = i0 + S - L;
-        const int last_limit = i0 + br - 1 + S - L;
-        const int j_end = (p.causal && first_limit >= 0) ? std::min(S, last_limit + 1) : S;
+        const int j_end = std::min(S, kv_tiles_to_visit(p, i0, i0 + br - 1) * kBc);
 
         for (int j0 = 0; j0 < j_end; j0 += kBc) {
           const int bc = std::min(kBc, S - j0);
