@@ -26,6 +26,7 @@ the Python environment (metalsim/build.py; `python -m metalsim build` does it wi
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -44,8 +45,10 @@ __all__ = [
     "Error",
     "KernelNotFoundError",
     "Library",
+    "Pipeline",
     "bfloat16",
     "LimitError",
+    "MetalWarning",
     "MemoryAccessError",
     "RaceError",
     "TimeoutError",
@@ -102,7 +105,6 @@ def compiler_runs() -> int:
     return _core.compiler_runs()
 
 
-_MAX_DIM = 2**32 - 1
 # More OS threads than this only adds switching: threadgroups are queued to the workers.
 _MAX_WORKERS = 1024
 
@@ -119,10 +121,6 @@ def _size3(value: int | Sequence[int], what: str) -> tuple[int, int, int]:
             ) from None
     if not 1 <= len(dims) <= 3 or any(d < 0 for d in dims):
         raise ValueError(f"{what} must be 1 to 3 non-negative ints, got {value!r}")
-    if any(d > _MAX_DIM for d in dims):
-        raise ValueError(
-            f"{what} must have dimensions of at most 2^32 - 1 (Metal's uint), got {value!r}"
-        )
     dims += [1] * (3 - len(dims))
     return dims[0], dims[1], dims[2]
 
@@ -180,11 +178,36 @@ def _binding(index: int, value: Any) -> tuple[tuple[int, int, int, int, bool, bo
     )
 
 
+def _constant(index: Any, value: Any) -> tuple[int, int, int, float]:
+    """(index, dtype code, int value, float value) of one function constant."""
+    if not isinstance(index, (int, np.integer)) or not 0 <= int(index) < 65536:
+        raise ValueError(
+            f"function_constants: key {index!r} is not a function constant index (0 to 65535)"
+        )
+    if isinstance(value, (bool, np.bool_)):
+        return int(index), 1, int(bool(value)), 0.0
+    if isinstance(value, (int, np.integer)):
+        code = _DTYPE_CODES[np.dtype(type(value))] if isinstance(value, np.integer) else 9
+        return int(index), code, int(value), 0.0
+    if isinstance(value, (float, np.floating)):
+        code = _DTYPE_CODES.get(np.dtype(type(value)), 13) if isinstance(value, np.floating) else 13
+        return int(index), code, 0, float(value)
+    raise TypeError(
+        f"function_constants[{index}]: expected a bool, int or float, got {type(value).__name__}"
+    )
+
+
+class MetalWarning(UserWarning):
+    """Kernel code that runs on metalsim but that Apple's Metal compiler refuses (printf)."""
+
+
 class Library:
     """A kernel library compiled from .metal sources (cached on disk between runs)."""
 
     def __init__(self, core: Any) -> None:
         self._core = core
+        for message in core.warnings:
+            warnings.warn(MetalWarning(message), stacklevel=3)
 
     @classmethod
     def from_source(
@@ -219,6 +242,27 @@ class Library:
     def path(self) -> str:
         """The compiled shared object."""
         return self._core.path
+
+    @property
+    def function_constants(self) -> dict[int, str]:
+        """The library's [[function_constant(index)]] declarations: {index: name}."""
+        return {index: name for index, name, _ in self._core.function_constants}
+
+    def pipeline(
+        self, kernel: str, function_constants: Mapping[int, bool | int | float] | None = None
+    ) -> Pipeline:
+        """`kernel` with its function constants set, as Metal creates a compute pipeline:
+        function_constants={20: True, 26: 4} sets `[[function_constant(20)]]` and `(26)`.
+        An index the library does not declare, or a value of the wrong kind, is an error now."""
+        if not isinstance(kernel, str):
+            raise TypeError(f"kernel must be a kernel name (str), got {type(kernel).__name__}")
+        if function_constants is not None and not isinstance(function_constants, Mapping):
+            raise TypeError(
+                "function_constants must be a dict {index: bool | int | float}, got "
+                f"{type(function_constants).__name__}"
+            )
+        consts = [_constant(i, v) for i, v in (function_constants or {}).items()]
+        return Pipeline(self, self._core.pipeline(kernel, consts))
 
     def dispatch(
         self,
@@ -263,6 +307,7 @@ class Library:
         tg: Mapping[int, int] | None,
         grid_is_threads: bool,
         workers: int,
+        pipeline: Any = None,
     ) -> None:
         if not isinstance(kernel, str):
             raise TypeError(f"kernel must be a kernel name (str), got {type(kernel).__name__}")
@@ -299,5 +344,50 @@ class Library:
                     f"threadgroup_memory[{index}]: expected a byte count, got {length!r}"
                 )
             tgs.append((int(index), int(length)))
-        self._core.dispatch(kernel, g, t, specs, tgs, grid_is_threads, int(workers))
+        self._core.dispatch(kernel, g, t, specs, tgs, grid_is_threads, int(workers), pipeline)
         del keep
+
+
+class Pipeline:
+    """A kernel of a Library with its function constants set (see Library.pipeline)."""
+
+    def __init__(self, library: Library, core: Any) -> None:
+        self.library = library
+        self._core = core
+
+    @property
+    def kernel(self) -> str:
+        return self._core.kernel
+
+    def dispatch(
+        self,
+        grid: int | Sequence[int],
+        threadgroup: int | Sequence[int],
+        buffers: Mapping[int, Any] | None = None,
+        threadgroup_memory: Mapping[int, int] | None = None,
+        workers: int = 0,
+    ) -> None:
+        """Library.dispatch for this pipeline's kernel and function constants."""
+        self.library._run(
+            self.kernel, grid, threadgroup, buffers, threadgroup_memory, False, workers, self._core
+        )
+
+    def dispatch_threads(
+        self,
+        threads: int | Sequence[int],
+        threadgroup: int | Sequence[int],
+        buffers: Mapping[int, Any] | None = None,
+        threadgroup_memory: Mapping[int, int] | None = None,
+        workers: int = 0,
+    ) -> None:
+        """Library.dispatch_threads for this pipeline's kernel and function constants."""
+        self.library._run(
+            self.kernel,
+            threads,
+            threadgroup,
+            buffers,
+            threadgroup_memory,
+            True,
+            workers,
+            self._core,
+        )

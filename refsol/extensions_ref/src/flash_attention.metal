@@ -69,6 +69,11 @@ inline float mask_score(
   }
 }
 
+// The key/value head that query head h_q reads: H_q / H query heads share each one (GQA).
+inline int kv_head(int h_q, constant AttentionParams& p) {
+  return h_q / (p.H_q / p.H);
+}
+
 // How many K/V tiles query rows up to `last_row` must visit: the rule of Week 2, Day 4's
 // kv_tiles_to_visit (src/flash_attention_simple.cpp), under the same name. With a causal mask, a tile
 // whose first key lies beyond the last key of `last_row` is fully masked and skipped. One
@@ -118,7 +123,7 @@ void flash_attention_e128_impl(
   const int n = group.x; // (batch, query head), flattened
   const int h_q = n % p.H_q;
   const int batch = n / p.H_q;
-  const int h = h_q / (p.H_q / p.H); // the key/value head this query head reads (GQA)
+  const int h = kv_head(h_q, p);
   const int row = group.y * Br + a; // the query row of SIMD group a
   const bool row_valid = row < p.L; // the last Q tile may hang over the end
   const int E = p.E;
@@ -276,21 +281,26 @@ constant constexpr int BLOCK_SIZE = SG_ROWS * SG_ROWS; // floats of one 8x8 bloc
 // The 4-wide vector of T as stored in device memory. packed_ vectors only need the alignment of
 // their scalar: an MLX array may start at any multiple of its itemsize into its buffer (the CPU
 // allocator, which metalsim uses, returns 8-byte aligned memory), while a float4 is 16-byte
-// aligned. The load is still one 16-byte (8-byte for 16-bit types) access.
+// aligned. The load is still one 16-byte (8-byte for 16-bit types) access. MSL converts a
+// packed vector only to the aligned vector of its own element type (`aligned`), which then
+// converts to float4.
 template <typename T>
 struct packed4;
 template <>
 struct packed4<float> {
   using type = packed_float4;
+  using aligned = float4;
 };
 template <>
 struct packed4<half> {
   using type = packed_half4;
+  using aligned = half4;
 };
 #if __METAL_VERSION__ >= 310 // bfloat needs Metal 3.1 (macOS 14)
 template <>
 struct packed4<bfloat> {
   using type = packed_bfloat4;
+  using aligned = bfloat4;
 };
 #endif
 
@@ -312,7 +322,8 @@ inline void load_tile(
     float4 x = 0.0f;
     if (first + r < rows) {
       using T4 = typename packed4<T>::type;
-      x = float4(*reinterpret_cast<device const T4*>(src + size_t(first + r) * E + c));
+      using A4 = typename packed4<T>::aligned;
+      x = float4(A4(*reinterpret_cast<device const T4*>(src + size_t(first + r) * E + c)));
     }
     // tile rows are E floats, E a multiple of 8: this store is 16-byte aligned.
     *reinterpret_cast<threadgroup float4*>(tile + r * E + c) = x * scale;
@@ -341,7 +352,7 @@ void flash_attention_simdgroup_impl(
   const int n = group.x;
   const int h_q = n % p.H_q;
   const int batch = n / p.H_q;
-  const int h = h_q / (p.H_q / p.H);
+  const int h = kv_head(h_q, p);
   const int first_row = group.y * Br; // of the threadgroup
   const int my_first_row = first_row + g * SG_ROWS; // of this SIMD group
   const int E = p.E;

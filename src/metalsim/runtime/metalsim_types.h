@@ -19,8 +19,9 @@ namespace metal {
 using uint = unsigned int;
 using ushort = unsigned short;
 using uchar = unsigned char;
-using ulong = unsigned long long;
-// MSL's long is 64-bit like C++'s on LP64.
+// MSL's long and ulong are 64-bit, like C++'s long on LP64. ulong is the same type as glibc's
+// ::ulong, so `ulong` stays unambiguous under `using namespace metal;`.
+using ulong = unsigned long;
 
 // A 16-bit float stored as bits; arithmetic happens in float and rounds back, as on hardware.
 template <class Traits> struct soft_float16 {
@@ -48,7 +49,7 @@ template <class Traits> struct soft_float16 {
   template <class U> soft_float16& operator/=(U o) {
     return *this = soft_float16(float(*this) / float(o));
   }
-  soft_float16 operator-() const {
+  constexpr soft_float16 operator-() const {
     return from_bits(uint16_t(bits ^ 0x8000u));
   }
 };
@@ -57,7 +58,7 @@ template <class Traits> struct soft_float16 {
 // operator), which keeps overload resolution unambiguous.
 #define METALSIM_SOFT16_BINOP(op)                                                                  \
   template <class Tr>                                                                              \
-  inline soft_float16<Tr> operator op(soft_float16<Tr> a, soft_float16<Tr> b) {                    \
+  constexpr soft_float16<Tr> operator op(soft_float16<Tr> a, soft_float16<Tr> b) {                 \
     return soft_float16<Tr>(float(a) op float(b));                                                 \
   }
 METALSIM_SOFT16_BINOP(+)
@@ -66,7 +67,7 @@ METALSIM_SOFT16_BINOP(*)
 METALSIM_SOFT16_BINOP(/)
 #undef METALSIM_SOFT16_BINOP
 #define METALSIM_SOFT16_CMP(op)                                                                    \
-  template <class Tr> inline bool operator op(soft_float16<Tr> a, soft_float16<Tr> b) {            \
+  template <class Tr> constexpr bool operator op(soft_float16<Tr> a, soft_float16<Tr> b) {         \
     return float(a) op float(b);                                                                   \
   }
 METALSIM_SOFT16_CMP(<)
@@ -77,32 +78,29 @@ METALSIM_SOFT16_CMP(==)
 METALSIM_SOFT16_CMP(!=)
 #undef METALSIM_SOFT16_CMP
 
-inline uint32_t float_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
+// constexpr: MSL evaluates half/bfloat arithmetic in constant expressions (static_assert).
+constexpr uint32_t float_bits(float f) {
+  return __builtin_bit_cast(uint32_t, f);
 }
-inline float bits_float(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
+constexpr float bits_float(uint32_t u) {
+  return __builtin_bit_cast(float, u);
 }
 
 struct bfloat_traits {
-  static uint16_t from_float(float f) {
+  static constexpr uint16_t from_float(float f) {
     uint32_t u = float_bits(f);
     if ((u & 0x7fffffffu) > 0x7f800000u)
       return uint16_t((u >> 16) | 0x40u); // quiet NaN
     u += 0x7fffu + ((u >> 16) & 1u);      // round to nearest even
     return uint16_t(u >> 16);
   }
-  static float to_float(uint16_t b) {
+  static constexpr float to_float(uint16_t b) {
     return bits_float(uint32_t(b) << 16);
   }
 };
 
 struct ieee_half_traits {
-  static uint16_t from_float(float f) {
+  static constexpr uint16_t from_float(float f) {
     uint32_t x = float_bits(f);
     uint32_t sign = (x >> 16) & 0x8000u;
     uint32_t ax = x & 0x7fffffffu;
@@ -118,7 +116,7 @@ struct ieee_half_traits {
     uint32_t r = ax + 0xfffu + ((ax >> 13) & 1u) - 0x38000000u;
     return uint16_t(sign | (r >> 13));
   }
-  static float to_float(uint16_t h) {
+  static constexpr float to_float(uint16_t h) {
     uint32_t sign = uint32_t(h & 0x8000u) << 16;
     uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
     if (e == 0)
@@ -200,6 +198,47 @@ template <class T, bool P> struct METALSIM_VEC_ALIGN(T, 4, P) vec_storage<T, 4, 
 };
 #undef METALSIM_VEC_ALIGN
 
+template <class T, int N, bool Packed> struct vec;
+
+// A swizzle that is written to (`v.xy = ...`, `v.zyx += ...`): the generator turns `.xy` on the
+// left of an assignment into `.template swz_ref<0, 1>()`. Metal refuses a written swizzle that
+// names a component twice (`v.xx = ...`).
+template <class T, int... I> struct swizzle_ref {
+  static constexpr int M = sizeof...(I);
+  T* e;
+  using value_type = vec<T, M, false>;
+  operator value_type() const {
+    return value_type(e[I]...);
+  }
+  template <class V> swizzle_ref& operator=(const V& v) {
+    value_type t(v);
+    int k = 0;
+    ((e[I] = t.elems[k++]), ...);
+    return *this;
+  }
+  swizzle_ref& operator=(const swizzle_ref& o) {
+    return *this = value_type(o);
+  }
+#define METALSIM_SWIZZLE_COMPOUND(op)                                                              \
+  template <class V> swizzle_ref& operator op## = (const V& v) {                                   \
+    return *this = value_type(value_type(*this) op value_type(v));                                 \
+  }
+  METALSIM_SWIZZLE_COMPOUND(+)
+  METALSIM_SWIZZLE_COMPOUND(-)
+  METALSIM_SWIZZLE_COMPOUND(*)
+  METALSIM_SWIZZLE_COMPOUND(/)
+#undef METALSIM_SWIZZLE_COMPOUND
+};
+
+template <int... I> constexpr bool swizzle_components_distinct() {
+  int idx[] = {I...};
+  for (int a = 0; a < int(sizeof...(I)); ++a)
+    for (int b = a + 1; b < int(sizeof...(I)); ++b)
+      if (idx[a] == idx[b])
+        return false;
+  return true;
+}
+
 template <class T, int N, bool Packed = false> struct vec : vec_storage<T, N, Packed> {
   using value_type = T;
   static constexpr int size = N;
@@ -265,10 +304,31 @@ template <class T, int N, bool Packed = false> struct vec : vec_storage<T, N, Pa
     elems[2] = T(s);
   }
   // Same length, another scalar type or packing: float4(half4), float4(packed_float4).
+  // MSL promises a packed vector converts only to the aligned vector of its own element type
+  // (and back); another element type goes through the aligned vector first.
   template <class U, bool P2, std::enable_if_t<!(std::is_same_v<U, T> && P2 == Packed), int> = 0>
   vec(const vec<U, N, P2>& o) {
+    static_assert(
+        std::is_same_v<U, T> || (!P2 && !Packed),
+        "MSL converts a packed vector only to the vector of the same element type "
+        "(float4(packed_float4)): for another element type convert in two steps, e.g. "
+        "float4(bfloat4(packed))");
     for (int i = 0; i < N; ++i)
       elems[i] = T(o.elems[i]);
+  }
+
+  // Swizzles: the generator turns `.zyx` into `.template swz<2, 1, 0>()` (a copy) and a written
+  // swizzle into `.template swz_ref<...>()`.
+  template <int... I> vec<T, int(sizeof...(I)), false> swz() const {
+    static_assert(((I < N) && ...), "swizzle: the vector has no such component");
+    return vec<T, int(sizeof...(I)), false>(elems[I]...);
+  }
+  template <int... I> swizzle_ref<T, I...> swz_ref() {
+    static_assert(((I < N) && ...), "swizzle: the vector has no such component");
+    static_assert(
+        swizzle_components_distinct<I...>(),
+        "MSL refuses a swizzle that is assigned to and names a component twice (v.xx = ...)");
+    return swizzle_ref<T, I...>{elems};
   }
 
   T& operator[](int i) {
@@ -402,32 +462,35 @@ template <class T, class U> inline T as_type(const U& u) {
 
 template <class T> struct numeric_limits : std::numeric_limits<T> {};
 
+// constexpr, as in MSL (`constant T x = numeric_limits<T>::max();` is a constant expression).
 template <class Tr> struct numeric_limits<soft_float16<Tr>> {
   using T = soft_float16<Tr>;
+  static constexpr bool bf = std::is_same_v<Tr, bfloat_traits>;
   static constexpr bool is_specialized = true;
-  static T infinity() {
-    return T::from_bits(0x7f80 | (std::is_same_v<Tr, bfloat_traits> ? 0 : 0));
+  static constexpr bool is_signed = true;
+  static constexpr bool is_integer = false;
+  static constexpr bool has_infinity = true;
+  static constexpr bool has_quiet_NaN = true;
+  static constexpr int digits = bf ? 8 : 11;
+  static constexpr T infinity() {
+    return T::from_bits(bf ? 0x7f80 : 0x7c00);
   }
-  static T quiet_NaN() {
-    return T(std::numeric_limits<float>::quiet_NaN());
+  static constexpr T quiet_NaN() {
+    return T::from_bits(bf ? 0x7fc0 : 0x7e00);
   }
-  static T max() {
-    return std::is_same_v<Tr, bfloat_traits> ? T::from_bits(0x7f7f) : T::from_bits(0x7bff);
+  static constexpr T max() {
+    return T::from_bits(bf ? 0x7f7f : 0x7bff);
   }
-  static T lowest() {
-    return -max();
+  static constexpr T lowest() {
+    return T::from_bits(bf ? 0xff7f : 0xfbff);
   }
-  static T min() {
-    return std::is_same_v<Tr, bfloat_traits> ? T::from_bits(0x0080) : T::from_bits(0x0400);
+  static constexpr T min() {
+    return T::from_bits(bf ? 0x0080 : 0x0400);
   }
-  static T epsilon() {
-    return std::is_same_v<Tr, bfloat_traits> ? T(0.0078125f) : T(0.0009765625f);
+  static constexpr T epsilon() {
+    return T::from_bits(bf ? 0x3c00 : 0x1400);
   }
 };
-template <>
-inline soft_float16<ieee_half_traits> numeric_limits<soft_float16<ieee_half_traits>>::infinity() {
-  return soft_float16<ieee_half_traits>::from_bits(0x7c00);
-}
 
 #if METALSIM_NATIVE_HALF
 template <> struct numeric_limits<_Float16> {
@@ -453,16 +516,101 @@ template <> struct numeric_limits<_Float16> {
 };
 #endif
 
+// The constants of MSL's <metal_math> (float _F, half _H variants) and <metal_limits>.
+#undef FLT_MAX
+#undef FLT_MIN
+#undef FLT_EPSILON
+#undef HUGE_VALF
+#undef INFINITY
+#undef NAN
+#undef M_PI
+#undef MAXFLOAT
 #define MAXFLOAT __FLT_MAX__
-#define MAXHALF 65504.0f
-#ifndef INFINITY
+#define FLT_MAX __FLT_MAX__
+#define FLT_MIN __FLT_MIN__
+#define FLT_EPSILON __FLT_EPSILON__
+#define FLT_MANT_DIG 24
+#define FLT_MAX_EXP 128
+#define FLT_MIN_EXP (-125)
+#define HUGE_VALF __builtin_huge_valf()
 #define INFINITY __builtin_huge_valf()
-#endif
-#define HUGE_VALH 65504.0f
+#define NAN __builtin_nanf("")
+#define MAXHALF 65504.0f
+#define HALF_MAX 65504.0f
+#define HALF_MIN 6.103515625e-05f
+#define HALF_EPSILON 0.0009765625f
+#define HUGE_VALH ::metal::numeric_limits<::metal::half>::infinity()
+#define M_E_F 2.71828182845904523536f
 #define M_LOG2E_F 1.4426950408889634f
+#define M_LOG10E_F 0.434294481903251827651f
 #define M_LN2_F 0.6931471805599453f
+#define M_LN10_F 2.30258509299404568402f
 #define M_PI_F 3.14159265358979323846f
+#define M_PI_2_F 1.57079632679489661923f
+#define M_PI_4_F 0.785398163397448309616f
+#define M_1_PI_F 0.318309886183790671538f
+#define M_2_PI_F 0.636619772367581343076f
+#define M_2_SQRTPI_F 1.12837916709551257390f
 #define M_SQRT2_F 1.41421356237309504880f
+#define M_SQRT1_2_F 0.707106781186547524401f
+#define M_E_H ::metal::half(M_E_F)
+#define M_LOG2E_H ::metal::half(M_LOG2E_F)
+#define M_LOG10E_H ::metal::half(M_LOG10E_F)
+#define M_LN2_H ::metal::half(M_LN2_F)
+#define M_LN10_H ::metal::half(M_LN10_F)
+#define M_PI_H ::metal::half(M_PI_F)
+#define M_PI_2_H ::metal::half(M_PI_2_F)
+#define M_PI_4_H ::metal::half(M_PI_4_F)
+#define M_1_PI_H ::metal::half(M_1_PI_F)
+#define M_2_PI_H ::metal::half(M_2_PI_F)
+#define M_2_SQRTPI_H ::metal::half(M_2_SQRTPI_F)
+#define M_SQRT2_H ::metal::half(M_SQRT2_F)
+#define M_SQRT1_2_H ::metal::half(M_SQRT1_2_F)
+#ifndef CHAR_BIT
+#define CHAR_BIT 8
+#endif
+#ifndef SCHAR_MAX
+#define SCHAR_MAX 127
+#endif
+#ifndef SCHAR_MIN
+#define SCHAR_MIN (-128)
+#endif
+#ifndef UCHAR_MAX
+#define UCHAR_MAX 255
+#endif
+#ifndef CHAR_MAX
+#define CHAR_MAX SCHAR_MAX
+#endif
+#ifndef CHAR_MIN
+#define CHAR_MIN SCHAR_MIN
+#endif
+#ifndef USHRT_MAX
+#define USHRT_MAX 65535
+#endif
+#ifndef SHRT_MAX
+#define SHRT_MAX 32767
+#endif
+#ifndef SHRT_MIN
+#define SHRT_MIN (-32768)
+#endif
+#ifndef UINT_MAX
+#define UINT_MAX 0xffffffffu
+#endif
+#ifndef INT_MAX
+#define INT_MAX 2147483647
+#endif
+#ifndef INT_MIN
+#define INT_MIN (-2147483647 - 1)
+#endif
+#ifndef ULONG_MAX
+#define ULONG_MAX 0xffffffffffffffffUL
+#endif
+#ifndef LONG_MAX
+#define LONG_MAX 0x7fffffffffffffffL
+#endif
+#ifndef LONG_MIN
+#define LONG_MIN (-0x7fffffffffffffffL - 1)
+#endif
 
 // ---------------------------------------------------------------- math
 
@@ -704,6 +852,82 @@ template <class T, std::enable_if_t<std::is_integral_v<T>, int> = 0> inline T mu
   return T((int64_t(a) * int64_t(b)) >> (sizeof(T) * 8));
 }
 
+// min3, max3, median3 (scalars and vectors).
+template <class T> inline T min3(T a, T b, T c) {
+  return min(min(a, b), c);
+}
+template <class T> inline T max3(T a, T b, T c) {
+  return max(max(a, b), c);
+}
+template <class T> inline T median3(T a, T b, T c) {
+  return max(min(a, b), min(max(a, b), c));
+}
+
+template <class T> inline T fmax3(T a, T b, T c) {
+  return fmax(fmax(a, b), c);
+}
+template <class T> inline T fmin3(T a, T b, T c) {
+  return fmin(fmin(a, b), c);
+}
+template <class T> inline T fmedian3(T a, T b, T c) {
+  return median3(a, b, c);
+}
+
+// Bit fields of integers: extract_bits, insert_bits, reverse_bits (scalars and vectors).
+template <class T, std::enable_if_t<std::is_integral_v<T>, int> = 0>
+inline T extract_bits(T x, uint offset, uint bits) {
+  using U = std::make_unsigned_t<T>;
+  constexpr uint W = sizeof(T) * 8;
+  if (bits == 0)
+    return T(0);
+  U v = U(U(x) >> offset);
+  if (bits < W)
+    v &= U((U(1) << bits) - 1);
+  if constexpr (std::is_signed_v<T>) { // signed: the field's top bit is extended
+    if (bits < W && (v >> (bits - 1)) & 1)
+      v |= U(~U(0) << bits);
+  }
+  return T(v);
+}
+template <class T, std::enable_if_t<std::is_integral_v<T>, int> = 0>
+inline T insert_bits(T base, T insert, uint offset, uint bits) {
+  using U = std::make_unsigned_t<T>;
+  constexpr uint W = sizeof(T) * 8;
+  if (bits == 0)
+    return base;
+  U mask = bits < W ? U((U(1) << bits) - 1) : U(~U(0));
+  mask = U(mask << offset);
+  return T((U(base) & U(~mask)) | (U(U(insert) << offset) & mask));
+}
+template <class T, std::enable_if_t<std::is_integral_v<T>, int> = 0> inline T reverse_bits(T x) {
+  using U = std::make_unsigned_t<T>;
+  U u = U(x), r = 0;
+  for (uint i = 0; i < sizeof(T) * 8; ++i, u >>= 1)
+    r = U((r << 1) | (u & 1));
+  return T(r);
+}
+template <class T, int N, bool P>
+inline vec<T, N, P> extract_bits(const vec<T, N, P>& x, uint offset, uint bits) {
+  vec<T, N, P> r;
+  for (int i = 0; i < N; ++i)
+    r.elems[i] = extract_bits(x.elems[i], offset, bits);
+  return r;
+}
+template <class T, int N, bool P>
+inline vec<T, N, P>
+insert_bits(const vec<T, N, P>& b, const vec<T, N, P>& x, uint offset, uint bits) {
+  vec<T, N, P> r;
+  for (int i = 0; i < N; ++i)
+    r.elems[i] = insert_bits(b.elems[i], x.elems[i], offset, bits);
+  return r;
+}
+template <class T, int N, bool P> inline vec<T, N, P> reverse_bits(const vec<T, N, P>& x) {
+  vec<T, N, P> r;
+  for (int i = 0; i < N; ++i)
+    r.elems[i] = reverse_bits(x.elems[i]);
+  return r;
+}
+
 // fast:: and precise:: name the same functions (the simulator computes in float either way).
 namespace fast {
 using metal::abs;
@@ -717,14 +941,20 @@ using metal::exp2;
 using metal::fabs;
 using metal::floor;
 using metal::fmax;
+using metal::fmax3;
+using metal::fmedian3;
 using metal::fmin;
+using metal::fmin3;
 using metal::fract;
 using metal::length;
 using metal::log;
 using metal::log10;
 using metal::log2;
 using metal::max;
+using metal::max3;
+using metal::median3;
 using metal::min;
+using metal::min3;
 using metal::normalize;
 using metal::pow;
 using metal::powr;

@@ -229,7 +229,8 @@ void Library::dispatch(
     Size3 group,
     const Bindings& bindings,
     bool grid_is_threads,
-    int workers) const {
+    int workers,
+    const FunctionConstants& constants) const {
   std::vector<metalsim_binding> bufs;
   for (auto& [idx, b] : bindings.buffers()) {
     if (size_t(idx) >= bufs.size())
@@ -274,6 +275,19 @@ void Library::dispatch(
   a.guard_lo = copies.lo();
   a.guard_hi = copies.hi();
   a.cancel = &g_interrupted;
+  std::vector<metalsim_constant> consts;
+  for (auto& [index, v] : constants) {
+    metalsim_constant c{};
+    c.index = index;
+    c.dtype = int32_t(v.dtype);
+    if (detail::is_float_dtype(v.dtype))
+      c.value.f = v.f;
+    else
+      c.value.i = v.i;
+    consts.push_back(c);
+  }
+  a.n_constants = uint32_t(consts.size());
+  a.constants = consts.data();
   std::vector<char> err(8192, 0);
   int rc;
   {

@@ -27,6 +27,17 @@ void mkdirs(const std::string& path);
 const char* getenv_nonempty(const char* name);
 // Runs argv, returns exit status, stdout+stderr in `out`.
 int run_command(const std::vector<std::string>& argv, std::string& out);
+inline bool is_float_dtype(Dtype d) {
+  return d == Dtype::float16 || d == Dtype::bfloat16 || d == Dtype::float32 || d == Dtype::float64;
+}
+inline bool is_int_dtype(Dtype d) {
+  return d >= Dtype::uint8 && d <= Dtype::int64;
+}
+// The MSL name of a dtype ("float", "half", "uint", ...).
+const char* msl_type_name(Dtype d);
+
+// The names of the files in a folder (sorted; no hidden files).
+std::vector<std::string> list_dir(const std::string& dir);
 // The folder with metalsim's public headers (abi.h).
 std::string include_dir();
 
@@ -52,9 +63,13 @@ struct Hasher {
 struct Generated {
   std::vector<std::string> tus; // translation units
   std::vector<std::string> kernel_names;
+  std::vector<std::string> warnings; // "file:line: warning: ..." (compiles here, not on a Mac)
 };
-Generated
-generate(const std::vector<std::string>& display_names, const std::vector<std::string>& sources);
+// include_dirs: where quoted #includes are looked for (after the including file's folder).
+Generated generate(
+    const std::vector<std::string>& display_names,
+    const std::vector<std::string>& sources,
+    const std::vector<std::string>& include_dirs);
 
 } // namespace detail
 } // namespace metalsim

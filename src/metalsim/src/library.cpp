@@ -2,14 +2,17 @@
 // a shared object, cached under cache_dir() by a hash of everything that goes into it.
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <set>
 #include <sstream>
 
+#include "check.h"
 #include "internal.h"
 
 namespace metalsim {
@@ -53,6 +56,19 @@ void hash_includes(
       }
     }
   }
+}
+
+bool compiler_is_clang(const std::string& cxx) {
+  static std::mutex mu;
+  static std::map<std::string, bool> known;
+  std::lock_guard<std::mutex> lk(mu);
+  auto it = known.find(cxx);
+  if (it == known.end()) {
+    std::string out;
+    run_command({cxx, "--version"}, out);
+    it = known.emplace(cxx, out.find("clang") != std::string::npos).first;
+  }
+  return it->second;
 }
 
 std::mutex g_libs_mu;
@@ -111,7 +127,6 @@ std::shared_ptr<Library> Library::build(
     const std::vector<std::string>& names,
     const std::vector<std::string>& sources,
     const std::vector<std::string>& include_dirs) {
-  Generated gen = generate(names, sources);
   std::string rt = runtime_dir();
   if (!file_exists(rt + "/metal_stdlib"))
     throw Error(
@@ -126,9 +141,17 @@ std::shared_ptr<Library> Library::build(
       "-pthread",
       "-fvisibility=hidden",
       "-fno-strict-aliasing",
-      "-w",
+      // Strict MSL: a variable-length array is an error (the kernel prelude poisons the C++
+      // that MSL lacks; see explain_diagnostics). Other warnings are left out of error reports.
+      "-Werror=vla",
       "-I" + rt,
       "-I" + include_dir()};
+  if (!compiler_is_clang(cxx)) {
+    // The call graph, to find recursion (MSL has none); tail calls stay calls so that a
+    // tail-recursive function still shows its edge.
+    flags.push_back("-fcallgraph-info");
+    flags.push_back("-fno-optimize-sibling-calls");
+  }
 #if !defined(__APPLE__)
   // Stack probes: a frame larger than the space left on a fiber's stack touches the guard
   // under it (and faults, reported as a stack overflow) instead of jumping over it into another
@@ -144,11 +167,7 @@ std::shared_ptr<Library> Library::build(
   if (!checks || std::string(checks) != "0") {
     flags.push_back("-fsanitize=thread,alignment");
     flags.push_back("-g1");
-    bool clang = cxx.find("clang") != std::string::npos;
-#if defined(__APPLE__)
-    clang = true;
-#endif
-    if (clang) {
+    if (compiler_is_clang(cxx)) {
       flags.push_back("-fno-sanitize-link-runtime");
     } else {
       flags.push_back("-nodefaultlibs");
@@ -163,6 +182,7 @@ std::shared_ptr<Library> Library::build(
     search_dirs.push_back(absolute(d));
   for (auto& d : search_dirs)
     flags.push_back("-I" + d);
+  Generated gen = generate(names, sources, search_dirs);
   if (const char* extra = getenv_nonempty("METALSIM_CXXFLAGS")) {
     std::istringstream ss(extra);
     std::string t;
@@ -175,8 +195,7 @@ std::shared_ptr<Library> Library::build(
   h.add(cxx);
   for (auto& f : flags)
     h.add(f);
-  for (const char* hdr :
-       {"metal_stdlib", "metalsim_rt.h", "metalsim_types.h", "metalsim_kernel_prelude.h"})
+  for (const std::string& hdr : list_dir(rt))
     h.add(read_file(rt + "/" + hdr));
   h.add(read_file(include_dir() + "/metalsim/abi.h"));
   std::set<std::string> seen;
@@ -234,12 +253,14 @@ std::shared_ptr<Library> Library::build(
     std::string out;
     ++g_compiler_runs;
     int rc = run_command(argv, out);
-    if (rc != 0) {
+    std::string recursion = find_recursion(tmp_so, rt);
+    if (rc != 0 || !recursion.empty()) {
       std::remove(tmp_so.c_str());
       std::string what;
       for (size_t i = 0; i < names.size(); ++i)
         what += (i ? ", " : "") + names[i];
-      std::string msg = "metalsim: compiling " + what + " failed (" + cxx + "):\n" + out;
+      std::string msg = "metalsim: compiling " + what + " failed (" + cxx + "):\n" +
+                        (rc != 0 ? explain_diagnostics(out) : recursion);
       {
         std::lock_guard<std::mutex> lk(g_libs_mu);
         g_failed.emplace(key, msg);
@@ -251,6 +272,7 @@ std::shared_ptr<Library> Library::build(
     lib = load(so);
   }
 
+  lib->warnings_ = gen.warnings;
   std::lock_guard<std::mutex> lk(g_libs_mu);
   auto [it, inserted] = g_libs.emplace(key, lib);
   return it->second;

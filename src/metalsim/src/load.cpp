@@ -30,6 +30,28 @@ std::shared_ptr<Library> Library::load(const std::string& so) {
   while (std::getline(ss, line))
     if (!line.empty())
       lib->kernel_names_.push_back(line);
+  auto fcs_fn = reinterpret_cast<metalsim_function_constants_fn>(
+      dlsym(handle, "metalsim_function_constants"));
+  if (!fcs_fn)
+    throw Error(
+        "metalsim: '" + so + "' is not a kernel library of this metalsim version (delete it)");
+  std::istringstream fs(fcs_fn());
+  while (std::getline(fs, line)) {
+    std::istringstream ls(line);
+    FunctionConstantDecl fc;
+    int dtype = 0;
+    if (line.rfind("! ", 0) == 0)
+      throw CompileError(
+          "metalsim: function constant '" + line.substr(2) +
+          "' is read by an initializer outside any kernel (a static member or a variable in a "
+          "function's scope), when the library loads: a function constant has a value only in "
+          "a pipeline. Read it in the kernel, or derive a program-scope `constant T name = "
+          "expr;` from it");
+    if (ls >> fc.index >> dtype >> fc.name) {
+      fc.dtype = Dtype(dtype);
+      lib->function_constants_.push_back(fc);
+    }
+  }
   return lib;
 }
 

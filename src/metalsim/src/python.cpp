@@ -25,6 +25,8 @@ NB_MODULE(_core, m) {
   nb::exception<metalsim::TimeoutError>(m, "TimeoutError", base);
   nb::exception<metalsim::InterruptedError>(m, "InterruptedError", base);
 
+  nb::class_<metalsim::Pipeline>(m, "Pipeline").def_prop_ro("kernel", &metalsim::Pipeline::kernel);
+
   nb::class_<metalsim::Library>(m, "Library")
       .def_static(
           "from_files",
@@ -46,6 +48,28 @@ NB_MODULE(_core, m) {
           nb::call_guard<nb::gil_scoped_release>())
       .def_prop_ro("kernel_names", &metalsim::Library::kernel_names)
       .def_prop_ro("path", &metalsim::Library::path)
+      .def_prop_ro("warnings", &metalsim::Library::warnings)
+      // function constants: (index, dtype code, int value, float value)
+      .def_prop_ro(
+          "function_constants",
+          [](const metalsim::Library& lib) {
+            std::vector<std::tuple<unsigned, std::string, int>> r;
+            for (auto& c : lib.function_constants())
+              r.emplace_back(c.index, c.name, int(c.dtype));
+            return r;
+          })
+      .def(
+          "pipeline",
+          [](const metalsim::Library& lib,
+             const std::string& kernel,
+             const std::vector<std::tuple<unsigned, int, int64_t, double>>& constants) {
+            metalsim::FunctionConstants c;
+            for (auto& [index, dtype, i, f] : constants)
+              c[index] = metalsim::ConstantValue{metalsim::Dtype(dtype), i, f};
+            return lib.pipeline(kernel, c);
+          },
+          "kernel"_a,
+          "constants"_a)
       // buffers: (index, address, size, dtype code, is_bytes, read_only, bytes before address);
       // threadgroup: (index, length)
       .def(
@@ -58,7 +82,8 @@ NB_MODULE(_core, m) {
                  buffers,
              const std::vector<std::tuple<int, uint64_t>>& threadgroup,
              bool grid_is_threads,
-             int workers) {
+             int workers,
+             const metalsim::Pipeline* pipeline) {
             metalsim::Bindings b;
             for (auto& [idx, addr, size, dtype, is_bytes, read_only, before] : buffers) {
               if (is_bytes)
@@ -82,7 +107,8 @@ NB_MODULE(_core, m) {
                   {std::get<0>(group), std::get<1>(group), std::get<2>(group)},
                   b,
                   grid_is_threads,
-                  workers);
+                  workers,
+                  pipeline ? pipeline->constants() : metalsim::FunctionConstants{});
             } catch (const metalsim::InterruptedError&) {
               // Ctrl-C stopped the dispatch: Python's handler raises KeyboardInterrupt.
               if (PyErr_CheckSignals() != 0)
@@ -96,7 +122,8 @@ NB_MODULE(_core, m) {
           "buffers"_a,
           "threadgroup"_a,
           "grid_is_threads"_a,
-          "workers"_a);
+          "workers"_a,
+          "pipeline"_a.none() = nb::none());
 
   m.def("cache_dir", &metalsim::cache_dir);
   m.def("runtime_dir", &metalsim::runtime_dir);

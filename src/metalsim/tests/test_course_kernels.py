@@ -158,8 +158,8 @@ def test_last_barrier_inside_if_row_valid_is_reported() -> None:
 
 def test_mask_read_for_rows_past_L_is_out_of_bounds() -> None:
     # Without the row guard, the rows past L of the last Q tile read mask rows that do not exist.
-    old = "const int tiles = row_valid ? tiles_to_visit(row, row, p) : 0;"
-    new = "const int tiles = tiles_to_visit(row, row, p);"
+    old = "const int tiles = row_valid ? kv_tiles_to_visit(row, row, p) : 0;"
+    new = "const int tiles = kv_tiles_to_visit(row, row, p);"
     lib, _ = compile_edited(FLASH, old, new)
     q, k, v, mask = problem(L=40)
     with pytest.raises(

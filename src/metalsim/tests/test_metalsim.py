@@ -486,6 +486,7 @@ def test_each_fiber_keeps_its_floating_point_control_state() -> None:
     # every lane switches fibers at a simdgroup_barrier: only lane 0 may see the new mode.
     lib = metalsim.Library.from_source(
         """
+        #pragma metalsim allow_cxx
         #include <metal_stdlib>
         #include <cfenv>
         using namespace metal;

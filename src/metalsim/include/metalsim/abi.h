@@ -1,7 +1,7 @@
 // The C interface between the metalsim host library and a compiled kernel library.
 //
 // Every kernel library (.so) that metalsim JIT-compiles from .metal sources exports these
-// three functions. The host (dispatch.cpp) fills a metalsim_dispatch_args and calls
+// four functions. The host (dispatch.cpp) fills a metalsim_dispatch_args and calls
 // metalsim_dispatch; errors come back as text plus a metalsim_status code, never as a crash.
 #pragma once
 
@@ -64,6 +64,16 @@ typedef struct metalsim_binding {
   int32_t reserved;
 } metalsim_binding;
 
+// The value of a [[function_constant(index)]], set when the pipeline is created.
+typedef struct metalsim_constant {
+  uint32_t index;
+  int32_t dtype; // enum metalsim_dtype of the value given (BOOL, INT64, FLOAT64, ...)
+  union {
+    int64_t i; // BOOL and the integer dtypes
+    double f;  // FLOAT16, BFLOAT16, FLOAT32, FLOAT64
+  } value;
+} metalsim_constant;
+
 typedef struct metalsim_dispatch_args {
   uint32_t abi_version;    // METALSIM_ABI_VERSION
   const char* kernel;      // kernel (function) name
@@ -82,10 +92,14 @@ typedef struct metalsim_dispatch_args {
   uint64_t guard_lo, guard_hi;
   double timeout_s;               // the dispatch's deadline in seconds (<= 0: none)
   const volatile int32_t* cancel; // the host sets *cancel to nonzero to stop the dispatch
+  uint32_t n_constants;           // the pipeline's function constant values
+  const metalsim_constant* constants;
 } metalsim_dispatch_args;
 
 // Returns a metalsim_status; on error writes a NUL-terminated message into err.
 typedef int (*metalsim_dispatch_fn)(const metalsim_dispatch_args* args, char* err, size_t errlen);
+// The library's function constants, one per line: "<index> <dtype> <name>".
+typedef const char* (*metalsim_function_constants_fn)(void);
 // Newline-separated kernel names of the library.
 typedef const char* (*metalsim_kernel_names_fn)(void);
 typedef int (*metalsim_abi_version_fn)(void);

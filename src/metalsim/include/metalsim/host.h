@@ -161,7 +161,34 @@ class Bindings {
   std::map<int, uint64_t> threadgroup_;
 };
 
-class Library {
+// The value of one [[function_constant(index)]] (Metal's MTLFunctionConstantValues entry).
+struct ConstantValue {
+  Dtype dtype = Dtype::bool_; // bool_, an integer dtype, or a float dtype
+  int64_t i = 0;              // bool_ and integers
+  double f = 0;               // floats
+  static ConstantValue boolean(bool v) {
+    return {Dtype::bool_, v ? 1 : 0, 0};
+  }
+  static ConstantValue integer(int64_t v, Dtype d = Dtype::int64) {
+    return {d, v, 0};
+  }
+  static ConstantValue floating(double v, Dtype d = Dtype::float64) {
+    return {d, 0, v};
+  }
+};
+// Function constant values by index, set when a pipeline is created.
+using FunctionConstants = std::map<unsigned, ConstantValue>;
+
+// A function constant a library declares (`constant bool has_mask [[function_constant(20)]];`).
+struct FunctionConstantDecl {
+  unsigned index = 0;
+  Dtype dtype = Dtype::untyped;
+  std::string name;
+};
+
+class Pipeline;
+
+class Library : public std::enable_shared_from_this<Library> {
  public:
   // Compiles (or takes from the cache) a library made of these .metal files.
   // include_dirs are searched by #include "..." in addition to each file's folder.
@@ -179,6 +206,22 @@ class Library {
     return kernel_names_;
   }
   bool has_kernel(const std::string& name) const;
+  // What compiles on metalsim but not on a Mac ("file:line: warning: printf is ..."). The
+  // Python module shows them as warnings when the library is loaded.
+  const std::vector<std::string>& warnings() const {
+    return warnings_;
+  }
+  // The [[function_constant(n)]] declarations of the library's sources.
+  const std::vector<FunctionConstantDecl>& function_constants() const {
+    return function_constants_;
+  }
+  // A compute pipeline of `kernel` specialised with function constant values (Metal's
+  // newFunctionWithName:constantValues: + newComputePipelineState). Throws KernelNotFoundError
+  // for an unknown kernel and BindingError for a constant the library does not declare or a
+  // value of the wrong kind (a float for a bool, ...). A constant left unset is an error when a
+  // kernel thread reads it.
+  std::shared_ptr<Pipeline>
+  pipeline(const std::string& kernel, const FunctionConstants& constants = {}) const;
   // The compiled shared object (in the cache).
   const std::string& path() const {
     return so_path_;
@@ -187,14 +230,16 @@ class Library {
   // Runs `kernel` over `grid` threadgroups of `group` threads (Metal's dispatchThreadgroups);
   // with grid_is_threads, `grid` counts threads and edge threadgroups are cut to fit
   // (dispatchThreads). Returns when every threadgroup has finished; throws an Error otherwise.
-  // workers <= 0: one OS thread per core (METALSIM_THREADS overrides).
+  // workers <= 0: one OS thread per core (METALSIM_THREADS overrides). constants: the
+  // function constants (Pipeline::dispatch passes its own).
   void dispatch(
       const std::string& kernel,
       Size3 grid,
       Size3 group,
       const Bindings& bindings,
       bool grid_is_threads = false,
-      int workers = 0) const;
+      int workers = 0,
+      const FunctionConstants& constants = {}) const;
 
   Library(const Library&) = delete;
   Library& operator=(const Library&) = delete;
@@ -212,6 +257,35 @@ class Library {
   void* handle_ = nullptr;
   void* dispatch_fn_ = nullptr;
   std::vector<std::string> kernel_names_;
+  std::vector<FunctionConstantDecl> function_constants_;
+  std::vector<std::string> warnings_;
+};
+
+// A kernel with its function constants fixed; dispatch() is Library::dispatch for that kernel.
+class Pipeline {
+ public:
+  Pipeline(std::shared_ptr<const Library> library, std::string kernel, FunctionConstants constants)
+      : library_(std::move(library)), kernel_(std::move(kernel)), constants_(std::move(constants)) {
+  }
+  const std::string& kernel() const {
+    return kernel_;
+  }
+  const FunctionConstants& constants() const {
+    return constants_;
+  }
+  void dispatch(
+      Size3 grid,
+      Size3 group,
+      const Bindings& bindings,
+      bool grid_is_threads = false,
+      int workers = 0) const {
+    library_->dispatch(kernel_, grid, group, bindings, grid_is_threads, workers, constants_);
+  }
+
+ private:
+  std::shared_ptr<const Library> library_;
+  std::string kernel_;
+  FunctionConstants constants_;
 };
 
 // Where compiled libraries are cached.
