@@ -47,7 +47,7 @@ def cmake_build(source_dir: Path, build_dir: Path, *, what: str, verbose: bool =
     """Configure (once) and build a CMake project with Ninja from the Python environment.
 
     Used for metalsim._core and for extensions that embed metalsim (e.g. the example in
-    src/metalsim/examples/row_softmax). Incremental: Ninja rebuilds only what changed.
+    src/metalsim/examples/axpby). Incremental: Ninja rebuilds only what changed.
     """
     build_dir.mkdir(parents=True, exist_ok=True)
     import nanobind
