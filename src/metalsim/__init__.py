@@ -191,7 +191,6 @@ def compiler_runs() -> int:
     return _core.compiler_runs()
 
 
-_MAX_DIM = 2**32 - 1
 # More OS threads than this only adds switching: threadgroups are queued to the workers.
 _MAX_WORKERS = 1024
 
@@ -208,10 +207,10 @@ def _size3(value: int | Sequence[int], what: str) -> tuple[int, int, int]:
             ) from None
     if not 1 <= len(dims) <= 3 or any(d < 0 for d in dims):
         raise ValueError(f"{what} must be 1 to 3 non-negative ints, got {value!r}")
-    if any(d > _MAX_DIM for d in dims):
-        raise ValueError(
-            f"{what} must have dimensions of at most 2^32 - 1 (Metal's uint), got {value!r}"
-        )
+    if any(d >= 2**64 for d in dims):
+        raise ValueError(f"{what} must have dimensions below 2^64, got {value!r}")
+    # Past Metal's own limits (2^32 - 1 threadgroups or threads per dimension), the dispatch
+    # raises LimitError naming the limit.
     dims += [1] * (3 - len(dims))
     return dims[0], dims[1], dims[2]
 
