@@ -21,6 +21,7 @@ BENCHES = {
     1: ("week1_memory_wall", ["--max-n", "1024", "--no-plot"]),
     2: ("week2_cpu", ["--quick"]),
     3: ("week3_gpu", ["--quick"]),
+    4: ("week4_backward", ["--quick"]),
 }
 
 

@@ -8,8 +8,9 @@ One run, one machine, the same inputs (B = 1, float32, L = S = N) for every path
   cpp-simple     the extension's day 4 kernel (one thread, plain loops)
   cpp-fast       the extension's day 5 kernel (vectorised, threads); also with a causal mask
 Columns: time, GFLOP/s (4·B·H·L·S·E, halved for causal) and the extra peak memory of the call
-beyond its inputs: MLX's allocator peak for the MLX paths, tracemalloc's peak for NumPy (NumPy
-reports its buffers to tracemalloc). Plots go to book/src/images/week2-bench-*.png.
+beyond its inputs: for the MLX paths as Week 1's `profile` measures it (its peak_bytes), for
+NumPy tracemalloc's peak (NumPy reports its buffers to tracemalloc). Plots go to
+book/src/images/week2-bench-*.png.
 
 Then the fast kernel against the BLAS line: NumPy's float32 matmul and cpp-fast (unmasked and
 causal) at N = 4096, H = 8, E = 128, timed in alternation for several rounds; the medians and
@@ -54,19 +55,12 @@ def numpy_naive(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float) -> np
     return s @ v
 
 
-def time_mlx(fn: Callable[[], mx.array], repeats: int) -> tuple[float, float]:
-    """Best wall time of `repeats` evaluated calls, and the extra MLX peak memory."""
-    best = math.inf
-    mx.synchronize()
-    base = mx.get_active_memory()
-    mx.reset_peak_memory()
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        mx.eval(out)
-        best = min(best, time.perf_counter() - t)
-        del out
-    return best, (mx.get_peak_memory() - base) / MiB
+def time_mlx(profile: Callable, fn: Callable[[], mx.array], repeats: int) -> tuple[float, float]:
+    """Best wall time of `repeats` evaluated calls, and the extra peak memory of a call, both
+    measured by Week 1's `profile` (peak_bytes: the most memory a call holds beyond what was
+    held before it)."""
+    p = profile(fn, warmup=0, repeats=repeats)
+    return min(p.times_s), p.peak_bytes / MiB
 
 
 def time_numpy(fn: Callable[[], np.ndarray], repeats: int) -> tuple[float, float]:
@@ -82,11 +76,11 @@ def time_numpy(fn: Callable[[], np.ndarray], repeats: int) -> tuple[float, float
     return best, peak / MiB
 
 
-def blas_baseline(n: int) -> None:
+def blas_baseline(n: int, profile: Callable) -> None:
     """One n x n float32 matmul in MLX and in NumPy: the BLAS each naive path stands on."""
     a = np.random.default_rng(0).random((n, n), dtype=np.float32)
     am = mx.array(a)
-    mlx_s, _ = time_mlx(lambda: am @ am, repeats=2)
+    mlx_s, _ = time_mlx(profile, lambda: am @ am, repeats=2)
     numpy_s, _ = time_numpy(lambda: a @ a, repeats=2)
     f = 2.0 * n**3
     print(
@@ -123,9 +117,9 @@ def blas_line(ext, N: int, H: int, E: int, n_matmul: int, rounds: int) -> dict[s
             gflops[name].append(flops / (time.perf_counter() - t) / 1e9)
     med = {name: statistics.median(g) for name, g in gflops.items()}
     base = med["numpy-matmul"]
+    print(f"[bench] the BLAS line (N={N} H={H} E={E}; {rounds} alternating rounds, medians):")
     print(
-        f"[bench] the BLAS line: N={N} H={H} E={E}, {rounds} alternating rounds, medians: "
-        f"NumPy {n_matmul}x{n_matmul} matmul {base:.1f} GFLOP/s; "
+        f"[bench] NumPy {n_matmul}x{n_matmul} matmul {base:.1f} GFLOP/s; "
         f"cpp-fast {med['cpp-fast']:.1f} GFLOP/s = {med['cpp-fast'] / base:.2f}x; "
         f"causal {med['cpp-fast causal']:.1f} GFLOP/s = {med['cpp-fast causal'] / base:.2f}x",
         flush=True,
@@ -162,7 +156,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     if tiled is not None:
         paths["python-tiled"] = lambda q, k, v, c: tiled(q, k, v, scale, "causal" if c else None)[0]
 
-    blas_baseline(512 if args.quick else 2048)
+    blas_baseline(512 if args.quick else 2048, ta.profile)
     rows: list[dict] = []
 
     def record(name: str, N: int, h: int, causal: bool, seconds: float, mib: float) -> None:
@@ -193,13 +187,14 @@ def run(args: argparse.Namespace) -> list[dict]:
             for name, fn in paths.items():
                 if N > LIMITS.get(name, math.inf):
                     continue
-                record(name, N, H, False, *time_mlx(partial(fn, q, k, v, False), repeats))
+                timed = time_mlx(ta.profile, partial(fn, q, k, v, False), repeats)
+                record(name, N, H, False, *timed)
             record(
                 "cpp-fast",
                 N,
                 H,
                 True,
-                *time_mlx(partial(paths["cpp-fast"], q, k, v, True), repeats),
+                *time_mlx(ta.profile, partial(paths["cpp-fast"], q, k, v, True), repeats),
             )
             del q, k, v
 
@@ -218,7 +213,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                     N,
                     1,
                     causal,
-                    *time_mlx(partial(paths["cpp-fast"], q, k, v, causal), 1),
+                    *time_mlx(ta.profile, partial(paths["cpp-fast"], q, k, v, causal), 1),
                 )
     return rows
 

@@ -32,6 +32,16 @@ def test_task_1_gpu_rejects_head_dim_over_128(ext, E):
         gpu_attention(ext, q, k, v)
 
 
+@pytest.mark.parametrize("E", [12, 60, 136])
+def test_task_1_gpu_fast_kernel_rejects_head_dim(ext, E):
+    # eval_gpu checks the limits of both kernels (the fast one is Day 4's): its 8x8 blocks
+    # need E to be a multiple of 8, and the tiles hold at most E = 128.
+    q, k, v = qkv((1,), 1, 1, 4, 4, E, seed=E)
+    with pytest.raises(ValueError, match=r"\bE\b"):
+        out = ext.flash_attention_fast(q, k, v, 1.0 / math.sqrt(E), stream=GPU)
+        mx.eval(out)
+
+
 # --------------------------------------------------------------------- Task 2: the kernel
 
 SHAPES = [

@@ -63,14 +63,6 @@ def test_task_1_simdgroup_kernel_matches_simple_kernel(ext):
     assert_allclose(fast, simple, **TOL_F32_REORDERED, what="day 4 kernel against day 2's")
 
 
-@pytest.mark.parametrize("E", [12, 60, 136])
-def test_task_1_simdgroup_kernel_rejects_head_dim(ext, E):
-    # 8x8 blocks need E to be a multiple of 8, and the tiles hold at most E = 128.
-    q, k, v = qkv((1,), 1, 1, 4, 4, E, seed=E)
-    with pytest.raises(ValueError, match=r"\bE\b"):
-        fast_gpu(ext, q, k, v)
-
-
 # --------------------------------------------------------------------- Task 2: masks and GQA
 
 

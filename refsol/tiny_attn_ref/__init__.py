@@ -1,7 +1,9 @@
 """tiny_attn_ref: the reference solution of the tiny-attn course, the same API as tiny_attn."""
 
+from .backward import attention_backward
 from .basics import scaled_dot_product_attention_simple, softmax
 from .flash_attention import flash_attention
+from .flash_attention_backward import flash_attention_tiled_backward, flash_attention_trainable
 from .flash_attention_tiled import flash_attention_tiled
 from .masks import causal_mask, padding_mask, scaled_dot_product_attention
 from .multihead import MultiHeadAttention, merge_heads, split_heads
@@ -14,6 +16,7 @@ from .online_softmax import (
     softmax_state,
 )
 from .profiling import Profile, profile, scores_nbytes, softmax_naive
+from .transformer import CausalSelfAttention, Transformer, generate, lm_loss
 
 __all__ = [
     # Week 1
@@ -38,4 +41,12 @@ __all__ = [
     "merge_attention_partials",
     "flash_attention_tiled",
     "flash_attention",
+    # Week 4
+    "attention_backward",
+    "flash_attention_tiled_backward",
+    "flash_attention_trainable",
+    "CausalSelfAttention",
+    "Transformer",
+    "lm_loss",
+    "generate",
 ]

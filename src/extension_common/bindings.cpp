@@ -3,6 +3,7 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/variant.h>
+#include <nanobind/stl/vector.h>
 
 #include <cfloat>
 #include <climits>
@@ -12,6 +13,7 @@
 #include <string>
 
 #include "flash_attention.h"
+#include "flash_attention_backward.h"
 #include "metalsim/mlx_extension.h"
 #include "softmax_rows.h"
 
@@ -241,4 +243,120 @@ Args:
       "reset_tiles_visited",
       []() { tiny_attn::tiles_visited() = 0; },
       "Set the counter read by :func:`tiles_visited` to 0.");
+
+  // ---------------------------------------------------------------- Week 4: the backward pass
+  m.def(
+      "flash_attention_with_lse",
+      [](nb::handle query,
+         nb::handle key,
+         nb::handle value,
+         nb::handle scale,
+         nb::handle mask,
+         nb::handle causal,
+         nb::handle fast,
+         nb::handle num_threads,
+         nb::handle stream) {
+        const char* op = "flash_attention_with_lse";
+        return tiny_attn::flash_attention_with_lse(
+            array_arg(op, "query", query),
+            array_arg(op, "key", key),
+            array_arg(op, "value", value),
+            scale_arg(op, scale),
+            mask_arg(op, mask),
+            bool_arg(op, "causal", causal),
+            bool_arg(op, "fast", fast) ? tiny_attn::Kernel::Fast : tiny_attn::Kernel::Simple,
+            int_arg(op, "num_threads", num_threads),
+            stream_arg(op, stream));
+      },
+      "query"_a.none(),
+      "key"_a.none(),
+      "value"_a.none(),
+      "scale"_a.none(),
+      "mask"_a.none() = nb::none(),
+      "causal"_a.none() = nb::bool_(false),
+      nb::kw_only(),
+      "fast"_a.none() = nb::bool_(true),
+      "num_threads"_a.none() = nb::int_(0),
+      "stream"_a.none() = nb::none(),
+      R"(The CPU forward with the log-sum-exp it computes: [out, lse].
+
+The arguments are those of :func:`flash_attention_fast` (``fast=False``: day 4's kernel).
+
+Returns:
+    list[array]: out (N, H_q, L, E) and lse (N, H_q, L) float32, lse = m + log(l) per row.
+
+Raises:
+    ValueError: as :func:`flash_attention`; a GPU stream (the lse is a CPU output).)");
+
+  m.def(
+      "flash_attention_backward",
+      [](nb::handle query,
+         nb::handle key,
+         nb::handle value,
+         nb::handle out,
+         nb::handle lse,
+         nb::handle d_out,
+         nb::handle scale,
+         nb::handle mask,
+         nb::handle causal,
+         nb::handle num_threads,
+         nb::handle stream) {
+        const char* op = "flash_attention_backward";
+        return tiny_attn::flash_attention_backward(
+            array_arg(op, "query", query),
+            array_arg(op, "key", key),
+            array_arg(op, "value", value),
+            array_arg(op, "out", out),
+            array_arg(op, "lse", lse),
+            array_arg(op, "d_out", d_out),
+            scale_arg(op, scale),
+            mask_arg(op, mask),
+            bool_arg(op, "causal", causal),
+            int_arg(op, "num_threads", num_threads),
+            stream_arg(op, stream));
+      },
+      "query"_a.none(),
+      "key"_a.none(),
+      "value"_a.none(),
+      "out"_a.none(),
+      "lse"_a.none(),
+      "d_out"_a.none(),
+      "scale"_a.none(),
+      "mask"_a.none() = nb::none(),
+      "causal"_a.none() = nb::bool_(false),
+      nb::kw_only(),
+      "num_threads"_a.none() = nb::int_(0),
+      "stream"_a.none() = nb::none(),
+      R"(FlashAttention-2's backward pass on the CPU: [d_query, d_key, d_value].
+
+Args:
+    query, key, value, scale, mask, causal: what the forward got (float32, 4-D).
+    out (array): (N, H_q, L, E), the forward's output.
+    lse (array): (N, H_q, L) float32, the forward's log-sum-exp.
+    d_out (array): (N, H_q, L, E), the gradient of the loss with respect to out.
+    num_threads (int): threads to use; 0 (the default) means one per hardware thread.
+    stream (Stream or Device, optional): a CPU stream or None.
+
+Returns:
+    list[array]: the gradients, shaped like query, key and value.
+
+Raises:
+    TypeError: an argument of the wrong type (the message names it).
+    ValueError: a wrong rank, dtype or shape (the message names the argument); a GPU stream.)");
+
+  m.def(
+      "backward_tiles_visited",
+      []() { return tiny_attn::backward_tiles_visited().load(); },
+      R"(How many (K/V tile, Q tile) pairs the backward kernel has computed since the last
+:func:`reset_backward_tiles_visited`.)");
+
+  m.def(
+      "backward_threads",
+      []() { return tiny_attn::backward_threads().load(); },
+      R"(How many threads the last evaluation of the backward kernel ran on.)");
+
+  m.def(
+      "reset_backward_tiles_visited",
+      []() { tiny_attn::backward_tiles_visited() = 0; },
+      "Set the counter read by :func:`backward_tiles_visited` to 0.");
 }

@@ -71,6 +71,9 @@ struct AttentionProblem {
   const float* mask_add = nullptr; // added to the scaled scores
   const bool* mask_keep = nullptr; // false: the score is replaced by the lowest float
   int64_t mask_strides[4] = {0, 0, 0, 0};
+  // Week 4: where set, (N, H_q, L) float32: each row's log-sum-exp m + log(l), which the
+  // backward pass recomputes P from.
+  float* lse = nullptr;
 
   float mask_at(int n, int h, int i, int j) const {
     return mask_add
@@ -120,8 +123,22 @@ class FlashAttention : public mx::Primitive {
   }
   bool is_equivalent(const mx::Primitive& other) const override;
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
-    return {inputs[0].shape()};
+    if (!returns_lse()) {
+      return {inputs[0].shape()};
+    }
+    const mx::Shape& q = inputs[0].shape();
+    return {q, {q[0], q[1], q[2]}};
   }
+  // Week 4: on the CPU the op has a second output, the (N, H_q, L) float32 log-sum-exp, and a
+  // vjp (src/flash_attention_backward.cpp) that runs the backward pass from it.
+  bool returns_lse() {
+    return !simulated_ && stream().device.type == mx::Device::DeviceType::cpu;
+  }
+  std::vector<mx::array>
+  vjp(const std::vector<mx::array>& primals,
+      const std::vector<mx::array>& cotangents,
+      const std::vector<int>& argnums,
+      const std::vector<mx::array>& outputs) override;
 
  private:
   float scale_;

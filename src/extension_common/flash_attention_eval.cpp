@@ -37,6 +37,10 @@ void FlashAttention::eval_cpu(
   p.S = k.shape(2);
   p.scale = scale_;
   p.causal = causal_;
+  if (outputs.size() > 1) { // Week 4: the log-sum-exp of every row, for the backward pass
+    outputs[1].set_data(mx::allocator::malloc(outputs[1].nbytes()));
+    p.lse = outputs[1].data<float>();
+  }
 
   auto& encoder = mx::cpu::get_command_encoder(stream());
   encoder.set_input_array(q);
@@ -54,7 +58,9 @@ void FlashAttention::eval_cpu(
       p.mask_add = mask.data<float>();
     }
   }
-  encoder.set_output_array(out);
+  for (auto& o : outputs) {
+    encoder.set_output_array(o);
+  }
 
   if (kernel_ == Kernel::Simple) {
     encoder.dispatch([p]() { flash_attention_simple_cpu(p); });

@@ -195,10 +195,6 @@ def compiler_runs() -> int:
 _MAX_WORKERS = 1024
 
 
-class _GridLimitError(LimitError, ValueError):
-    """A grid past Metal's limit: a LimitError, and a ValueError about the argument."""
-
-
 def _size3(value: int | Sequence[int], what: str) -> tuple[int, int, int]:
     if isinstance(value, (int, np.integer)):
         dims = [int(value)]
@@ -211,13 +207,6 @@ def _size3(value: int | Sequence[int], what: str) -> tuple[int, int, int]:
             ) from None
     if not 1 <= len(dims) <= 3 or any(d < 0 for d in dims):
         raise ValueError(f"{what} must be 1 to 3 non-negative ints, got {value!r}")
-    unit = "threads" if what == "threads" else "threadgroups"
-    for axis, d in zip("xyz", dims, strict=False):
-        if d > 2**32 - 1 and what != "threadgroup":
-            raise _GridLimitError(
-                f"{what}: {d} {unit} along {axis} exceeds Metal's limit of 2^32 - 1 "
-                f"(4294967295) {unit} per grid dimension"
-            )
     dims += [1] * (3 - len(dims))
     return dims[0], dims[1], dims[2]
 

@@ -125,12 +125,15 @@ mx::array flash_attention(
     inputs.push_back(mx::broadcast_to(m32, target, stream));
   }
 
-  return mx::array(
-      query.shape(),
-      query.dtype(),
-      std::make_shared<FlashAttention>(
-          stream, scale, causal, mask.has_value(), kernel, num_threads, place.simulated),
-      std::move(inputs));
+  auto primitive = std::make_shared<FlashAttention>(
+      stream, scale, causal, mask.has_value(), kernel, num_threads, place.simulated);
+  if (!primitive->returns_lse()) {
+    return mx::array(query.shape(), query.dtype(), primitive, std::move(inputs));
+  }
+  // Week 4: on the CPU the primitive has a second output, the (N, H_q, L) log-sum-exp, kept
+  // for the backward pass (FlashAttention::vjp). The op returns the first.
+  return mx::array::make_arrays(
+      {query.shape(), {N, H_q, L}}, {query.dtype(), mx::float32}, primitive, inputs)[0];
 }
 
 // eval_cpu, given: src/extension_common/flash_attention_eval.cpp. eval_gpu (Week 3) is in

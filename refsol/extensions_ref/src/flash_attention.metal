@@ -69,6 +69,11 @@ inline float mask_score(
   }
 }
 
+// The key/value head that query head h_q reads: H_q / H query heads share each one (GQA).
+inline int kv_head(int h_q, constant AttentionParams& p) {
+  return h_q / (p.H_q / p.H);
+}
+
 // How many K/V tiles query rows up to `last_row` must visit: the rule of Week 2, Day 4's
 // kv_tiles_to_visit (src/flash_attention_simple.cpp), under the same name. With a causal mask, a tile
 // whose first key lies beyond the last key of `last_row` is fully masked and skipped. One
@@ -118,7 +123,7 @@ void flash_attention_e128_impl(
   const int n = group.x; // (batch, query head), flattened
   const int h_q = n % p.H_q;
   const int batch = n / p.H_q;
-  const int h = h_q / (p.H_q / p.H); // the key/value head this query head reads (GQA)
+  const int h = kv_head(h_q, p);
   const int row = group.y * Br + a; // the query row of SIMD group a
   const bool row_valid = row < p.L; // the last Q tile may hang over the end
   const int E = p.E;
@@ -347,7 +352,7 @@ void flash_attention_simdgroup_impl(
   const int n = group.x;
   const int h_q = n % p.H_q;
   const int batch = n / p.H_q;
-  const int h = h_q / (p.H_q / p.H);
+  const int h = kv_head(h_q, p);
   const int first_row = group.y * Br; // of the threadgroup
   const int my_first_row = first_row + g * SG_ROWS; // of this SIMD group
   const int E = p.E;

@@ -238,6 +238,12 @@ int64_t process_q_tile(const AttentionProblem& p, int n, int h, int tile, Worksp
       out[a * E + e] = ws.l[a] == 0.0f ? NAN : oT[e * kBr + a] * inv;
     }
   }
+  if (p.lse != nullptr) { // Week 4: what the backward pass recomputes P from
+    float* lse = p.lse + (int64_t(n) * p.H_q + h) * L + i0;
+    for (int a = 0; a < br; ++a) {
+      lse[a] = ws.m[a] + std::log(ws.l[a]);
+    }
+  }
   return tiles;
 }
 

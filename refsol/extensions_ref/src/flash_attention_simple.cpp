@@ -116,6 +116,12 @@ void flash_attention_simple_cpu(const AttentionProblem& p) {
             out[(i0 + a) * E + e] = l[a] == 0.0f ? NAN : o[a * E + e] / l[a];
           }
         }
+        if (p.lse != nullptr) { // Week 4: what the backward pass recomputes P from
+          float* lse = p.lse + (int64_t(n) * p.H_q + h) * L + i0;
+          for (int a = 0; a < br; ++a) {
+            lse[a] = m[a] + std::log(l[a]);
+          }
+        }
       }
     }
   }

@@ -30,6 +30,8 @@ mx::array flash_attention(
   // Place it with `const metalsim::OpPlacement place = metalsim::place_op(s);`, not
   // mx::to_stream: use place.stream, pass place.simulated to FlashAttention. Week 3 runs GPU
   // calls through it (and, on its day 5, lets float16 / bfloat16 in when place.on_gpu()).
+  // Week 4, Day 3, Task 1: on the CPU (primitive->returns_lse()) the primitive has two
+  // outputs, out and the (N, H_q, L) float32 lse: build them with mx::array::make_arrays.
   throw std::runtime_error(
       "flash_attention is not implemented yet: see "
       "book/src/week2-04-flash-attention-cpp.md, Task 1");

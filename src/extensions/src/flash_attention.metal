@@ -63,6 +63,13 @@ inline float mask_score(
   return s;
 }
 
+// The key/value head that query head h_q reads: H_q / H query heads share each one (GQA).
+inline int kv_head(int h_q, constant AttentionParams& p) {
+  // TODO(day 3, Task 1): the group of h_q. Until then, a placeholder that is right without
+  //   GQA (H == H_q) and stays within the H heads of K and V with it.
+  return min(h_q, p.H - 1);
+}
+
 // How many K/V tiles query rows first_row..last_row must visit: the rule of Week 2, Day 4's
 // kv_tiles_to_visit (src/extensions/src/flash_attention_simple.cpp), under the same name.
 inline int kv_tiles_to_visit(int first_row, int last_row, constant AttentionParams& p) {
@@ -99,7 +106,7 @@ void flash_attention_e128_impl(
   const int n = group.x; // (batch, query head), flattened
   const int h_q = n % p.H_q;
   const int batch = n / p.H_q;
-  const int h = h_q; // TODO(day 3, Task 1): the key/value head of query head h_q (GQA)
+  const int h = kv_head(h_q, p);
   const int row = group.y * Br + a; // the query row of SIMD group a
   const bool row_valid = row < p.L; // the last Q tile may hang over the end
   const int E = p.E;
@@ -190,7 +197,8 @@ void flash_attention_simdgroup_impl(
   // TODO(Task 1): for each K/V tile: load K into `tile` (float4 loads), S_g = Q_g K^T into
   //   scores[g], load V into `tile`, online softmax of the 8 rows (S_g becomes P_g), rescale
   //   O_g through spill[g], O_g += P_g V; with the four barriers of the chapter.
-  // TODO(Task 2): mask_score on every score, the GQA head, kv_tiles_to_visit for the block.
+  // TODO(Task 2): mask_score on every score, the GQA head (kv_head), kv_tiles_to_visit for
+  //   the block.
   // TODO(Task 1): write O_g / l_i for the rows < L.
   for (int idx = lane; idx < SG_ROWS * E; idx += 32) {
     const int row = my_first_row + idx / E;

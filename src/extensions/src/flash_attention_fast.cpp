@@ -22,6 +22,7 @@ void flash_attention_fast_cpu(const AttentionProblem& p, int num_threads) {
   // TODO(Task 1): one Q tile at a time: pack qT, the score micro-kernel, the vectorised
   // online softmax, the P V micro-kernel (the masks and causal skipping as on day 4).
   // TODO(Task 2): threads: work items (n, h, Q tile) taken from an atomic counter.
+  // Week 4, Day 3, Task 1: where p.lse is set, write each row's m + log(l) there.
   // Add the number of K/V tiles computed to tiles_visited().
   throw std::runtime_error(
       "flash_attention_fast_cpu is not implemented yet: see "

@@ -31,6 +31,7 @@ void flash_attention_simple_cpu(const AttentionProblem& p) {
   // query head h reads key/value head h / (H_q / H). Add the number of K/V tiles you
   // computed to tiles_visited().
   // TODO(Task 3): the masks (additive, boolean, causal) and causal block skipping.
+  // Week 4, Day 3, Task 1: where p.lse is set, write each row's m + log(l) there.
   throw std::runtime_error(
       "flash_attention_simple_cpu is not implemented yet: see "
       "book/src/week2-04-flash-attention-cpp.md, Task 2");

@@ -32,8 +32,7 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    sys.path.insert(0, str(METALSIM.parent))
-    import metalsim
+    import metalsim  # the installed package (pyproject.toml), this checkout's src/metalsim
 
     lib = metalsim.Library.from_files([HERE / "kernels.metal"])
     translation = Path(lib.path[: -len(".so")] + ".0.cpp")
