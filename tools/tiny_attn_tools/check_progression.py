@@ -45,6 +45,7 @@ PAIRS = [
     ("src/extensions/src", "refsol/extensions_ref/src"),
 ]
 
+SOURCE_SUFFIXES = {".py", ".cpp", ".h", ".hpp", ".metal", ".txt", ".cmake", ".toml"}
 Day = tuple[int, int]
 CHAPTER_RE = re.compile(r"book/src/week(\d+)-(\d\d)-")
 TODO_DAY_RE = re.compile(r"TODO\(day (\d+)")
@@ -262,10 +263,17 @@ def sync_tree() -> None:
     names = subprocess.run(
         ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
     ).stdout.split(b"\0")
-    for name in filter(None, names):
-        rel = Path(name.decode())
+    tracked = {Path(name.decode()) for name in filter(None, names)}
+    for rel in tracked:
         if (ROOT / rel).is_file():
             write_if_changed(TREE / rel, (ROOT / rel).read_bytes())
+    # A source file git no longer knows (renamed, deleted) must not stay in the tree: the
+    # build globs src/*.cpp. Build outputs (.so, __pycache__, build/) are left alone.
+    for folder in ("src", "refsol", "tools", "tests_refsol", "cmake"):
+        for path in (TREE / folder).rglob("*"):
+            rel = path.relative_to(TREE)
+            if path.is_file() and path.suffix in SOURCE_SUFFIXES and rel not in tracked:
+                path.unlink()
 
 
 def write_if_changed(path: Path, data: bytes) -> bool:

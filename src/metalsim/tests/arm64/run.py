@@ -43,10 +43,15 @@ def main() -> int:
         exe = Path(tmp) / "metalsim_arm64"
         objs = []
         # Kernels are compiled as metalsim compiles them (checks on), the driver plainly.
+<<<<<<< HEAD
+        checks = ["-fsanitize=thread,alignment", "-g1"]
+        for src, extra in [(translation, checks), (HERE / "driver.cpp", [])]:
+=======
         for src, extra in [
             (translation, ["-fsanitize=thread,alignment", "-g1"]),
             (HERE / "driver.cpp", []),
         ]:
+>>>>>>> main
             obj = Path(tmp) / (src.stem + ".o")
             cmd = [cxx, "-std=c++17", "-O2", "-pthread", "-fno-strict-aliasing", "-w"]
             cmd += extra + [f"-I{METALSIM / 'runtime'}", f"-I{METALSIM / 'include'}"]
