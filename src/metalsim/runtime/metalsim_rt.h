@@ -1457,7 +1457,8 @@ inline void report_stop(Worker& w, const Fiber* running, uintptr_t pc) {
         METALSIM_ERR_TIMEOUT,
         format(
             "kernel '%s' ran past its deadline of %g s of CPU time and was stopped "
-            "(METALSIM_TIMEOUT sets the deadline in seconds; 0 turns it off). A kernel that never ends usually loops "
+            "(METALSIM_TIMEOUT sets the deadline in seconds; 0 turns it off). A kernel that never "
+            "ends usually loops "
             "on a condition that never changes:",
             d.kernel->name,
             d.timeout_s) +
