@@ -12,12 +12,19 @@
 #     COMMON ${TINY_ATTN_EXTENSION_COMMON} (src/extension_common): the bindings and the ops'
 #     headers, which both write against and neither copies;
 #   - the kernels of every src/*.metal file, for the GPU backend at hand:
-#       Mac whose MLX has Metal  ->  <package>/<package>.metallib (MLX's mlx_build_metallib),
+#       Mac whose MLX has Metal, with Apple's Metal compiler
+#                                ->  <package>/<package>.metallib (MLX's mlx_build_metallib),
+#                                    for macOS TINY_ATTN_MACOS_DEPLOYMENT_TARGET and later;
 #       anywhere else            ->  <package>/<package>.metalsim, the list of .metal sources
 #                                    that metalsim (src/metalsim) compiles on first use.
 #     (-DMETALSIM_FORCE=ON takes the second branch on a Mac as well.)
 # eval_gpu finds them with metalsim::extension_library (src/metalsim/include/metalsim/
 # mlx_extension.h). tools/tiny_attn_tools/build_ext.py (`pdm run build-ext`, `-ref`) runs it.
+#
+# The Metal compiler (`xcrun -sdk macosx metal`) comes with Xcode, not with the command line
+# tools, and recent Xcode downloads it separately (xcodebuild -downloadComponent MetalToolchain).
+# Configuring on a Mac tries it on a one-line kernel first; without it, the extension is built
+# for metalsim, with one warning, so Weeks 1-2 (which need no Metal) build and run all the same.
 
 get_filename_component(TINY_ATTN_ROOT "${CMAKE_CURRENT_LIST_DIR}/.." ABSOLUTE)
 set(TINY_ATTN_METALSIM_DIR "${TINY_ATTN_ROOT}/src/metalsim")
@@ -39,6 +46,60 @@ find_package(MLX CONFIG REQUIRED)
 if(NOT CMAKE_BUILD_TYPE)
   set(CMAKE_BUILD_TYPE Release)
 endif()
+
+# The oldest macOS the metallib loads on. Without one, the Metal compiler stamps the SDK's own
+# version and an older macOS refuses the library, so MLX's build pins one too. 14 is Metal 3.1
+# (__METAL_VERSION__ 310), which has the bfloat type the bfloat16 kernels need.
+set(TINY_ATTN_MACOS_DEPLOYMENT_TARGET
+    "14.0"
+    CACHE STRING "oldest macOS the extension's metallib runs on (14.0 and later have bfloat16)")
+
+# tiny_attn_metal_compiler_works(<result-var> <why-var>): whether `xcrun -sdk macosx metal`
+# compiles and links a one-line kernel for the deployment target. <why-var> gets the compiler's
+# own words when it does not.
+function(tiny_attn_metal_compiler_works result why)
+  set(${result}
+      FALSE
+      PARENT_SCOPE)
+  find_program(TINY_ATTN_XCRUN xcrun)
+  if(NOT TINY_ATTN_XCRUN)
+    set(${why}
+        "xcrun was not found"
+        PARENT_SCOPE)
+    return()
+  endif()
+  set(probe "${CMAKE_CURRENT_BINARY_DIR}/metal_probe")
+  file(MAKE_DIRECTORY "${probe}")
+  file(WRITE "${probe}/probe.metal"
+       "kernel void probe(device float* x [[buffer(0)]]) { x[0] = 1.0f; }\n")
+  set(target_flag "-mmacosx-version-min=${TINY_ATTN_MACOS_DEPLOYMENT_TARGET}")
+  execute_process(
+    COMMAND "${TINY_ATTN_XCRUN}" -sdk macosx metal ${target_flag} -c "${probe}/probe.metal" -o
+            "${probe}/probe.air"
+    RESULT_VARIABLE rc
+    OUTPUT_VARIABLE out
+    ERROR_VARIABLE out
+    TIMEOUT 120)
+  if(rc EQUAL 0)
+    execute_process(
+      COMMAND "${TINY_ATTN_XCRUN}" -sdk macosx metal ${target_flag} "${probe}/probe.air" -o
+              "${probe}/probe.metallib"
+      RESULT_VARIABLE rc
+      OUTPUT_VARIABLE out
+      ERROR_VARIABLE out
+      TIMEOUT 120)
+  endif()
+  if(rc EQUAL 0)
+    set(${result}
+        TRUE
+        PARENT_SCOPE)
+  else()
+    string(STRIP "${out}" out)
+    set(${why}
+        "${out}"
+        PARENT_SCOPE)
+  endif()
+endfunction()
 
 function(tiny_attn_add_extension package)
   cmake_parse_arguments(arg "" "COMMON" "" ${ARGN})
@@ -65,8 +126,24 @@ function(tiny_attn_add_extension package)
   # target (its folder in the virtual environment); nothing else is loaded from next to _core.
 
   file(GLOB metal_sources CONFIGURE_DEPENDS "${dir}/src/*.metal")
+  set(use_metal FALSE)
   if(APPLE AND MLX_BUILD_METAL AND NOT METALSIM_FORCE)
-    # gpu:: is mlx::core::metal (metalsim/gpu_backend.h); metal-cpp comes with the mlx target.
+    tiny_attn_metal_compiler_works(use_metal why)
+    if(NOT use_metal)
+      message(
+        WARNING
+          "Apple's Metal compiler does not work here (xcrun -sdk macosx metal: ${why}).\n"
+          "${package} is built without its metallib: its GPU ops (Week 3) run on metalsim, the "
+          "course's CPU simulator (correct, but slow); Weeks 1-2 need no Metal at all.\n"
+          "For the real GPU: install Xcode from the App Store, then\n"
+          "  sudo xcode-select -s /Applications/Xcode.app\n"
+          "  xcodebuild -downloadComponent MetalToolchain\n"
+          "and rebuild: rm -rf build/${package} && pdm run build-ext (build-ext-ref for the "
+          "reference).")
+    endif()
+  endif()
+  if(use_metal)
+    # gpu:: is mlx::core::metal (metalsim/mlx_extension.h); metal-cpp comes with the mlx target.
     # METALSIM_USE_METAL makes the header stop with an #error if <Metal/Metal.hpp> is missing,
     # instead of falling back to the simulator that this branch does not link.
     target_compile_definitions(_core PRIVATE METALSIM_USE_METAL=1)
@@ -76,12 +153,13 @@ function(tiny_attn_add_extension package)
         TITLE ${package}
         SOURCES ${metal_sources}
         INCLUDE_DIRS "${dir}" ${MLX_INCLUDE_DIRS}
+        DEPLOYMENT_TARGET ${TINY_ATTN_MACOS_DEPLOYMENT_TARGET}
         OUTPUT_DIRECTORY "${out}")
       add_dependencies(_core ${package}_metallib)
     endif()
   else()
-    # No Metal (or -DMETALSIM_FORCE=ON): the same .metal kernels and the same eval_gpu code run
-    # on the simulator.
+    # No Metal, no Metal compiler, or -DMETALSIM_FORCE=ON: the same .metal kernels and the same
+    # eval_gpu code run on the simulator.
     if(NOT TARGET metalsim::host)
       add_subdirectory("${TINY_ATTN_METALSIM_DIR}" metalsim)
     endif()
@@ -95,5 +173,14 @@ function(tiny_attn_add_extension package)
         OUTPUT_DIRECTORY "${out}")
       add_dependencies(_core ${package}_metalsim)
     endif()
+  endif()
+  # The bfloat16 kernels are compiled only for Metal 3.1 (macOS 14) and later; a build for an
+  # older macOS tells the host, which then refuses bfloat16 on the GPU with a ValueError
+  # (flash_attention_gpu.h). Both branches set it, so a metalsim build refuses what the Mac it
+  # stands for would.
+  if(TINY_ATTN_MACOS_DEPLOYMENT_TARGET VERSION_GREATER_EQUAL 14.0)
+    target_compile_definitions(_core PRIVATE TINY_ATTN_METAL_BFLOAT16=1)
+  else()
+    target_compile_definitions(_core PRIVATE TINY_ATTN_METAL_BFLOAT16=0)
   endif()
 endfunction()

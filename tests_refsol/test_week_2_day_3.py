@@ -8,7 +8,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from tiny_attn_base import *  # noqa: F403
-from tiny_attn_base import TOL_F32, assert_allclose, rand, to_numpy
+from tiny_attn_base import TOL_F32, assert_allclose, default_device, rand, to_numpy
 
 # --- Task 1: the op ----------------------------------------------------------------------
 
@@ -78,6 +78,14 @@ def test_task_2_softmax_rows_on_an_explicit_stream_and_in_a_graph(ext):
     assert_allclose(y, numpy_softmax(to_numpy(x) * 2.0 + 1.0), **TOL_F32)
     rows_sum = mx.sum(ext.softmax_rows(x), axis=-1)
     assert_allclose(rows_sum, np.ones(4), **TOL_F32)
+
+
+def test_task_2_softmax_rows_runs_on_the_cpu_without_a_stream(ext, as_on_a_mac):
+    # With no stream the op runs eval_cpu, even where MLX's default device is the GPU (a Mac;
+    # `as_on_a_mac` makes this machine answer as one): Week 3's eval_gpu is not needed yet.
+    assert default_device() == mx.gpu
+    x = rand((3, 40), seed=8)
+    assert_allclose(ext.softmax_rows(x), numpy_softmax(x), **TOL_F32)
 
 
 def test_task_2_softmax_rows_under_compile(ext):

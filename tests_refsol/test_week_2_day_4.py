@@ -14,7 +14,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny_attn_base import *  # noqa: F403
-from tiny_attn_base import TOL_F32_REORDERED, assert_allclose, mlx_sdpa, qkv, rand, ta, to_numpy
+from tiny_attn_base import (
+    TOL_F32_REORDERED,
+    assert_allclose,
+    default_device,
+    mlx_sdpa,
+    qkv,
+    rand,
+    ta,
+    to_numpy,
+)
 
 BR = BC = 32
 
@@ -135,6 +144,21 @@ def test_task_2_flash_attention_is_lazy_and_counts_tiles(ext):
     assert ext.tiles_visited() == 0, "the op must only build the graph; eval_cpu runs later"
     mx.eval(out)
     assert ext.tiles_visited() == 2 * 3 * tiles(70, 45)
+
+
+def test_task_2_flash_attention_runs_on_the_cpu_without_a_stream(ext, as_on_a_mac):
+    # The course's ops run on the CPU unless a stream says otherwise, on every machine, even
+    # where MLX's default device is the GPU (a Mac; `as_on_a_mac` makes this machine answer as
+    # one): a call with no stream refuses float16 as the CPU kernel does and counts its tiles.
+    assert default_device() == mx.gpu
+    q, k, v = qkv((1,), 2, 2, 40, 40, 8, seed=11)
+    half = [x.astype(mx.float16) for x in (q, k, v)]
+    with pytest.raises(ValueError, match=r"query must be float32"):
+        ext.flash_attention(*half, 0.5)
+    mx.eval(q, k, v)
+    ext.reset_tiles_visited()
+    mx.eval(ext.flash_attention(q, k, v, 0.5))
+    assert ext.tiles_visited() == 2 * tiles(40, 40)
 
 
 def test_task_2_flash_attention_noncontiguous_inputs(ext):

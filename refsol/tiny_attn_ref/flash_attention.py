@@ -50,7 +50,7 @@ def flash_attention(
             "simple" runs the Metal kernel flash_attention_<t>_e128, "fast" the
             simdgroup_matrix kernel flash_attention_simdgroup_<t>.
         num_threads: threads of the fast kernel; 0 means one per hardware thread.
-        stream: the stream or device to evaluate on (None: the default one). mx.gpu runs the
+        stream: the stream or device to evaluate on (None: the CPU, on a Mac too). mx.gpu runs the
             Metal kernels: on the Metal device, or on metalsim where there is none. On the
             GPU, query, key and value may also be float16 or bfloat16 (all the same dtype).
 

@@ -123,6 +123,9 @@ mx::StreamOrDevice stream_arg(const char* op, nb::handle stream) {
 NB_MODULE(_core, m) {
   m.doc() =
       "tiny-attn's MLX C++ extension: softmax_rows and FlashAttention on the CPU and the GPU.";
+  // Where this build runs its GPU kernels: a Mac without the Metal compiler builds for metalsim
+  // although MLX there has a GPU, so only the build can say (benches and the demo ask).
+  m.attr("gpu_backend") = METALSIM_GPU_IS_SIMULATED ? "metalsim" : "metal";
 
   m.def(
       "softmax_rows",
@@ -137,7 +140,7 @@ NB_MODULE(_core, m) {
 
 Args:
     x (array): float32, any shape with at least one dimension.
-    stream (Stream or Device, optional): where to evaluate; the default device if None.
+    stream (Stream or Device, optional): where to evaluate; the CPU if None, on a Mac too.
         mx.gpu runs the Metal kernel softmax_rows_f32 (Week 3), on metalsim without Metal.
 
 Returns:
@@ -156,8 +159,11 @@ Raises:
          nb::handle causal,
          nb::handle stream) {
         const char* op = "flash_attention";
+        const mx::array q = array_arg(op, "query", query);
+        const mx::StreamOrDevice s = stream_arg(op, stream);
+        tiny_attn::check_gpu_has_bfloat16(q, metalsim::place_op(s).on_gpu());
         return tiny_attn::flash_attention(
-            array_arg(op, "query", query),
+            q,
             array_arg(op, "key", key),
             array_arg(op, "value", value),
             scale_arg(op, scale),
@@ -165,7 +171,7 @@ Raises:
             bool_arg(op, "causal", causal),
             tiny_attn::Kernel::Simple,
             1,
-            stream_arg(op, stream));
+            s);
       },
       "query"_a.none(),
       "key"_a.none(),
@@ -186,9 +192,10 @@ Args:
     mask (array, optional): bool (True = keep) or floating (added to the scores),
         broadcastable to (N, H_q, L, S).
     causal (bool): query i sees keys j <= i + S - L. Not together with ``mask``.
-    stream (Stream or Device, optional): where to evaluate. mx.gpu runs the Metal kernel
-        (on metalsim where there is no Metal device); there, query, key and value may also
-        be float16 or bfloat16, all of one dtype.
+    stream (Stream or Device, optional): where to evaluate; the CPU if None, on a Mac too.
+        mx.gpu runs the Metal kernel (on metalsim where there is no Metal device); there,
+        query, key and value may also be float16 or bfloat16, all of one dtype (bfloat16
+        only in a build for macOS 14 or later).
 
 Returns:
     array: shape (N, H_q, L, E), the dtype of ``query``.
@@ -208,8 +215,11 @@ Raises:
          nb::handle num_threads,
          nb::handle stream) {
         const char* op = "flash_attention_fast";
+        const mx::array q = array_arg(op, "query", query);
+        const mx::StreamOrDevice s = stream_arg(op, stream);
+        tiny_attn::check_gpu_has_bfloat16(q, metalsim::place_op(s).on_gpu());
         return tiny_attn::flash_attention(
-            array_arg(op, "query", query),
+            q,
             array_arg(op, "key", key),
             array_arg(op, "value", value),
             scale_arg(op, scale),
@@ -217,7 +227,7 @@ Raises:
             bool_arg(op, "causal", causal),
             tiny_attn::Kernel::Fast,
             int_arg(op, "num_threads", num_threads),
-            stream_arg(op, stream));
+            s);
       },
       "query"_a.none(),
       "key"_a.none(),

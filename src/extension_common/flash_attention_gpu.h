@@ -2,6 +2,16 @@
 #pragma once
 
 #include <cstdint>
+#include <stdexcept>
+
+#include "mlx/array.h"
+
+// Whether this build's Metal kernels include the bfloat16 ones: they need Metal 3.1 (macOS 14),
+// so a build for an older macOS (cmake -DTINY_ATTN_MACOS_DEPLOYMENT_TARGET=13.0) has none.
+// cmake/tiny_attn_extension.cmake sets it from that target.
+#ifndef TINY_ATTN_METAL_BFLOAT16
+#define TINY_ATTN_METAL_BFLOAT16 1
+#endif
 
 #include "mlx/array.h"
 
@@ -47,6 +57,18 @@ inline mlx::core::array& gpu_tile_counts() {
   // Never freed: it must outlive every dispatch, up to the end of the process.
   static auto* counts = new mlx::core::array({0, 0}, mlx::core::int32);
   return *counts;
+}
+
+// A GPU call with bfloat16 `query` in a build without bfloat16 kernels: a ValueError now, at the
+// call, rather than Metal's "Unable to load function" when the result is evaluated.
+inline void check_gpu_has_bfloat16(const mlx::core::array& query, bool on_gpu) {
+  if (on_gpu && !TINY_ATTN_METAL_BFLOAT16 && query.dtype() == mlx::core::bfloat16) {
+    throw std::invalid_argument(
+        "[flash_attention on the GPU] query is bfloat16, but this build of the extension has no "
+        "bfloat16 kernels: they need Metal 3.1 (macOS 14) and it was configured for an older "
+        "macOS (TINY_ATTN_MACOS_DEPLOYMENT_TARGET). Use float16 or float32, or rebuild for "
+        "macOS 14 or later.");
+  }
 }
 
 } // namespace tiny_attn

@@ -7,6 +7,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from tiny_attn_tools import course
@@ -23,15 +24,53 @@ def version_of(cmd: list[str]) -> str | None:
     return text[0] if out.returncode == 0 and text else None
 
 
+# What a Mac needs for real Metal kernels, beyond the command line tools. Without it the course
+# still builds and runs: the extensions' GPU kernels run on metalsim, as on Linux.
+METAL_FIX = (
+    "only Week 3 on the real GPU needs it (without it, the GPU kernels run on metalsim): "
+    "install Xcode from the App Store, then `sudo xcode-select -s /Applications/Xcode.app` "
+    "and `xcodebuild -downloadComponent MetalToolchain`; then "
+    "`rm -rf build/tiny_attn_ext build/tiny_attn_ext_ref` so that the extensions are rebuilt "
+    "with it"
+)
+# The oldest macOS the extensions' metallib targets (cmake/tiny_attn_extension.cmake).
+MACOS_TARGET = "14.0"
+
+
+def metal_compiler() -> tuple[bool, str]:
+    """Whether `xcrun -sdk macosx metal` compiles a one-line kernel for macOS 14, as the
+    extensions' CMake tries it; with its version, or its own words when it cannot."""
+    if shutil.which("xcrun") is None:
+        return False, "xcrun was not found"
+    with tempfile.TemporaryDirectory(prefix="tiny-attn-metal-") as tmp:
+        src = Path(tmp) / "probe.metal"
+        src.write_text("kernel void probe(device float* x [[buffer(0)]]) { x[0] = 1.0f; }\n")
+        cmd = ["xcrun", "-sdk", "macosx", "metal", f"-mmacosx-version-min={MACOS_TARGET}"]
+        try:
+            out = subprocess.run(
+                [*cmd, "-c", str(src), "-o", str(Path(tmp) / "probe.air")],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return False, str(e)
+        if out.returncode != 0:
+            return False, " ".join((out.stderr or out.stdout).split()) or f"exit {out.returncode}"
+    return True, version_of(["xcrun", "-sdk", "macosx", "metal", "--version"]) or "works"
+
+
 def main() -> int:
     rows: list[tuple[str, str, str]] = []  # (what, found, fix if missing)
     missing = 0
 
-    def row(what: str, found: str | None, fix: str) -> None:
+    def row(what: str, found: str | None, fix: str, *, optional: str = "") -> None:
+        """One line of the table; an `optional` thing that is absent says what happens instead."""
         nonlocal missing
-        if found is None:
+        if found is None and not optional:
             missing += 1
-        rows.append((what, found or "MISSING", "" if found else fix))
+        shown = found or (f"not found: {optional}" if optional else "MISSING")
+        rows.append((what, shown, "" if found else fix))
 
     row("python", f"{platform.python_version()} ({sys.executable})", "")
     row("platform", f"{platform.system()} {platform.machine()}", "")
@@ -69,11 +108,12 @@ def main() -> int:
         exe = course.find_program(prog)
         row(prog, version_of([exe, "--version"]) if exe else None, fix)
     if platform.system() == "Darwin":
+        works, words = metal_compiler()
         row(
-            "xcrun metal",
-            version_of(["xcrun", "-sdk", "macosx", "metal", "--version"]),
-            "install Xcode (the Metal compiler ships with it), then "
-            "`sudo xcode-select -s /Applications/Xcode.app`",
+            "Metal compiler",
+            f"xcrun metal: {words}" if works else None,
+            METAL_FIX,
+            optional=f"xcrun -sdk macosx metal: {words}. The GPU kernels run on metalsim",
         )
 
     width = max(len(r[0]) for r in rows)

@@ -45,6 +45,7 @@ PAIRS = [
     ("src/extensions/src", "refsol/extensions_ref/src"),
 ]
 
+SOURCE_SUFFIXES = {".py", ".cpp", ".h", ".hpp", ".metal", ".txt", ".cmake", ".toml"}
 Day = tuple[int, int]
 CHAPTER_RE = re.compile(r"book/src/week(\d+)-(\d\d)-")
 TODO_DAY_RE = re.compile(r"TODO\(day (\d+)")
@@ -151,6 +152,8 @@ def split_chunks(text: str) -> list[str]:
 
 def chunk_key(piece: str) -> str:
     code = _strip_comments(piece).strip()
+    # An explicit instantiation is known by the name it exports: template [[host_name("k")]].
+    code = re.sub(r'\[\[host_name\("(\w+)"\)\]\]', r"host_name \1", code)
     if code.startswith("#if"):  # a conditional group: named after what it defines
         inner = "\n".join(code.splitlines()[1:])
         return "#if " + chunk_key(inner)
@@ -181,9 +184,12 @@ def compose_chunks(stub: str, ref: str, day: Day, week: int) -> str:
     def ref_only_day(chunk: Chunk, before: int) -> Day:
         # A definition only the reference has: the day of the stub's TODO that names it, else
         # the day of the stub's section at that place (`before`: the stub's chunks above it).
-        name = re.findall(r"\w+", chunk.key)[-1:] or [""]
+        exported = re.search(r"host_name (\w+)", chunk.key)
+        name = [exported.group(1)] if exported else re.findall(r"\w+", chunk.key)[-1:] or [""]
+        # By its whole name, or by its last part ("... as flash_attention_simdgroup_f16 and _bf16").
+        names = [name[0], "_" + name[0].rsplit("_", 1)[-1]] if "_" in name[0] else name
         for s in s_chunks:
-            mentioned = name[0] and re.search(rf"\b{re.escape(name[0])}\b", s.text)
+            mentioned = any(n and re.search(rf"(?<![\w]){re.escape(n)}\b", s.text) for n in names)
             if s.key == "" and s.days and mentioned:
                 return min(s.days)
         sections = [c.section for c in s_chunks[:before] if c.section]
@@ -262,10 +268,17 @@ def sync_tree() -> None:
     names = subprocess.run(
         ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
     ).stdout.split(b"\0")
-    for name in filter(None, names):
-        rel = Path(name.decode())
+    tracked = {Path(name.decode()) for name in filter(None, names)}
+    for rel in tracked:
         if (ROOT / rel).is_file():
             write_if_changed(TREE / rel, (ROOT / rel).read_bytes())
+    # A source file git no longer knows (renamed, deleted) must not stay in the tree: the
+    # build globs src/*.cpp. Build outputs (.so, __pycache__, build/) are left alone.
+    for folder in ("src", "refsol", "tools", "tests_refsol", "cmake"):
+        for path in (TREE / folder).rglob("*"):
+            rel = path.relative_to(TREE)
+            if path.is_file() and path.suffix in SOURCE_SUFFIXES and rel not in tracked:
+                path.unlink()
 
 
 def write_if_changed(path: Path, data: bytes) -> bool:

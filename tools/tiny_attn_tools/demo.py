@@ -16,7 +16,14 @@ import mlx.core as mx
 import numpy as np
 import tiny_attn_ref as ta
 
-from tiny_attn_tools.testing import attention_flops, load_extension, numpy_attention, qkv, to_numpy
+from tiny_attn_tools.testing import (
+    attention_flops,
+    gpu_backend_name,
+    load_extension,
+    numpy_attention,
+    qkv,
+    to_numpy,
+)
 
 
 def mib(n: int) -> str:
@@ -34,8 +41,9 @@ def main() -> int:
     if min(h_q, h, n, e) < 1 or h_q % h:
         parser.error("--heads, --kv-heads, --length, --dim must be positive, heads % kv-heads == 0")
 
-    gpu = "Metal" if mx.metal.is_available() else "metalsim, the CPU simulator"
     load_extension("tiny_attn_ext_ref")  # builds the C++ and Metal kernels if a source changed
+    metal = gpu_backend_name("tiny_attn_ext_ref") == "metal"
+    gpu = "Metal" if metal else "metalsim, the CPU simulator"
     print(
         f"tiny-attn demo: query (1, {h_q}, {n}, {e}), key/value (1, {h}, {n}, {e}), "
         f"float32, causal mask; MLX {mx.__version__}, GPU kernels on {gpu}\n",
@@ -134,7 +142,7 @@ def gpu_rows(
     q: mx.array, k: mx.array, v: mx.array
 ) -> list[tuple[str, str, Callable[[], mx.array]]]:
     """Week 3: the Metal kernels, on the GPU or, without one, on metalsim."""
-    where = "Metal" if mx.metal.is_available() else "metalsim"
+    where = "Metal" if gpu_backend_name("tiny_attn_ext_ref") == "metal" else "metalsim"
 
     def run(kernel: str) -> Callable[[], mx.array]:
         return lambda: ta.flash_attention(q, k, v, mask="causal", kernel=kernel, stream=mx.gpu)

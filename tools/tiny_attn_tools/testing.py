@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -192,14 +193,33 @@ def attention_flops(B: int, H: int, L: int, S: int, E: int, causal: bool = False
     return flops / 2 if causal else flops
 
 
-def gpu_backend_name() -> str:
-    """'metal' where MLX has a Metal device, else 'metalsim' (the CPU simulator)."""
-    return "metal" if mx.metal.is_available() else "metalsim"
+def gpu_backend_name(extension: str) -> str:
+    """Where the extension `extension` ("tiny_attn_ext" or "tiny_attn_ext_ref") runs its GPU
+    kernels: "metal", or "metalsim" (the CPU simulator: Linux, or a Mac without the Metal
+    compiler, whose MLX has a GPU all the same). Imports, and so builds, the extension."""
+    return importlib.import_module(f"{extension}._core").gpu_backend
 
 
 # Whatever imports the test plumbing (the graded tests, the benches, the demo) builds a course
 # extension the first time it is imported, also when a course package imports it.
 build_ext.build_on_import()
+
+
+# The Mac view: a machine without Metal answers as a Mac does where the answer depends on the
+# platform. On a Mac, MLX's default device is the GPU; MLX's CPU build cannot set that, so the
+# extensions' glue (metalsim/mlx_extension.h) reads it from this variable instead, and so do the
+# helpers below. `pdm run test --mac-view` (and test-refsol) set it for a whole run.
+MAC_VIEW_ENV = "METALSIM_DEFAULT_DEVICE"
+
+
+def mac_view() -> bool:
+    """True when this run sees the platform as a Mac does (`--mac-view`)."""
+    return os.environ.get(MAC_VIEW_ENV) == "gpu"
+
+
+def default_device() -> mx.Device:
+    """The default device as a Mac sees it under the Mac view, else MLX's own."""
+    return mx.gpu if mac_view() else mx.default_device()
 
 
 def load_extension(module_name: str) -> Any:
@@ -261,6 +281,19 @@ class _LazyExtension:
                 _LazyExtension._build_failure = f"{self._module_name} did not build"
                 raise
         return getattr(self._module, attr)
+
+
+@pytest.fixture
+def as_on_a_mac(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run one test with the Mac view on: MLX's default device is the GPU, as on a Mac."""
+    monkeypatch.setenv(MAC_VIEW_ENV, "gpu")
+
+
+def pytest_report_header() -> str:
+    """The first lines of a test run say whether MLX has a GPU here, and the view."""
+    gpu = "Metal" if mx.metal.is_available() else "none, GPU kernels run on metalsim"
+    view = " (Mac view: the default device is the GPU, as on a Mac)" if mac_view() else ""
+    return f"tiny-attn: MLX's GPU: {gpu}{view}"
 
 
 @pytest.fixture(scope="session")

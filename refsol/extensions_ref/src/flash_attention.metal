@@ -222,12 +222,13 @@ void flash_attention_e128_impl(
   }
 }
 
-// The kernels: one per input type, the same body.
-[[kernel]] void flash_attention_f32_e128(
-    device const float* q [[buffer(0)]],
-    device const float* k [[buffer(1)]],
-    device const float* v [[buffer(2)]],
-    device float* out [[buffer(3)]],
+// The kernel: one template, instantiated per input type under the name eval_gpu asks for.
+template <typename T>
+[[kernel]] void flash_attention_e128(
+    device const T* q [[buffer(0)]],
+    device const T* k [[buffer(1)]],
+    device const T* v [[buffer(2)]],
+    device T* out [[buffer(3)]],
     device const float* mask_add [[buffer(4)]],
     device const bool* mask_keep [[buffer(5)]],
     constant AttentionParams& p [[buffer(6)]],
@@ -237,48 +238,15 @@ void flash_attention_e128_impl(
     uint simd_lid [[thread_index_in_simdgroup]]) {
   threadgroup float Q_tile[Br][E_MAX]; // 16 KiB
   threadgroup float O_acc[Br][E_MAX]; // 16 KiB: with Q_tile, the whole 32 KiB
-  flash_attention_e128_impl<float>(
+  flash_attention_e128_impl<T>(
       q, k, v, out, mask_add, mask_keep, p, tile_counts, Q_tile, O_acc, group, simd_gid, simd_lid);
 }
 
-[[kernel]] void flash_attention_f16_e128(
-    device const half* q [[buffer(0)]],
-    device const half* k [[buffer(1)]],
-    device const half* v [[buffer(2)]],
-    device half* out [[buffer(3)]],
-    device const float* mask_add [[buffer(4)]],
-    device const bool* mask_keep [[buffer(5)]],
-    constant AttentionParams& p [[buffer(6)]],
-    device atomic_int* tile_counts [[buffer(7)]],
-    uint2 group [[threadgroup_position_in_grid]],
-    uint simd_gid [[simdgroup_index_in_threadgroup]],
-    uint simd_lid [[thread_index_in_simdgroup]]) {
-  threadgroup float Q_tile[Br][E_MAX]; // 16 KiB
-  threadgroup float O_acc[Br][E_MAX]; // 16 KiB: with Q_tile, the whole 32 KiB
-  flash_attention_e128_impl<half>(
-      q, k, v, out, mask_add, mask_keep, p, tile_counts, Q_tile, O_acc, group, simd_gid, simd_lid);
-}
-
+template [[host_name("flash_attention_f32_e128")]] [[kernel]] decltype(flash_attention_e128<float>) flash_attention_e128<float>;
+template [[host_name("flash_attention_f16_e128")]] [[kernel]] decltype(flash_attention_e128<half>) flash_attention_e128<half>;
 #if __METAL_VERSION__ >= 310 // bfloat needs Metal 3.1 (macOS 14)
-[[kernel]] void flash_attention_bf16_e128(
-    device const bfloat* q [[buffer(0)]],
-    device const bfloat* k [[buffer(1)]],
-    device const bfloat* v [[buffer(2)]],
-    device bfloat* out [[buffer(3)]],
-    device const float* mask_add [[buffer(4)]],
-    device const bool* mask_keep [[buffer(5)]],
-    constant AttentionParams& p [[buffer(6)]],
-    device atomic_int* tile_counts [[buffer(7)]],
-    uint2 group [[threadgroup_position_in_grid]],
-    uint simd_gid [[simdgroup_index_in_threadgroup]],
-    uint simd_lid [[thread_index_in_simdgroup]]) {
-  threadgroup float Q_tile[Br][E_MAX]; // 16 KiB
-  threadgroup float O_acc[Br][E_MAX]; // 16 KiB: with Q_tile, the whole 32 KiB
-  flash_attention_e128_impl<bfloat>(
-      q, k, v, out, mask_add, mask_keep, p, tile_counts, Q_tile, O_acc, group, simd_gid, simd_lid);
-}
+template [[host_name("flash_attention_bf16_e128")]] [[kernel]] decltype(flash_attention_e128<bfloat>) flash_attention_e128<bfloat>;
 #endif
-
 
 // ============================================================================================
 // Day 4: flash_attention_simdgroup_<t>
@@ -507,12 +475,13 @@ void flash_attention_simdgroup_impl(
   }
 }
 
-// The kernels: one per input type, the same body.
-[[kernel]] void flash_attention_simdgroup_f32(
-    device const float* q [[buffer(0)]],
-    device const float* k [[buffer(1)]],
-    device const float* v [[buffer(2)]],
-    device float* out [[buffer(3)]],
+// The kernel: one template, instantiated per input type under the name eval_gpu asks for.
+template <typename T>
+[[kernel]] void flash_attention_simdgroup(
+    device const T* q [[buffer(0)]],
+    device const T* k [[buffer(1)]],
+    device const T* v [[buffer(2)]],
+    device T* out [[buffer(3)]],
     device const float* mask_add [[buffer(4)]],
     device const bool* mask_keep [[buffer(5)]],
     constant AttentionParams& p [[buffer(6)]],
@@ -525,51 +494,13 @@ void flash_attention_simdgroup_impl(
   threadgroup float scores[SG_COUNT][SCORES_SIZE];
   threadgroup float spill[SG_COUNT][BLOCK_SIZE];
   threadgroup float row_alpha[SG_COUNT][SG_ROWS];
-  flash_attention_simdgroup_impl<float>(
+  flash_attention_simdgroup_impl<T>(
       q, k, v, out, mask_add, mask_keep, p, tile_counts, tile, scores, spill, row_alpha, group, simd_gid, simd_lid, tid);
 }
 
-[[kernel]] void flash_attention_simdgroup_f16(
-    device const half* q [[buffer(0)]],
-    device const half* k [[buffer(1)]],
-    device const half* v [[buffer(2)]],
-    device half* out [[buffer(3)]],
-    device const float* mask_add [[buffer(4)]],
-    device const bool* mask_keep [[buffer(5)]],
-    constant AttentionParams& p [[buffer(6)]],
-    device atomic_int* tile_counts [[buffer(7)]],
-    uint2 group [[threadgroup_position_in_grid]],
-    uint simd_gid [[simdgroup_index_in_threadgroup]],
-    uint simd_lid [[thread_index_in_simdgroup]],
-    uint tid [[thread_index_in_threadgroup]]) {
-  threadgroup float tile[TILE_SIZE];
-  threadgroup float scores[SG_COUNT][SCORES_SIZE];
-  threadgroup float spill[SG_COUNT][BLOCK_SIZE];
-  threadgroup float row_alpha[SG_COUNT][SG_ROWS];
-  flash_attention_simdgroup_impl<half>(
-      q, k, v, out, mask_add, mask_keep, p, tile_counts, tile, scores, spill, row_alpha, group, simd_gid, simd_lid, tid);
-}
-
+template [[host_name("flash_attention_simdgroup_f32")]] [[kernel]] decltype(flash_attention_simdgroup<float>) flash_attention_simdgroup<float>;
+template [[host_name("flash_attention_simdgroup_f16")]] [[kernel]] decltype(flash_attention_simdgroup<half>) flash_attention_simdgroup<half>;
 #if __METAL_VERSION__ >= 310 // bfloat needs Metal 3.1 (macOS 14)
-[[kernel]] void flash_attention_simdgroup_bf16(
-    device const bfloat* q [[buffer(0)]],
-    device const bfloat* k [[buffer(1)]],
-    device const bfloat* v [[buffer(2)]],
-    device bfloat* out [[buffer(3)]],
-    device const float* mask_add [[buffer(4)]],
-    device const bool* mask_keep [[buffer(5)]],
-    constant AttentionParams& p [[buffer(6)]],
-    device atomic_int* tile_counts [[buffer(7)]],
-    uint2 group [[threadgroup_position_in_grid]],
-    uint simd_gid [[simdgroup_index_in_threadgroup]],
-    uint simd_lid [[thread_index_in_simdgroup]],
-    uint tid [[thread_index_in_threadgroup]]) {
-  threadgroup float tile[TILE_SIZE];
-  threadgroup float scores[SG_COUNT][SCORES_SIZE];
-  threadgroup float spill[SG_COUNT][BLOCK_SIZE];
-  threadgroup float row_alpha[SG_COUNT][SG_ROWS];
-  flash_attention_simdgroup_impl<bfloat>(
-      q, k, v, out, mask_add, mask_keep, p, tile_counts, tile, scores, spill, row_alpha, group, simd_gid, simd_lid, tid);
-}
+template [[host_name("flash_attention_simdgroup_bf16")]] [[kernel]] decltype(flash_attention_simdgroup<bfloat>) flash_attention_simdgroup<bfloat>;
 #endif
 

@@ -209,10 +209,11 @@ std::vector<mx::array> FlashAttention::vjp(
           "key and value only");
     }
   }
-  if (!returns_lse()) {
+  if (!returns_lse() || outputs.size() < 2) {
     throw std::invalid_argument(
-        "[flash_attention] the backward pass runs on the CPU only: call flash_attention with "
-        "stream=mx.cpu to differentiate it");
+        "[flash_attention] the backward pass needs the log-sum-exp that the CPU forward "
+        "outputs: differentiate flash_attention on the CPU (stream=mx.cpu), with a primitive "
+        "of two outputs (Week 4, Day 3, Task 1)");
   }
   std::optional<mx::array> mask;
   if (has_mask_) {

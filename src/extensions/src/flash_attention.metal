@@ -154,11 +154,12 @@ void flash_attention_e128_impl(
   }
 }
 
-[[kernel]] void flash_attention_f32_e128(
-    device const float* q [[buffer(0)]],
-    device const float* k [[buffer(1)]],
-    device const float* v [[buffer(2)]],
-    device float* out [[buffer(3)]],
+template <typename T>
+[[kernel]] void flash_attention_e128(
+    device const T* q [[buffer(0)]],
+    device const T* k [[buffer(1)]],
+    device const T* v [[buffer(2)]],
+    device T* out [[buffer(3)]],
     device const float* mask_add [[buffer(4)]],
     device const bool* mask_keep [[buffer(5)]],
     constant AttentionParams& p [[buffer(6)]],
@@ -168,13 +169,14 @@ void flash_attention_e128_impl(
     uint simd_lid [[thread_index_in_simdgroup]]) {
   threadgroup float Q_tile[Br][E_MAX]; // 16 KiB
   threadgroup float O_acc[Br][E_MAX]; // 16 KiB: with Q_tile, the whole 32 KiB
-  flash_attention_e128_impl<float>(
+  flash_attention_e128_impl<T>(
       q, k, v, out, mask_add, mask_keep, p, tile_counts, Q_tile, O_acc, group, simd_gid, simd_lid);
 }
 
-// TODO(day 5, Task 1): flash_attention_f16_e128 (half) and flash_attention_bf16_e128 (bfloat,
-//   the same buffers 0..7,
-//   inside `#if __METAL_VERSION__ >= 310`: bfloat needs Metal 3.1).
+template [[host_name("flash_attention_f32_e128")]] [[kernel]] decltype(flash_attention_e128<float>) flash_attention_e128<float>;
+
+// TODO(day 5, Task 1): instantiate it for half as flash_attention_f16_e128 and for bfloat as
+//   flash_attention_bf16_e128 (inside `#if __METAL_VERSION__ >= 310`: bfloat needs Metal 3.1).
 
 // ============================================================================================
 // Day 4: flash_attention_simdgroup_<t>
@@ -231,11 +233,12 @@ void flash_attention_simdgroup_impl(
   }
 }
 
-[[kernel]] void flash_attention_simdgroup_f32(
-    device const float* q [[buffer(0)]],
-    device const float* k [[buffer(1)]],
-    device const float* v [[buffer(2)]],
-    device float* out [[buffer(3)]],
+template <typename T>
+[[kernel]] void flash_attention_simdgroup(
+    device const T* q [[buffer(0)]],
+    device const T* k [[buffer(1)]],
+    device const T* v [[buffer(2)]],
+    device T* out [[buffer(3)]],
     device const float* mask_add [[buffer(4)]],
     device const bool* mask_keep [[buffer(5)]],
     constant AttentionParams& p [[buffer(6)]],
@@ -248,8 +251,10 @@ void flash_attention_simdgroup_impl(
   threadgroup float scores[SG_COUNT][SCORES_SIZE];
   threadgroup float spill[SG_COUNT][BLOCK_SIZE];
   threadgroup float row_alpha[SG_COUNT][SG_ROWS];
-  flash_attention_simdgroup_impl<float>(
+  flash_attention_simdgroup_impl<T>(
       q, k, v, out, mask_add, mask_keep, p, tile_counts, tile, scores, spill, row_alpha, group, simd_gid, simd_lid, tid);
 }
 
-// TODO(day 5, Task 2): flash_attention_simdgroup_f16 and flash_attention_simdgroup_bf16.
+template [[host_name("flash_attention_simdgroup_f32")]] [[kernel]] decltype(flash_attention_simdgroup<float>) flash_attention_simdgroup<float>;
+
+// TODO(day 5, Task 2): instantiate it as flash_attention_simdgroup_f16 and _bf16.

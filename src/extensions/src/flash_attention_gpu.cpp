@@ -4,7 +4,7 @@
 //   flash_attention_fast  -> flash_attention_simdgroup_<t>  day 4,    128 threads per group
 //   <t> = f32, f16, bf16 by the dtype of the inputs (day 5)
 //
-// The same code drives a real Metal device and metalsim (see metalsim/gpu_backend.h).
+// The same code drives a real Metal device and metalsim (see metalsim/mlx_extension.h).
 #include <stdexcept>
 #include <string>
 

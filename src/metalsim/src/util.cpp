@@ -148,13 +148,11 @@ std::string runtime_dir() {
 std::string cache_dir() {
   if (const char* d = getenv_nonempty("METALSIM_CACHE_DIR"))
     return d;
-  if (const char* d = getenv_nonempty("TINY_ATTN_CACHE"))
-    return std::string(d) + "/metalsim";
   if (const char* d = getenv_nonempty("XDG_CACHE_HOME"))
-    return std::string(d) + "/tiny-attn/metalsim";
+    return std::string(d) + "/metalsim";
   if (const char* h = getenv_nonempty("HOME"))
-    return std::string(h) + "/.cache/tiny-attn/metalsim";
-  return "/tmp/tiny-attn-metalsim";
+    return std::string(h) + "/.cache/metalsim";
+  return "/tmp/metalsim-cache";
 }
 
 std::string compiler() {

@@ -176,8 +176,7 @@ kernel void wait_at_barrier_forever(device float* x [[buffer(0)]],
                                     uint lid [[thread_index_in_threadgroup]]) {
   if (lid == 63) {
     float v = x[0];
-    while (v >= 0.0f)
-      v = v * 0.5f + 1.0f; // @spin-one
+    while (v >= 0.0f) v = v * 0.5f + 1.0f; // @spin-one (one line: the loop test and its body)
     x[0] = v;
   }
   threadgroup_barrier(mem_flags::mem_none); // @waiting-barrier
@@ -199,4 +198,20 @@ kernel void packed_float4_from_float_offset(device const float* x [[buffer(0)]],
                                             constant int& offset [[buffer(2)]],
                                             uint i [[thread_position_in_grid]]) {
   out[i] = float4(*reinterpret_cast<device const packed_float4*>(x + 4 * i + offset));
+}
+
+// ---------------------------------------------------------------- atomics
+
+// Every thread adds 1 to a threadgroup counter with no barrier between the adds: atomics do not
+// race. Thread 0 sets it up before a barrier and reads it after another.
+kernel void threadgroup_atomic_count(device int* out [[buffer(0)]],
+                                     uint lid [[thread_index_in_threadgroup]]) {
+  threadgroup atomic_int counter;
+  if (lid == 0)
+    atomic_store_explicit(&counter, 0, memory_order_relaxed);
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  atomic_fetch_add_explicit(&counter, 1, memory_order_relaxed);
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  if (lid == 0)
+    out[0] = atomic_load_explicit(&counter, memory_order_relaxed);
 }

@@ -84,17 +84,15 @@ def test_op_checks_name_the_argument(ext: ModuleType) -> None:
         (["METALSIM_USE_METAL=1", "METALSIM_FORCE=1"], False),
     ],
 )
-def test_gpu_backend_header_without_metal_cpp(
-    tmp_path: Path, defines: list[str], fails: bool
-) -> None:
-    # A build for MLX's Metal backend (METALSIM_USE_METAL, set by cmake/tiny_attn_extension.cmake)
+def test_glue_header_without_metal_cpp(tmp_path: Path, defines: list[str], fails: bool) -> None:
+    # A build for MLX's Metal backend (METALSIM_USE_METAL, set by the build that links it)
     # that cannot find <Metal/Metal.hpp> stops with an #error saying what to do, instead of
     # falling back to the simulator and failing at link time; without it (Linux), or with
     # METALSIM_FORCE, the header selects the simulator.
     cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or "clang++"
     tu = tmp_path / "tu.cpp"
     tu.write_text(
-        '#include "metalsim/gpu_backend.h"\n'
+        '#include "metalsim/mlx_extension.h"\n'
         'static_assert(METALSIM_GPU_IS_SIMULATED == 1, "the simulator is selected");\n'
     )
     mlx_include = Path(mx.__file__).resolve().parent / "include"  # mlx/core.*.so -> mlx/include

@@ -15,7 +15,7 @@
 // Every failure is a metalsim::Error subclass whose what() says what went wrong and where.
 //
 // Environment: METALSIM_HOME (the src/metalsim folder, to find the runtime headers),
-// METALSIM_CACHE_DIR (or TINY_ATTN_CACHE/metalsim, else ~/.cache/tiny-attn/metalsim),
+// METALSIM_CACHE_DIR (else $XDG_CACHE_HOME/metalsim or ~/.cache/metalsim),
 // METALSIM_THREADS (OS threads per dispatch), METALSIM_CXXFLAGS (extra compiler flags, e.g. -g),
 // METALSIM_STACK_KB (stack per simulated thread, default 256), METALSIM_TIMEOUT (a dispatch's
 // deadline in seconds, default 60, 0 for none), METALSIM_SCHEDULE (the order SIMD groups run

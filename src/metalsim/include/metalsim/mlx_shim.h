@@ -3,7 +3,7 @@
 // source compiles against either:
 //
 //   auto& d = gpu::device(s.device);
-//   auto* lib = d.get_library("tiny_attn_ext", current_binary_dir());   // <dir>/<name>.metalsim
+//   auto* lib = d.get_library("my_ext", current_binary_dir());          // <dir>/<name>.metalsim
 //   auto* kernel = d.get_kernel("row_softmax_f32", lib);                 // throws if unknown
 //   auto& enc = gpu::get_command_encoder(s);
 //   enc.set_compute_pipeline_state(kernel);
@@ -20,7 +20,7 @@
 // Python whose message names the kernel).
 //
 // Bindings last for one dispatch: bind every buffer before each dispatch_* call (as MLX does).
-// Include it through <metalsim/gpu_backend.h>, which picks real Metal where it exists.
+// Include it through <metalsim/mlx_extension.h>, which picks real Metal where it exists.
 #pragma once
 
 #include <cstring>
