@@ -112,6 +112,7 @@ def attention(lib, kernel, q, k, v, mask=None, threads=1024, br=32):
         4: mask if mask is not None else np.zeros(1, np.float32),
         5: np.zeros(1, np.bool_),
         6: p.tobytes(),
+        7: np.zeros(2, np.int32),  # the work counters (visited, masked tiles)
     }
     lib.dispatch(
         kernel, grid=(N * H_q, (L + br - 1) // br, 1), threadgroup=threads, buffers=buffers
