@@ -10,6 +10,27 @@
 
 namespace tiny_attn {
 
+// For the backward's checks: the error to throw (a ValueError in Python whose message starts
+// with "[flash_attention_backward]"), and a float32 array of exactly the shape `want`.
+[[noreturn]] inline void fail_backward(const std::string& message) {
+  throw std::invalid_argument("[flash_attention_backward] " + message);
+}
+
+inline void
+check_shape(const mx::array& x, const char* name, const mx::Shape& want, const char* layout) {
+  if (x.dtype() != mx::float32) {
+    std::ostringstream os;
+    os << name << " must be float32, got " << x.dtype();
+    fail_backward(os.str());
+  }
+  if (x.shape() != want) {
+    fail_backward(
+        std::string(name) + " must have shape " + layout + " = " + shape_str(want) + ", got " +
+        shape_str(x.shape()));
+  }
+}
+
+
 // The forward with its log-sum-exp: {out (N, H_q, L, E), lse (N, H_q, L) float32}, both lazy.
 // The arguments are flash_attention's; on the CPU only.
 std::vector<mx::array> flash_attention_with_lse(

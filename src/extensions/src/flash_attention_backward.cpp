@@ -12,28 +12,6 @@
 
 namespace tiny_attn {
 
-namespace {
-
-[[noreturn, maybe_unused]] void fail_backward(const std::string& message) {
-  throw std::invalid_argument("[flash_attention_backward] " + message);
-}
-
-[[maybe_unused]] void
-check_shape(const mx::array& x, const char* name, const mx::Shape& want, const char* layout) {
-  if (x.dtype() != mx::float32) {
-    std::ostringstream os;
-    os << name << " must be float32, got " << x.dtype();
-    fail_backward(os.str());
-  }
-  if (x.shape() != want) {
-    fail_backward(
-        std::string(name) + " must have shape " + layout + " = " + shape_str(want) + ", got " +
-        shape_str(x.shape()));
-  }
-}
-
-} // namespace
-
 // ---------------------------------------------------------------- Task 1: the lse
 std::vector<mx::array> flash_attention_with_lse(
     const mx::array& query,
