@@ -44,6 +44,7 @@ FA_TILED = "refsol/tiny_attn_ref/flash_attention_tiled.py"
 FA_EVAL_CPU = "src/extension_common/flash_attention_eval.cpp"  # given, shared by both trees
 FA_GPU = "refsol/extensions_ref/src/flash_attention_gpu.cpp"
 FA_METAL = "refsol/extensions_ref/src/flash_attention.metal"
+FA_BWD_GPU = "refsol/extensions_ref/src/flash_attention_backward_gpu.cpp"
 
 # Week, day -> its mutants, or the reason it has none.
 MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
@@ -283,6 +284,43 @@ MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
                     "threads = 1;",
                 )
             ],
+        ),
+    ],
+    (4, 4): [
+        Mutant(
+            "a GPU call of the backward runs the CPU kernel instead of the Metal ones",
+            "refsol/extensions_ref/src/flash_attention_backward.cpp",
+            [("if (simulated_) {", "if (false) {")],
+        ),
+        Mutant(
+            "the Week 3 forward does not write the lse",
+            FA_METAL,
+            [("    lse[size_t(n) * p.L + row] = m_i + log(l_i);\n", "")],
+        ),
+        Mutant(
+            "causal tiles are computed in the dK/dV kernel instead of skipped",
+            FA_METAL,
+            [
+                (
+                    "if (j >= kv_tiles_to_visit(first_row, min(first_row + Br, p.L) - 1, p)) {",
+                    "if (false) {",
+                )
+            ],
+        ),
+        Mutant(
+            "the dK/dV kernel sums over the first query head of a GQA group only",
+            FA_METAL,
+            [("for (int g = 0; g < G; ++g) {", "for (int g = 0; g < 1; ++g) {")],
+        ),
+        Mutant(
+            "the dq option is ignored: dQ always by atomic adds",
+            FA_BWD_GPU,
+            [("const bool atomic_dq = dq_ == DqMode::Atomic;", "const bool atomic_dq = true;")],
+        ),
+        Mutant(
+            "the dq option is ignored: dQ always by the separate kernel",
+            FA_BWD_GPU,
+            [("const bool atomic_dq = dq_ == DqMode::Atomic;", "const bool atomic_dq = false;")],
         ),
     ],
     (4, 5): "training puts the days before together: its tests compare the loss curve and the "
