@@ -285,7 +285,8 @@ def test_task_4_the_separate_dq_kernel_runs(ext):
         (DQ, (N * h_q, tiles(L), 1), THREADS),  # one threadgroup per Q tile
     ]
     # Both kernels skip what the causal mask hides: dK/dV per Q tile, dQ per row.
-    want = [a + b for a, b in zip(dkdv_counts(N, h_q, L, S, True), dq_counts(N, h_q, L, S, True))]
+    dkdv, dq = dkdv_counts(N, h_q, L, S, True), dq_counts(N, h_q, L, S, True)
+    want = [a + b for a, b in zip(dkdv, dq, strict=True)]
     assert list(ext.gpu_tile_counts()) == want
 
 

@@ -51,9 +51,8 @@ void FlashAttentionBackward::eval_gpu(
   // ---- the kernels' limits, before anything is encoded (the op checked shapes and dtypes)
   if (E > kMaxHeadDim) {
     fail_backward(
-        "on the GPU, the head dimension E of query must be at most " +
-        std::to_string(kMaxHeadDim) + " (a K/V tile's keys stay in threadgroup memory), got E = " +
-        std::to_string(E));
+        "on the GPU, the head dimension E of query must be at most " + std::to_string(kMaxHeadDim) +
+        " (a K/V tile's keys stay in threadgroup memory), got E = " + std::to_string(E));
   }
   for (const mx::array& x : inputs) {
     if (!x.flags().row_contiguous && &x != mask) {

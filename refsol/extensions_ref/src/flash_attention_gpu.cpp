@@ -74,7 +74,8 @@ void FlashAttention::eval_gpu(
   out.set_data(mx::allocator::malloc(out.nbytes()));
   // Week 4, Day 4: the (N, H_q, L) float32 log-sum-exp, the primitive's second output. An op
   // built with one output (before Week 4, Day 3) gets a scratch array for the kernels to fill.
-  mx::array lse = outputs.size() > 1 ? outputs[1] : mx::array({N, H_q, L}, mx::float32, nullptr, {});
+  mx::array lse =
+      outputs.size() > 1 ? outputs[1] : mx::array({N, H_q, L}, mx::float32, nullptr, {});
   lse.set_data(mx::allocator::malloc(lse.nbytes()));
 
   AttentionParams p{};

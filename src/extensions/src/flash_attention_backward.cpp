@@ -44,10 +44,10 @@ std::vector<mx::array> flash_attention_backward(
     int num_threads,
     DqMode dq,
     mx::StreamOrDevice s) {
-  // TODO(Task 2): place the op with metalsim::place_op(s); check every argument (fail_backward(...) names it); make the
-  // inputs row-contiguous, cast a floating mask to float32 and broadcast it to (N, H_q, L, S);
-  // return the three outputs of one FlashAttentionBackward primitive (mx::array::make_arrays),
-  // built with place.simulated and dq (Day 4 runs it on the GPU).
+  // TODO(Task 2): place the op with metalsim::place_op(s); check every argument (fail_backward(...)
+  // names it); make the inputs row-contiguous, cast a floating mask to float32 and broadcast it to
+  // (N, H_q, L, S); return the three outputs of one FlashAttentionBackward primitive
+  // (mx::array::make_arrays), built with place.simulated and dq (Day 4 runs it on the GPU).
   throw std::runtime_error(
       "flash_attention_backward is not implemented yet: see "
       "book/src/week4-03-backward-cpp.md, Task 2");
