@@ -24,6 +24,8 @@
 namespace nb = nanobind;
 using namespace nb::literals;
 
+void bind_decode(nb::module_& m); // Week 5, bindings_decode.cpp
+
 namespace {
 
 // The arguments arrive as Python objects and are converted here, so that a wrong one (a list,
@@ -432,4 +434,6 @@ Raises:
       "reset_backward_tiles_visited",
       []() { tiny_attn::backward_tiles_visited() = 0; },
       "Set the counter read by :func:`backward_tiles_visited` to 0.");
+
+  bind_decode(m);
 }
