@@ -460,7 +460,8 @@ def check_cache_append(
     for x, name in ((keys, "keys"), (values, "values")):
         check_array(x, name)
         want = (*shape[:-1], "T", shape[-1])
-        if x.ndim != len(shape) + 1 or tuple(x.shape[:-2]) != shape[:-1] or x.shape[-1] != shape[-1]:
+        lead, last = tuple(x.shape[:-2]), x.shape[-1] if x.ndim else None
+        if x.ndim != len(shape) + 1 or lead != shape[:-1] or last != shape[-1]:
             raise ValueError(
                 f"{name} must have shape {layout} = {tuple(want)}, got {tuple(x.shape)}"
             )
