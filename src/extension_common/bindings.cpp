@@ -21,6 +21,7 @@ namespace nb = nanobind;
 using namespace nb::literals;
 
 using namespace tiny_attn::bindings;
+void bind_decode(nb::module_& m); // Week 5, bindings_decode.cpp
 
 namespace {
 
@@ -313,4 +314,6 @@ Raises:
       "reset_backward_tiles_visited",
       []() { tiny_attn::backward_tiles_visited() = 0; },
       "Set the counter read by :func:`backward_tiles_visited` to 0.");
+
+  bind_decode(m);
 }
