@@ -145,6 +145,8 @@ def test_task_3_decode_cpu_bad_input(ext):
         ext.decode_attention(q, k, v, causal=1)
     with raises_naming(ValueError, "scale"):
         ext.decode_attention(q, k, v, math.inf)
+    # Refusing bad input leaves the op working.
+    assert_allclose(ext.decode_attention(q, k, v), reference(q, k, v), **TOL_F32_REORDERED)
 
 
 # --------------------------------------------------------------------- Tasks 4-5: the GPU
@@ -196,3 +198,6 @@ def test_task_4_decode_gpu_bad_input(ext):
     q, k, v = qkv((1,), 2, 1, 1, 10, 160, seed=1)
     with raises_naming(ValueError, "E"):  # the kernel holds E <= 128
         ext.decode_attention(q, k, v, stream=GPU)
+    q, k, v = (x[..., :128] for x in (q, k, v))  # E = 128, the largest it holds
+    out = ext.decode_attention(q, k, v, stream=GPU)
+    assert_allclose(out, reference(q, k, v), **TOL_F32_REORDERED, what="E = 128 on the GPU")

@@ -36,6 +36,7 @@ def test_task_1_choose_num_splits_bad_input(ext):
         ext.choose_num_splits(1.5, 1, 1)
     with pytest.raises(ValueError, match="workers"):
         ext.choose_num_splits(10, 1, 0)
+    assert ext.choose_num_splits(10, 1, 1) == 1
 
 
 # --------------------------------------------------------------------- Task 2: the CPU
@@ -76,6 +77,8 @@ def test_task_2_split_bad_input(ext):
         ext.decode_attention_split(q, k, v, num_splits=-1)
     with raises_naming(TypeError, "num_splits"):
         ext.decode_attention_split(q, k, v, num_splits=2.0)
+    out = ext.decode_attention_split(q, k, v, num_splits=2)
+    assert_allclose(out, reference(q, k, v), **TOL_F32_REORDERED, what="after bad input")
 
 
 # --------------------------------------------------------------------- Task 3: the GPU

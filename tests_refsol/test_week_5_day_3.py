@@ -24,11 +24,11 @@ def filled_cache(lengths, seed=0, num_pages=64, dtype=mx.float32):
             rand((H, n, E), seed=seed + 2 * i, dtype=dtype),
             rand((H, n, E), seed=seed + 2 * i + 1, dtype=dtype),
         )
-        for i, (s, n) in enumerate(zip(seqs, lengths))
+        for i, (s, n) in enumerate(zip(seqs, lengths, strict=True))
     }
     done = dict.fromkeys(seqs, 0)
-    while any(done[s] < n for s, n in zip(seqs, lengths)):
-        for s, n in zip(seqs, lengths):
+    while any(done[s] < n for s, n in zip(seqs, lengths, strict=True)):
+        for s, n in zip(seqs, lengths, strict=True):
             t = min(3, n - done[s])
             if t > 0:
                 k, v = full[s]
@@ -150,3 +150,16 @@ def test_task_2_paged_decode_bad_input(ext):
         ext.paged_decode_attention(*args, table, mx.array([5, 99], dtype=mx.int32))
     with raises_naming(ValueError, "v_pages"):
         ext.paged_decode_attention(q, cache.k_pages, cache.v_pages[:, :1], table, lens)
+
+
+def test_task_2_paged_decode_copies_no_pages(ext):
+    # Reading through the block table needs no contiguous copy of the batch's keys and values
+    # (2 * B * H * max_len * E floats here); the op allocates its output and little else.
+    lengths = [60, 200, 140]
+    cache, seqs, _ = filled_cache(lengths, seed=2, num_pages=128)
+    q = rand((len(seqs), 2 * H, 1, E), seed=6)
+    args = (q, cache.k_pages, cache.v_pages, cache.block_table(seqs), cache.seq_lens(seqs))
+    mx.eval(args)
+    dense_copy = 2 * len(seqs) * H * max(lengths) * E * 4
+    peak = peak_bytes_while(lambda: ext.paged_decode_attention(*args))
+    assert peak < dense_copy // 4, f"peak {peak} bytes: a copy of the pages ({dense_copy} bytes)?"

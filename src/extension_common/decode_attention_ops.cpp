@@ -2,6 +2,7 @@
 // primitive's eval_cpu / eval_gpu, which fill a DecodeProblem or DecodeParams and hand over to
 // the course's kernels (src/decode_attention_cpu.cpp, src/decode_attention_gpu.cpp,
 // src/decode_attention_split.cpp, src/paged_decode_attention.cpp, src/decode_attention.metal).
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <string>

@@ -26,7 +26,7 @@ namespace {
 
 using simd::f32x8;
 
-float dot(const float* a, const float* b, int E) {
+TINY_ATTN_INLINE float dot(const float* a, const float* b, int E) {
   f32x8 acc = simd::broadcast(0.0f);
   int e = 0;
   for (; e + 8 <= E; e += 8) {
@@ -42,15 +42,24 @@ float dot(const float* a, const float* b, int E) {
   return s;
 }
 
-// o = o * alpha + p * v over E values.
-void scale_add(float* o, float alpha, float p, const float* v, int E) {
+// o = alpha * o + sum over c < n of p[c] * v_rows[c]: each 8 columns of o loaded and stored
+// once per block, not once per key.
+TINY_ATTN_INLINE void
+accumulate(float* o, float alpha, const float* p, const float* const* v_rows, int n, int E) {
   int e = 0;
-  const f32x8 a8 = simd::broadcast(alpha), p8 = simd::broadcast(p);
   for (; e + 8 <= E; e += 8) {
-    simd::store(o + e, simd::load(o + e) * a8 + p8 * simd::load(v + e));
+    f32x8 acc = simd::load(o + e) * simd::broadcast(alpha);
+    for (int c = 0; c < n; ++c) {
+      acc += simd::broadcast(p[c]) * simd::load(v_rows[c] + e);
+    }
+    simd::store(o + e, acc);
   }
   for (; e < E; ++e) {
-    o[e] = o[e] * alpha + p * v[e];
+    float acc = o[e] * alpha;
+    for (int c = 0; c < n; ++c) {
+      acc += p[c] * v_rows[c][e];
+    }
+    o[e] = acc;
   }
 }
 
@@ -64,6 +73,7 @@ const float* kv_row(const DecodeProblem& p, const float* base, int b, int h, int
   return base + b * p.kv_strides[0] + h * p.kv_strides[1] + j * p.kv_strides[2];
 }
 
+TINY_ATTN_MULTIVERSION
 void decode_group(
     const DecodeProblem& p, int b, int h, int r0, int r1, int j0, int j1, GroupState& st) {
   const int G = p.group(), E = p.E, R = r1 - r0;
@@ -97,18 +107,24 @@ void decode_group(
         s[c] = p.scale * dot(q_rows[r], k_rows[c], E);
         m_block = std::max(m_block, s[c]);
       }
-      // Online softmax (Week 2): rescale what the row has so far to the new max.
+      // Online softmax (Week 2): p = exp(s - m_new), 8 at a time; what the row has so far
+      // is rescaled by alpha = exp(m_old - m_new) (0 on the row's first block).
       const float m_new = std::max(st.m[r], m_block);
-      const float alpha = std::exp(st.m[r] - m_new); // 0 on the row's first block
-      float* o = st.o.data() + size_t(r) * E;
-      float l = st.l[r] * alpha;
-      for (int c = 0; c < visible; ++c) {
-        const float pc = std::exp(s[c] - m_new);
-        l += pc;
-        scale_add(o, c == 0 ? alpha : 1.0f, pc, v_rows[c], E);
+      const float alpha = std::exp(st.m[r] - m_new);
+      for (int c = visible; c < (visible + 7) / 8 * 8; ++c) {
+        s[c] = -INFINITY; // lanes past the visible keys: exp gives 0
       }
+      float l = 0.0f;
+      for (int c = 0; c < visible; c += 8) {
+        const f32x8 pc = simd::exp(simd::load(s + c) - simd::broadcast(m_new));
+        simd::store(s + c, pc);
+        for (int i = 0; i < 8; ++i) {
+          l += pc[i];
+        }
+      }
+      accumulate(st.o.data() + size_t(r) * E, alpha, s, v_rows, visible, E);
       st.m[r] = m_new;
-      st.l[r] = l;
+      st.l[r] = st.l[r] * alpha + l;
     }
   }
   decode_cpu_rows_read() += std::max(0, j1 - j0);

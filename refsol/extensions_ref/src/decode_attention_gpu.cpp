@@ -37,8 +37,7 @@ void dispatch_decode(mx::Stream s, const DecodeParams& p_in, const DecodeBuffers
   enc.set_input_array(bufs.seq_lens, 5);
   enc.set_bytes(p, 8);
   enc.set_output_array(decode_gpu_rows_read(), kDecodeCountsBuffer); // the kernel adds to it
-  enc.dispatch_threadgroups(
-      MTL::Size(p.B * p.H, row_blocks, 1), MTL::Size(kDecodeThreads, 1, 1));
+  enc.dispatch_threadgroups(MTL::Size(p.B * p.H, row_blocks, 1), MTL::Size(kDecodeThreads, 1, 1));
 }
 
 } // namespace tiny_attn

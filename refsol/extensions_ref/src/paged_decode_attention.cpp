@@ -9,8 +9,7 @@ namespace tiny_attn {
 //   block_table[b, j / page_size], at slot j % page_size.
 const float* paged_kv_row(const DecodeProblem& p, const float* pool, int b, int h, int j) {
   const int page = p.block_table[int64_t(b) * p.max_blocks + j / p.page_size];
-  return pool + page * p.kv_strides[0] + h * p.kv_strides[1] +
-         (j % p.page_size) * p.kv_strides[2];
+  return pool + page * p.kv_strides[0] + h * p.kv_strides[1] + (j % p.page_size) * p.kv_strides[2];
 }
 
 } // namespace tiny_attn
