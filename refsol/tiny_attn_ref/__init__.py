@@ -23,6 +23,7 @@ from .online_softmax import (
 )
 from .profiling import Profile, profile, scores_nbytes, softmax_naive
 from .transformer import CausalSelfAttention, Transformer, generate, lm_loss
+from .varlen import alibi_slopes, local_mask, varlen_attention_naive
 
 __all__ = [
     # Week 1
@@ -59,4 +60,8 @@ __all__ = [
     "Transformer",
     "lm_loss",
     "generate",
+    # Week 5
+    "local_mask",
+    "alibi_slopes",
+    "varlen_attention_naive",
 ]

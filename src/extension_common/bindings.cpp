@@ -120,6 +120,8 @@ mx::StreamOrDevice stream_arg(const char* op, nb::handle stream) {
 
 } // namespace
 
+void bind_varlen(nb::module_& m); // Week 5, day 4 (bindings_varlen.cpp)
+
 NB_MODULE(_core, m) {
   m.doc() =
       "tiny-attn's MLX C++ extension: softmax_rows and FlashAttention on the CPU and the GPU.";
@@ -432,4 +434,6 @@ Raises:
       "reset_backward_tiles_visited",
       []() { tiny_attn::backward_tiles_visited() = 0; },
       "Set the counter read by :func:`backward_tiles_visited` to 0.");
+
+  bind_varlen(m);
 }
