@@ -44,8 +44,9 @@ def oracle_keep(L, S, window=None, causal=False):
     return keep
 
 
-def oracle(q, k, v, lens_q, lens_k, *, scale=None, causal=False, window=None, slopes=None,
-           softcap=None):
+def oracle(
+    q, k, v, lens_q, lens_k, *, scale=None, causal=False, window=None, slopes=None, softcap=None
+):
     """float64 NumPy, one sequence at a time; GQA by repeating heads."""
     qn, kn, vn = to_numpy(q), to_numpy(k), to_numpy(v)
     H_q, E = qn.shape[1], qn.shape[2]
@@ -53,7 +54,7 @@ def oracle(q, k, v, lens_q, lens_k, *, scale=None, causal=False, window=None, sl
     scale = 1.0 / math.sqrt(E) if scale is None else scale
     out = np.zeros_like(qn)
     q0 = k0 = 0
-    for L, S in zip(lens_q, lens_k):
+    for L, S in zip(lens_q, lens_k, strict=True):
         qs = qn[q0 : q0 + L].transpose(1, 0, 2)  # (H_q, L, E)
         ks = np.repeat(kn[k0 : k0 + S].transpose(1, 0, 2), group, axis=0)
         vs = np.repeat(vn[k0 : k0 + S].transpose(1, 0, 2), group, axis=0)
@@ -116,8 +117,14 @@ def run_case(fn, case, H_q=4, H=2, E=64, lens=LENS, seed=5):
 
 @pytest.mark.parametrize(
     "L,S,window,causal",
-    [(5, 5, None, True), (4, 9, 2, False), (9, 4, 2, True), (6, 12, (3, 2), False),
-     (12, 6, (0, 0), False), (7, 7, (1, 4), True)],
+    [
+        (5, 5, None, True),
+        (4, 9, 2, False),
+        (9, 4, 2, True),
+        (6, 12, (3, 2), False),
+        (12, 6, (0, 0), False),
+        (7, 7, (1, 4), True),
+    ],
     ids=str,
 )
 def test_task_1_local_mask(L, S, window, causal):
@@ -192,7 +199,7 @@ def cpu_tiles(lens_q, lens_k, window=None, causal=False):
     any row of the Q tile sees to the last (every tile for a row that sees none)."""
     left, right = window_sides(window, causal)
     total = 0
-    for L, S in zip(lens_q, lens_k):
+    for L, S in zip(lens_q, lens_k, strict=True):
         keep = oracle_keep(L, S, window, causal)
         for r0 in range(0, L, Br):
             lo, hi = S, -1
@@ -220,9 +227,7 @@ def test_task_2_varlen_cpu_skips_tiles_outside_the_window(ext, lens, window, cau
     ext.reset_tiles_visited()
     out = cpu_varlen(ext)(q, k, v, cq, ck, window=window, causal=causal)
     assert ext.tiles_visited() == H_q * cpu_tiles(*lens, window, causal)
-    assert_allclose(
-        out, oracle(q, k, v, *lens, window=window, causal=causal), **TOL_F32_REORDERED
-    )
+    assert_allclose(out, oracle(q, k, v, *lens, window=window, causal=causal), **TOL_F32_REORDERED)
     if window == (100, 100):
         # Q tile 0 (positions 960..991) sees keys 860..1023: tiles 26..31; Q tile 1 (992..1023)
         # keys 892..1023: tiles 27..31. The 26 and 27 tiles before the window are skipped.
@@ -326,7 +331,7 @@ def gpu_row_tiles(lens_q, lens_k, window=None, causal=False):
     first key it sees to the tile of its last (every tile if it sees none); a tile goes through
     the mask unless the row sees all of the tile's keys."""
     visited = masked = 0
-    for L, S in zip(lens_q, lens_k):
+    for L, S in zip(lens_q, lens_k, strict=True):
         keep = oracle_keep(L, S, window, causal)
         for r in range(L):
             cols = np.flatnonzero(keep[r])
@@ -354,9 +359,7 @@ def test_task_3_varlen_gpu_skips_tiles_outside_the_window(ext, lens, window, cau
     out = gpu_varlen(ext)(q, k, v, cq, ck, window=window, causal=causal)
     visited, masked = gpu_row_tiles(*lens, window, causal)
     assert ext.gpu_tile_counts() == (H_q * visited, H_q * masked)
-    assert_allclose(
-        out, oracle(q, k, v, *lens, window=window, causal=causal), **TOL_F32_REORDERED
-    )
+    assert_allclose(out, oracle(q, k, v, *lens, window=window, causal=causal), **TOL_F32_REORDERED)
     if window is None:
         assert masked == 0, "without a mask no tile is compared"
 

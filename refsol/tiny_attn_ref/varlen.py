@@ -19,8 +19,9 @@ from tiny_attn_contracts import check_mask_size, check_varlen_inputs, check_wind
 from .basics import softmax
 
 
-def local_mask(L: int, S: int, window: int | tuple[int, int] | None = None, *, causal: bool = False
-               ) -> mx.array:
+def local_mask(
+    L: int, S: int, window: int | tuple[int, int] | None = None, *, causal: bool = False
+) -> mx.array:
     """Which keys each query sees, (L, S) bool: Week 1's causal mask with a sliding window.
 
     Query i sits at key position pos = i + S - L (bottom-right, as causal_mask) and sees key j

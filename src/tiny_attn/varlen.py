@@ -21,8 +21,9 @@ from .basics import softmax  # noqa: F401  (you will need it)
 _CHAPTER = "book/src/week5-04-computed-masks.md"
 
 
-def local_mask(L: int, S: int, window: int | tuple[int, int] | None = None, *, causal: bool = False
-               ) -> mx.array:
+def local_mask(
+    L: int, S: int, window: int | tuple[int, int] | None = None, *, causal: bool = False
+) -> mx.array:
     """Which keys each query sees, (L, S) bool: Week 1's causal mask with a sliding window.
 
     Query i sits at key position pos = i + S - L (bottom-right, as causal_mask) and sees key j

@@ -490,7 +490,7 @@ def check_cu_seqlens(cu: Any, name: str, total: int) -> list[int]:
     values = [int(x) for x in cu.tolist()]
     if values[0] != 0 or values[-1] != total:
         raise ValueError(f"{name} must run from 0 to {total}, got {values[0]} .. {values[-1]}")
-    if any(b < a for a, b in zip(values, values[1:])):
+    if any(b < a for a, b in zip(values, values[1:], strict=False)):
         raise ValueError(f"{name} must never decrease, got {values}")
     return values
 
