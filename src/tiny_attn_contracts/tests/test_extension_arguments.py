@@ -22,6 +22,8 @@ def ext(request):
 
 
 Q = mx.zeros((1, 2, 8, 4))
+P = mx.zeros((6, 2, 4))  # packed rows (total, heads, E) of Week 5, Day 4
+CU = mx.array([0, 2, 6], mx.int32)
 
 CASES = [
     ("query list", lambda e: e.flash_attention([[1.0]], Q, Q, 0.5), TypeError, "query"),
@@ -60,6 +62,73 @@ CASES = [
     ),
     ("softmax_rows list", lambda e: e.softmax_rows([1.0, 2.0]), TypeError, "x"),
     ("softmax_rows stream", lambda e: e.softmax_rows(Q, stream=[mx.cpu]), TypeError, "stream"),
+    # Week 5, Day 4
+    (
+        "varlen query list",
+        lambda e: e.flash_attention_varlen([1.0], P, P, CU, CU),
+        TypeError,
+        "query",
+    ),
+    (
+        "varlen cu None",
+        lambda e: e.flash_attention_varlen(P, P, P, None, CU),
+        TypeError,
+        "cu_seqlens_q",
+    ),
+    (
+        "varlen scale str",
+        lambda e: e.flash_attention_varlen(P, P, P, CU, CU, "1"),
+        TypeError,
+        "scale",
+    ),
+    (
+        "varlen causal int",
+        lambda e: e.flash_attention_varlen(P, P, P, CU, CU, causal=1),
+        TypeError,
+        "causal",
+    ),
+    (
+        "varlen window float",
+        lambda e: e.flash_attention_varlen(P, P, P, CU, CU, window=2.0),
+        TypeError,
+        "window",
+    ),
+    (
+        "varlen window triple",
+        lambda e: e.flash_attention_varlen(P, P, P, CU, CU, window=(1, 2, 3)),
+        ValueError,
+        "window",
+    ),
+    (
+        "varlen window negative",
+        lambda e: e.flash_attention_varlen(P, P, P, CU, CU, window=-3),
+        ValueError,
+        "window",
+    ),
+    (
+        "varlen softcap str",
+        lambda e: e.flash_attention_varlen(P, P, P, CU, CU, softcap="2"),
+        TypeError,
+        "softcap",
+    ),
+    (
+        "varlen softcap inf",
+        lambda e: e.flash_attention_varlen(P, P, P, CU, CU, softcap=float("inf")),
+        ValueError,
+        "softcap",
+    ),
+    (
+        "varlen alibi numpy",
+        lambda e: e.flash_attention_varlen(P, P, P, CU, CU, alibi_slopes=np.ones(2)),
+        TypeError,
+        "alibi_slopes",
+    ),
+    (
+        "varlen stream str",
+        lambda e: e.flash_attention_varlen(P, P, P, CU, CU, stream="cpu"),
+        TypeError,
+        "stream",
+    ),
 ]
 
 
