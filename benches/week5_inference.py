@@ -47,7 +47,8 @@ MiB = 2**20
 
 def _decode_rows():
     """benches/week5_decode_rows.py as a module (the benches are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("week5_decode_rows", HERE / "week5_decode_rows.py")
+    path = HERE / "week5_decode_rows.py"
+    spec = importlib.util.spec_from_file_location("week5_decode_rows", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -206,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     if plots:
-        p = plot_lines(gqa, "Decode kernel: 32 query heads on 8 K/V heads vs 8 on 8", "ms per token",
-                       "week5-gqa.png")
+        title = "Decode kernel: 32 query heads on 8 K/V heads vs 8 on 8"
+        p = plot_lines(gqa, title, "ms per token", "week5-gqa.png")
         print(f"[bench] wrote {p.relative_to(ROOT)}")
 
     # ---- paged batch

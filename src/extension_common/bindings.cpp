@@ -24,6 +24,9 @@
 namespace nb = nanobind;
 using namespace nb::literals;
 
+void bind_decode(nb::module_& m); // Week 5, bindings_decode.cpp
+void bind_varlen(nb::module_& m); // Week 5, day 4 (bindings_varlen.cpp)
+
 namespace {
 
 // The arguments arrive as Python objects and are converted here, so that a wrong one (a list,
@@ -119,8 +122,6 @@ mx::StreamOrDevice stream_arg(const char* op, nb::handle stream) {
 }
 
 } // namespace
-
-void bind_varlen(nb::module_& m); // Week 5, day 4 (bindings_varlen.cpp)
 
 NB_MODULE(_core, m) {
   m.doc() =
@@ -435,5 +436,6 @@ Raises:
       []() { tiny_attn::backward_tiles_visited() = 0; },
       "Set the counter read by :func:`backward_tiles_visited` to 0.");
 
+  bind_decode(m);
   bind_varlen(m);
 }

@@ -444,6 +444,75 @@ def check_returns_arrays(out: Any) -> list[mx.array]:
     raise TypeError(f"fn must return an mx.array or a tuple / list of them, got {_type_name(out)}")
 
 
+# --- Week 5: KV caches ------------------------------------------------------------------------
+
+
+def check_cache_dtype(dtype: Any) -> None:
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
+
+
+def check_cache_append(
+    keys: Any, values: Any, shape: tuple[int, ...], layout: str, dtype: mx.Dtype
+) -> int:
+    """keys and values are arrays of `shape` except the tokens axis (-2, any length >= 1), of
+    the cache's dtype; returns the number of tokens T."""
+    for x, name in ((keys, "keys"), (values, "values")):
+        check_array(x, name)
+        want = (*shape[:-1], "T", shape[-1])
+        lead, last = tuple(x.shape[:-2]), x.shape[-1] if x.ndim else None
+        if x.ndim != len(shape) + 1 or lead != shape[:-1] or last != shape[-1]:
+            raise ValueError(
+                f"{name} must have shape {layout} = {tuple(want)}, got {tuple(x.shape)}"
+            )
+        if x.dtype != dtype:
+            raise TypeError(
+                f"{name} must have the cache's dtype {dtype_name(dtype)}, got {dtype_name(x.dtype)}"
+            )
+    if keys.shape != values.shape:
+        raise ValueError(
+            f"keys and values must have the same shape, got {tuple(keys.shape)} "
+            f"and {tuple(values.shape)}"
+        )
+    if keys.shape[-2] < 1:
+        raise ValueError("keys must hold at least one token (T >= 1), got T = 0")
+    return keys.shape[-2]
+
+
+def check_capacity(length: int, tokens: int, capacity: int, what: str) -> None:
+    """Appending `tokens` to `length` stays within `capacity`."""
+    if length + tokens > capacity:
+        raise ValueError(
+            f"keys of {tokens} tokens do not fit: {what} holds {length} of {capacity} "
+            f"(capacity), {capacity - length} free"
+        )
+
+
+def check_sequence(seq: Any, known: Any) -> None:
+    """`seq` is the id of a live sequence of a paged cache (one of `known`)."""
+    if isinstance(seq, bool) or not isinstance(seq, int):
+        raise TypeError(f"seq must be an int (from new_sequence()), got {_type_name(seq)}")
+    if seq not in known:
+        raise ValueError(f"seq {seq} is not a live sequence of this cache (new_sequence() first)")
+
+
+def check_sequences(seqs: Any, known: Any) -> list[int]:
+    """`seqs` is a non-empty list or tuple of live sequence ids."""
+    if not isinstance(seqs, (list, tuple)) or len(seqs) == 0:
+        raise TypeError(f"seqs must be a non-empty list of sequence ids, got {seqs!r}")
+    for s in seqs:
+        check_sequence(s, known)
+    return list(seqs)
+
+
+def check_free_pages(needed: int, free: int, num_pages: int) -> None:
+    if needed > free:
+        raise ValueError(
+            f"keys need {needed} more pages but the pool has {free} free of {num_pages} "
+            "(free() finished sequences, or make the pool larger)"
+        )
+
+
 # --- Week 5, Day 4: masks computed from positions, packed sequences -------------------------
 
 
