@@ -24,6 +24,7 @@ from .online_softmax import (
 )
 from .paged_kv_cache import PagedKVCache
 from .profiling import Profile, profile, scores_nbytes, softmax_naive
+from .serving import Generator
 from .transformer import CausalSelfAttention, Transformer, generate, lm_loss
 from .varlen import alibi_slopes, local_mask, varlen_attention_naive
 
@@ -68,4 +69,5 @@ __all__ = [
     "local_mask",
     "alibi_slopes",
     "varlen_attention_naive",
+    "Generator",
 ]

@@ -616,3 +616,31 @@ def check_varlen_inputs(
         if cu_q[s + 1] > cu_q[s] and cu_k[s + 1] == cu_k[s]:
             raise ValueError(f"cu_seqlens_k: sequence {s} has query rows but no key")
     return cu_q, cu_k
+
+
+# --- Week 5, Day 5: serving ------------------------------------------------------------------
+
+
+def check_generator_model(model: Any, transformer_type: type) -> None:
+    """A Week 4 Transformer (of the same package)."""
+    if not isinstance(model, transformer_type):
+        raise TypeError(f"model must be a Transformer (Week 4), got {_type_name(model)}")
+
+
+def check_generate_args(prompts: Any, max_new_tokens: Any, max_len: int) -> None:
+    """A non-empty list of non-empty lists of token ids, and how many tokens to add (>= 0),
+    so that no sequence grows past the model's max_len positions."""
+    if not isinstance(prompts, list) or not prompts:
+        raise TypeError(f"prompts must be a non-empty list of lists of token ids, got {prompts!r}")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, list) or not p:
+            raise ValueError(f"prompts[{i}] must be a non-empty list of token ids, got {p!r}")
+        if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in p):
+            raise ValueError(f"prompts[{i}] must hold token ids (ints >= 0), got {p!r}")
+    check_int(max_new_tokens, "max_new_tokens", minimum=0)
+    longest = max(len(p) for p in prompts)
+    if longest + max_new_tokens > max_len:
+        raise ValueError(
+            f"max_new_tokens must keep every sequence within the model's max_len={max_len}: "
+            f"the longest prompt has {longest} tokens, max_new_tokens is {max_new_tokens}"
+        )
