@@ -22,6 +22,7 @@ using namespace nb::literals;
 
 using namespace tiny_attn::bindings;
 void bind_decode(nb::module_& m); // Week 5, bindings_decode.cpp
+void bind_varlen(nb::module_& m); // Week 5, day 4 (bindings_varlen.cpp)
 
 namespace {
 
@@ -316,4 +317,5 @@ Raises:
       "Set the counter read by :func:`backward_tiles_visited` to 0.");
 
   bind_decode(m);
+  bind_varlen(m);
 }
