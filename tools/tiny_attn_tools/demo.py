@@ -109,6 +109,7 @@ def main() -> int:
         "FlashAttention's never does."
     )
     worst = max(worst, gradient_check(q, k, v, scale))
+    worst = max(worst, decode_check(q, k, v, exact))
     if worst > 1e-4:
         print(f"FAILED: an implementation differs from the exact answer by {worst:.1e}")
         return 1
@@ -147,6 +148,39 @@ def one_gradient_check(
         + ", ".join(f"{n} {e:.1e}" for n, e in zip(("dq", "dk", "dv"), errs, strict=True))
     )
     return max(errs)
+
+
+def decode_check(q: mx.array, k: mx.array, v: mx.array, exact: np.ndarray) -> float:
+    """Week 5: the last query row decoded from a KV cache, a paged cache, with split-K, on the
+    CPU and the GPU; under the causal mask that row sees every key, as a decode step does."""
+    ext = load_extension("tiny_attn_ext_ref")
+    _, h, n, e = k.shape
+    cache = ta.KVCache(1, h, n, e)
+    cache.append(k, v)
+    paged = ta.PagedKVCache(-(-n // 16), 16, h, e)
+    seq = paged.new_sequence()
+    paged.append(seq, k[0], v[0])
+    table, lens = paged.block_table([seq]), paged.seq_lens([seq])
+    q1 = q[:, :, -1:, :]
+    runs = {
+        "decode_attention, CPU": lambda: ext.decode_attention(q1, cache.keys, cache.values),
+        "decode_attention, GPU": lambda: ext.decode_attention(
+            q1, cache.keys, cache.values, stream=mx.gpu
+        ),
+        "decode_attention_split, 4 splits": lambda: ext.decode_attention_split(
+            q1, cache.keys, cache.values, num_splits=4
+        ),
+        "paged_decode_attention, CPU": lambda: ext.paged_decode_attention(
+            q1, paged.k_pages, paged.v_pages, table, lens
+        ),
+    }
+    worst = 0.0
+    print("\nweek 5: decoding the last row (L = 1) from a KV cache:")
+    for name, fn in runs.items():
+        err = float(np.max(np.abs(to_numpy(fn()) - exact[:, :, -1:, :])))
+        worst = max(worst, err)
+        print(f"     {name:<46}{err:>10.1e}")
+    return worst
 
 
 def gpu_rows(
