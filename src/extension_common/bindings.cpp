@@ -6,15 +6,11 @@
 #include <nanobind/stl/variant.h>
 #include <nanobind/stl/vector.h>
 
-#include <cfloat>
-#include <climits>
-#include <cmath>
 #include <cstring>
 #include <mutex>
-#include <sstream>
-#include <stdexcept>
 #include <string>
 
+#include "bindings_args.h"
 #include "flash_attention.h"
 #include "flash_attention_backward.h"
 #include "flash_attention_gpu.h"
@@ -24,100 +20,18 @@
 namespace nb = nanobind;
 using namespace nb::literals;
 
+using namespace tiny_attn::bindings;
 void bind_decode(nb::module_& m); // Week 5, bindings_decode.cpp
+void bind_varlen(nb::module_& m); // Week 5, day 4 (bindings_varlen.cpp)
 
 namespace {
 
-// The arguments arrive as Python objects and are converted here, so that a wrong one (a list,
-// None, a NumPy array, a string, an int out of range) is a TypeError or ValueError that names
-// it, not nanobind's "incompatible function arguments".
-
-std::string python_type(nb::handle x) {
-  return nb::cast<std::string>(nb::str(nb::handle(x.type()).attr("__name__")));
-}
-
-[[noreturn]] void type_error(const std::string& op, const std::string& message) {
-  throw nb::type_error(("[" + op + "] " + message).c_str());
-}
-
-[[noreturn]] void value_error(const std::string& op, const std::string& message) {
-  throw std::invalid_argument("[" + op + "] " + message);
-}
-
-mx::array array_arg(const char* op, const char* name, nb::handle x) {
-  if (!nb::isinstance<mx::array>(x)) {
-    type_error(op, std::string(name) + " must be an mx.array, got " + python_type(x));
-  }
-  return nb::cast<mx::array>(x);
-}
-
-std::optional<mx::array> mask_arg(const char* op, nb::handle mask) {
-  if (mask.is_none()) {
-    return std::nullopt;
-  }
-  if (!nb::isinstance<mx::array>(mask)) {
-    type_error(op, "mask must be None or an mx.array, got " + python_type(mask));
-  }
-  return nb::cast<mx::array>(mask);
-}
-
-bool is_int(nb::handle x) {
-  return PyLong_Check(x.ptr()) && !PyBool_Check(x.ptr());
-}
-
-// A Python float or int (not a bool) as the float32 the kernels compute with.
-float scale_arg(const char* op, nb::handle scale) {
-  if (PyBool_Check(scale.ptr()) || !(PyFloat_Check(scale.ptr()) || is_int(scale))) {
-    type_error(op, "scale must be a float, got " + python_type(scale));
-  }
-  const double v = PyFloat_AsDouble(scale.ptr());
-  if (PyErr_Occurred()) {
-    PyErr_Clear();
-    value_error(op, "scale must be a finite float32 value, got an int too large for a float");
-  }
-  // A finite value that float32 cannot hold would reach the op as inf; NaN and inf themselves
-  // are left to the op's own checks (Week 2, Day 4, Task 1).
-  if (std::isfinite(v) && std::fabs(v) > FLT_MAX) {
-    std::ostringstream os;
-    os << "scale must be a finite float32 value, got " << v;
-    value_error(op, os.str());
-  }
-  return static_cast<float>(v);
-}
-
-bool bool_arg(const char* op, const char* name, nb::handle x) {
-  if (!PyBool_Check(x.ptr())) {
-    type_error(op, std::string(name) + " must be True or False, got " + python_type(x));
-  }
-  return x.ptr() == Py_True;
-}
-
-int int_arg(const char* op, const char* name, nb::handle x) {
-  if (!is_int(x)) {
-    type_error(op, std::string(name) + " must be an int, got " + python_type(x));
-  }
-  int overflow = 0;
-  const long long v = PyLong_AsLongLongAndOverflow(x.ptr(), &overflow);
-  if (overflow != 0 || v < INT_MIN || v > INT_MAX) {
-    value_error(op, std::string(name) + " must fit in a 32-bit int, got " + nb::cast<std::string>(nb::str(x)));
-  }
-  return static_cast<int>(v);
-}
-
-mx::StreamOrDevice stream_arg(const char* op, nb::handle stream) {
-  if (stream.is_none()) {
-    return {};
-  }
-  // Like MLX's own ops: a Device, a DeviceType (mx.cpu, mx.gpu) or a Stream.
-  mx::Device device(mx::Device::cpu);
-  if (nb::try_cast<mx::Device>(stream, device)) {
-    return metalsim::to_stream_or_device(device);
-  }
-  mx::Stream s(0, device);
-  if (nb::try_cast<mx::Stream>(stream, s)) {
-    return metalsim::to_stream_or_device(s);
-  }
-  type_error(op, "stream must be None, an mx.Device or an mx.Stream, got " + python_type(stream));
+// flash_attention and flash_attention_fast: the forward, on the CPU or the GPU.
+mx::array forward(
+    const AttentionArgs& a, tiny_attn::Kernel kernel, int num_threads, mx::StreamOrDevice s) {
+  tiny_attn::check_gpu_has_bfloat16(a.query, metalsim::place_op(s).on_gpu());
+  return tiny_attn::flash_attention(
+      a.query, a.key, a.value, a.scale, a.mask, a.causal, kernel, num_threads, s);
 }
 
 } // namespace
@@ -151,7 +65,8 @@ Returns:
 Raises:
     ValueError: ``x`` is a scalar or not float32.)");
 
-  m.def(
+  def_attention(
+      m,
       "flash_attention",
       [](nb::handle query,
          nb::handle key,
@@ -161,26 +76,9 @@ Raises:
          nb::handle causal,
          nb::handle stream) {
         const char* op = "flash_attention";
-        const mx::array q = array_arg(op, "query", query);
-        const mx::StreamOrDevice s = stream_arg(op, stream);
-        tiny_attn::check_gpu_has_bfloat16(q, metalsim::place_op(s).on_gpu());
-        return tiny_attn::flash_attention(
-            q,
-            array_arg(op, "key", key),
-            array_arg(op, "value", value),
-            scale_arg(op, scale),
-            mask_arg(op, mask),
-            bool_arg(op, "causal", causal),
-            tiny_attn::Kernel::Simple,
-            1,
-            s);
+        const AttentionArgs a = attention_args(op, query, key, value, scale, mask, causal);
+        return forward(a, tiny_attn::Kernel::Simple, 1, stream_arg(op, stream));
       },
-      "query"_a.none(),
-      "key"_a.none(),
-      "value"_a.none(),
-      "scale"_a.none(),
-      "mask"_a.none() = nb::none(),
-      "causal"_a.none() = nb::bool_(false),
       nb::kw_only(),
       "stream"_a.none() = nb::none(),
       R"(FlashAttention (Br = Bc = 32): day 4's single-threaded CPU kernel, or on the GPU
@@ -206,7 +104,8 @@ Raises:
     ValueError: a wrong rank, dtype or shape; on the GPU, E > 128. The message names the
         argument.)");
 
-  m.def(
+  def_attention(
+      m,
       "flash_attention_fast",
       [](nb::handle query,
          nb::handle key,
@@ -217,26 +116,10 @@ Raises:
          nb::handle num_threads,
          nb::handle stream) {
         const char* op = "flash_attention_fast";
-        const mx::array q = array_arg(op, "query", query);
-        const mx::StreamOrDevice s = stream_arg(op, stream);
-        tiny_attn::check_gpu_has_bfloat16(q, metalsim::place_op(s).on_gpu());
-        return tiny_attn::flash_attention(
-            q,
-            array_arg(op, "key", key),
-            array_arg(op, "value", value),
-            scale_arg(op, scale),
-            mask_arg(op, mask),
-            bool_arg(op, "causal", causal),
-            tiny_attn::Kernel::Fast,
-            int_arg(op, "num_threads", num_threads),
-            s);
+        const AttentionArgs a = attention_args(op, query, key, value, scale, mask, causal);
+        const int threads = int_arg(op, "num_threads", num_threads);
+        return forward(a, tiny_attn::Kernel::Fast, threads, stream_arg(op, stream));
       },
-      "query"_a.none(),
-      "key"_a.none(),
-      "value"_a.none(),
-      "scale"_a.none(),
-      "mask"_a.none() = nb::none(),
-      "causal"_a.none() = nb::bool_(false),
       nb::kw_only(),
       "num_threads"_a.none() = nb::int_(0),
       "stream"_a.none() = nb::none(),
@@ -320,7 +203,8 @@ the mask. Read it after evaluating the result.)");
       "Set both counts read by :func:`gpu_tile_counts` to 0.");
 
   // ---------------------------------------------------------------- Week 4: the backward pass
-  m.def(
+  def_attention(
+      m,
       "flash_attention_with_lse",
       [](nb::handle query,
          nb::handle key,
@@ -332,23 +216,20 @@ the mask. Read it after evaluating the result.)");
          nb::handle num_threads,
          nb::handle stream) {
         const char* op = "flash_attention_with_lse";
+        const AttentionArgs a = attention_args(op, query, key, value, scale, mask, causal);
+        const bool use_fast = bool_arg(op, "fast", fast);
+        const int threads = int_arg(op, "num_threads", num_threads);
         return tiny_attn::flash_attention_with_lse(
-            array_arg(op, "query", query),
-            array_arg(op, "key", key),
-            array_arg(op, "value", value),
-            scale_arg(op, scale),
-            mask_arg(op, mask),
-            bool_arg(op, "causal", causal),
-            bool_arg(op, "fast", fast) ? tiny_attn::Kernel::Fast : tiny_attn::Kernel::Simple,
-            int_arg(op, "num_threads", num_threads),
+            a.query,
+            a.key,
+            a.value,
+            a.scale,
+            a.mask,
+            a.causal,
+            use_fast ? tiny_attn::Kernel::Fast : tiny_attn::Kernel::Simple,
+            threads,
             stream_arg(op, stream));
       },
-      "query"_a.none(),
-      "key"_a.none(),
-      "value"_a.none(),
-      "scale"_a.none(),
-      "mask"_a.none() = nb::none(),
-      "causal"_a.none() = nb::bool_(false),
       nb::kw_only(),
       "fast"_a.none() = nb::bool_(true),
       "num_threads"_a.none() = nb::int_(0),
@@ -436,4 +317,5 @@ Raises:
       "Set the counter read by :func:`backward_tiles_visited` to 0.");
 
   bind_decode(m);
+  bind_varlen(m);
 }

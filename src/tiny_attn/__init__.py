@@ -24,7 +24,9 @@ from .online_softmax import (
 )
 from .paged_kv_cache import PagedKVCache
 from .profiling import Profile, profile, scores_nbytes, softmax_naive
+from .serving import Generator
 from .transformer import CausalSelfAttention, Transformer, generate, lm_loss
+from .varlen import alibi_slopes, local_mask, varlen_attention_naive
 
 __all__ = [
     # Week 1
@@ -64,4 +66,8 @@ __all__ = [
     # Week 5
     "KVCache",
     "PagedKVCache",
+    "local_mask",
+    "alibi_slopes",
+    "varlen_attention_naive",
+    "Generator",
 ]

@@ -49,6 +49,9 @@ DECODE_GPU = "refsol/extensions_ref/src/decode_attention_gpu.cpp"
 DECODE_SPLIT = "refsol/extensions_ref/src/decode_attention_split.cpp"
 DECODE_METAL = "refsol/extensions_ref/src/decode_attention.metal"
 DECODE_OPS = "src/extension_common/decode_attention_ops.cpp"  # given, shared by both trees
+VARLEN_PY = "refsol/tiny_attn_ref/varlen.py"
+VARLEN_CPU = "refsol/extensions_ref/src/flash_attention_varlen.cpp"
+VARLEN_METAL = "refsol/extensions_ref/src/flash_attention_varlen.metal"
 
 # Day 5.3's copy mutant: on the CPU, the pages of every sequence gathered into a dense
 # (B, H, max_blocks * page_size, E) buffer from MLX's allocator, then the contiguous kernel.
@@ -386,6 +389,109 @@ MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
                 (
                     "const int page = p.block_table[int64_t(b) * p.max_blocks + j / p.page_size];",
                     "const int page = b * p.max_blocks + j / p.page_size;",
+                )
+            ],
+        ),
+    ],
+    (5, 4): [
+        Mutant(
+            "the naive model soft-caps the masked scores (the mask before softcap)",
+            VARLEN_PY,
+            [
+                (
+                    "        keep = local_mask(L, S, window, causal=causal)\n"
+                    "        scores = mx.where(keep, scores, mx.finfo(scores.dtype).min)\n",
+                    "",
+                ),
+                (
+                    "        if softcap is not None:\n",
+                    "        keep = local_mask(L, S, window, causal=causal)\n"
+                    "        scores = mx.where(keep, scores, mx.finfo(scores.dtype).min)\n"
+                    "        if softcap is not None:\n",
+                ),
+            ],
+        ),
+        Mutant(
+            "the CPU kernel computes the K/V tiles before the window instead of skipping them",
+            VARLEN_CPU,
+            [
+                (
+                    "for (int j = lo_all / kBc; j <= hi_all / kBc; ++j) {",
+                    "for (int j = 0; j <= hi_all / kBc; ++j) {",
+                )
+            ],
+        ),
+        Mutant(
+            "the CPU kernel computes the K/V tiles after the window instead of skipping them",
+            VARLEN_CPU,
+            [
+                (
+                    "for (int j = lo_all / kBc; j <= hi_all / kBc; ++j) {",
+                    "for (int j = lo_all / kBc; j <= (S - 1) / kBc; ++j) {",
+                )
+            ],
+        ),
+        Mutant(
+            "the CPU kernel soft-caps after the mask",
+            VARLEN_CPU,
+            [
+                (
+                    "float s = score(dot(q_row, k_row, E), pos, col, slope, p);\n"
+                    "        if (!whole && (col < keys[r].lo || col > keys[r].hi)) {\n"
+                    "          s = kMasked;\n"
+                    "        }\n",
+                    "float s = dot(q_row, k_row, E);\n"
+                    "        if (!whole && (col < keys[r].lo || col > keys[r].hi)) {\n"
+                    "          s = kMasked;\n"
+                    "        }\n"
+                    "        s = score(s, pos, col, slope, p);\n",
+                )
+            ],
+        ),
+        Mutant(
+            "the CPU kernel runs on one thread",
+            VARLEN_CPU,
+            [
+                (
+                    "std::min<int64_t>(std::max(1u, std::thread::hardware_concurrency()), n_items)",
+                    "1",
+                )
+            ],
+        ),
+        Mutant(
+            "the Metal kernel computes the K/V tiles before the window instead of skipping them",
+            VARLEN_METAL,
+            [
+                (
+                    "const int first_tile = sees_none ? 0 : keys.lo / VARLEN_BC;",
+                    "const int first_tile = 0;",
+                )
+            ],
+        ),
+        Mutant(
+            "the Metal kernel compares every score with the window, on tiles it sees whole too",
+            VARLEN_METAL,
+            [
+                (
+                    "const bool masked = !(keys.lo <= j * VARLEN_BC && tile_last <= keys.hi);",
+                    "const bool masked = true;",
+                )
+            ],
+        ),
+        Mutant(
+            "the Metal kernel soft-caps after the mask",
+            VARLEN_METAL,
+            [
+                (
+                    "      s = varlen_score(dot, pos, col, slope, p);\n"
+                    "      if (masked && (col < keys.lo || col > keys.hi)) {\n"
+                    "        s = VARLEN_MASKED;\n"
+                    "      }\n",
+                    "      s = dot;\n"
+                    "      if (masked && (col < keys.lo || col > keys.hi)) {\n"
+                    "        s = VARLEN_MASKED;\n"
+                    "      }\n"
+                    "      s = varlen_score(s, pos, col, slope, p);\n",
                 )
             ],
         ),
