@@ -2,90 +2,23 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
 
-#include <climits>
 #include <cmath>
-#include <stdexcept>
 #include <string>
 
+#include "bindings_args.h"
 #include "decode_attention.h"
-#include "metalsim/mlx_extension.h"
 
-namespace nb = nanobind;
 using namespace nb::literals;
+using namespace tiny_attn::bindings;
 
 namespace {
 
-// The arguments arrive as Python objects and are converted here, so that a wrong one is a
-// TypeError or ValueError that names it (as bindings.cpp does for the earlier weeks).
-std::string python_type(nb::handle x) {
-  return nb::cast<std::string>(nb::str(nb::handle(x.type()).attr("__name__")));
-}
-
-[[noreturn]] void type_error(const char* op, const std::string& message) {
-  throw nb::type_error(("[" + std::string(op) + "] " + message).c_str());
-}
-
-mx::array array_arg(const char* op, const char* name, nb::handle x) {
-  if (!nb::isinstance<mx::array>(x)) {
-    type_error(op, std::string(name) + " must be an mx.array, got " + python_type(x));
+// None: 1 / sqrt(E) of the query (checked by the op); else a float, as the other ops take it.
+float scale_or_default(const char* op, nb::handle scale, const mx::array& query) {
+  if (!scale.is_none()) {
+    return scale_arg(op, scale);
   }
-  return nb::cast<mx::array>(x);
-}
-
-bool is_int(nb::handle x) {
-  return PyLong_Check(x.ptr()) && !PyBool_Check(x.ptr());
-}
-
-int int_arg(const char* op, const char* name, nb::handle x) {
-  if (!is_int(x)) {
-    type_error(op, std::string(name) + " must be an int, got " + python_type(x));
-  }
-  int overflow = 0;
-  const long long v = PyLong_AsLongLongAndOverflow(x.ptr(), &overflow);
-  if (overflow != 0 || v < INT_MIN || v > INT_MAX) {
-    tiny_attn::fail_decode(
-        op, std::string(name) + " must fit in a 32-bit int, got " + nb::cast<std::string>(nb::str(x)));
-  }
-  return static_cast<int>(v);
-}
-
-bool bool_arg(const char* op, const char* name, nb::handle x) {
-  if (!PyBool_Check(x.ptr())) {
-    type_error(op, std::string(name) + " must be True or False, got " + python_type(x));
-  }
-  return x.ptr() == Py_True;
-}
-
-// None: 1 / sqrt(E) of the query; else a float (or int), not a bool.
-float scale_arg(const char* op, nb::handle scale, const mx::array& query) {
-  if (scale.is_none()) {
-    return query.ndim() > 0 && query.shape(-1) > 0 ? 1.0f / std::sqrt(float(query.shape(-1)))
-                                                   : 1.0f;
-  }
-  if (PyBool_Check(scale.ptr()) || !(PyFloat_Check(scale.ptr()) || is_int(scale))) {
-    type_error(op, "scale must be None or a float, got " + python_type(scale));
-  }
-  const double v = PyFloat_AsDouble(scale.ptr());
-  if (PyErr_Occurred() || (std::isfinite(v) && std::fabs(v) > 3.4e38)) {
-    PyErr_Clear();
-    tiny_attn::fail_decode(op, "scale must be a finite float32 value");
-  }
-  return static_cast<float>(v);
-}
-
-mx::StreamOrDevice stream_arg(const char* op, nb::handle stream) {
-  if (stream.is_none()) {
-    return {};
-  }
-  mx::Device device(mx::Device::cpu);
-  if (nb::try_cast<mx::Device>(stream, device)) {
-    return metalsim::to_stream_or_device(device);
-  }
-  mx::Stream s(0, device);
-  if (nb::try_cast<mx::Stream>(stream, s)) {
-    return metalsim::to_stream_or_device(s);
-  }
-  type_error(op, "stream must be None, an mx.Device or an mx.Stream, got " + python_type(stream));
+  return query.ndim() > 0 && query.shape(-1) > 0 ? 1.0f / std::sqrt(float(query.shape(-1))) : 1.0f;
 }
 
 } // namespace
@@ -105,7 +38,7 @@ void bind_decode(nb::module_& m) {
             q,
             array_arg(op, "key", key),
             array_arg(op, "value", value),
-            scale_arg(op, scale, q),
+            scale_or_default(op, scale, q),
             bool_arg(op, "causal", causal),
             stream_arg(op, stream));
       },
@@ -153,7 +86,7 @@ Raises:
             q,
             array_arg(op, "key", key),
             array_arg(op, "value", value),
-            scale_arg(op, scale, q),
+            scale_or_default(op, scale, q),
             int_arg(op, "num_splits", num_splits),
             bool_arg(op, "causal", causal),
             stream_arg(op, stream));
@@ -183,7 +116,7 @@ Args:
         const int s = int_arg(op, "S", S), t = int_arg(op, "tasks", tasks);
         const int w = int_arg(op, "workers", workers);
         if (s < 1 || t < 1 || w < 1) {
-          tiny_attn::fail_decode(op, "S, tasks and workers must all be >= 1");
+          value_error(op, "S, tasks and workers must all be >= 1");
         }
         return tiny_attn::choose_num_splits(s, t, w);
       },
@@ -213,7 +146,7 @@ shorter than 256 keys, at most 64.)");
             array_arg(op, "v_pages", v_pages),
             array_arg(op, "block_table", block_table),
             array_arg(op, "seq_lens", seq_lens),
-            scale_arg(op, scale, q),
+            scale_or_default(op, scale, q),
             int_arg(op, "num_splits", num_splits),
             bool_arg(op, "causal", causal),
             stream_arg(op, stream));

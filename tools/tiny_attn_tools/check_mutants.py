@@ -62,7 +62,7 @@ PAGED_GATHERED_FIRST = """  if (paged_ && num_splits_ == 1) {
     encoder.dispatch([p]() {
       const int S_max = p.max_blocks * p.page_size;
       const size_t n = size_t(p.B) * p.H * S_max * p.E;
-      auto buf = mx::allocator::malloc(2 * n * sizeof(float));
+      mx::allocator::Buffer buf = mx::allocator::allocator().malloc(2 * n * sizeof(float));
       float* dense = static_cast<float*>(buf.raw_ptr());
       for (int b = 0; b < p.B; ++b)
         for (int h = 0; h < p.H; ++h)
@@ -79,7 +79,7 @@ PAGED_GATHERED_FIRST = """  if (paged_ && num_splits_ == 1) {
       c.kv_strides[1] = int64_t(S_max) * p.E;
       c.kv_strides[2] = p.E;
       decode_attention_cpu(c, 0);
-      mx::allocator::free(buf);
+      mx::allocator::allocator().free(buf);
     });
   } else if (num_splits_ == 1) {
     encoder.dispatch([p]() { decode_attention_cpu(p, 0); });"""
@@ -377,7 +377,14 @@ MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
         Mutant(
             "the decode kernel's SIMD groups are not merged (only SIMD group 0's keys count)",
             DECODE_METAL,
-            [("        M = max(M, merge_m[g]);", "        M = max(M, merge_m[0]);")],
+            [
+                (
+                    "        for (int g = 0; g < SIMD_GROUPS; ++g) {\n"
+                    "          const float w = exp(merge_m[g] - M);",
+                    "        for (int g = 0; g < 1; ++g) {\n"
+                    "          const float w = exp(merge_m[g] - M);",
+                )
+            ],
         ),
     ],
     (5, 2): [

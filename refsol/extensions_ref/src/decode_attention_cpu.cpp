@@ -26,40 +26,73 @@ namespace {
 
 using simd::f32x8;
 
-TINY_ATTN_INLINE float dot(const float* a, const float* b, int E) {
-  f32x8 acc = simd::broadcast(0.0f);
-  int e = 0;
-  for (; e + 8 <= E; e += 8) {
-    acc += simd::load(a + e) * simd::load(b + e);
-  }
+// Rows are computed kRowBlock at a time: each 8 columns of a key (or value) row are loaded
+// into a register once and used by all the block's rows.
+constexpr int kRowBlock = 4;
+
+TINY_ATTN_INLINE float hsum(f32x8 v) {
   float s = 0.0f;
   for (int i = 0; i < 8; ++i) {
-    s += acc[i];
-  }
-  for (; e < E; ++e) {
-    s += a[e] * b[e];
+    s += v[i];
   }
   return s;
 }
 
-// o = alpha * o + sum over c < n of p[c] * v_rows[c]: each 8 columns of o loaded and stored
-// once per block, not once per key.
-TINY_ATTN_INLINE void
-accumulate(float* o, float alpha, const float* p, const float* const* v_rows, int n, int E) {
+// s[i][c] = scale * q_i . k_c for the block's kRowBlock rows and keys c < n.
+TINY_ATTN_INLINE void scores(
+    const float* const* q, const float* const* k_rows, int n, int E, float scale, float (*s)[kBc]) {
+  for (int c = 0; c < n; ++c) {
+    f32x8 acc[kRowBlock] = {};
+    int e = 0;
+    for (; e + 8 <= E; e += 8) {
+      const f32x8 kk = simd::load(k_rows[c] + e);
+      for (int i = 0; i < kRowBlock; ++i) {
+        acc[i] += simd::load(q[i] + e) * kk;
+      }
+    }
+    for (int i = 0; i < kRowBlock; ++i) {
+      float dot = hsum(acc[i]);
+      for (int t = e; t < E; ++t) {
+        dot += q[i][t] * k_rows[c][t];
+      }
+      s[i][c] = scale * dot;
+    }
+  }
+}
+
+// o_i = alpha_i * o_i + sum over c < n of p[i][c] * v_c, for the block's rows: each 8 columns
+// of o_i stay in a register over the whole key block.
+TINY_ATTN_INLINE void accumulate(
+    float* const* o,
+    const float* alpha,
+    const float (*p)[kBc],
+    const float* const* v_rows,
+    int n,
+    int E) {
   int e = 0;
   for (; e + 8 <= E; e += 8) {
-    f32x8 acc = simd::load(o + e) * simd::broadcast(alpha);
-    for (int c = 0; c < n; ++c) {
-      acc += simd::broadcast(p[c]) * simd::load(v_rows[c] + e);
+    f32x8 acc[kRowBlock];
+    for (int i = 0; i < kRowBlock; ++i) {
+      acc[i] = simd::load(o[i] + e) * simd::broadcast(alpha[i]);
     }
-    simd::store(o + e, acc);
+    for (int c = 0; c < n; ++c) {
+      const f32x8 vv = simd::load(v_rows[c] + e);
+      for (int i = 0; i < kRowBlock; ++i) {
+        acc[i] += simd::broadcast(p[i][c]) * vv;
+      }
+    }
+    for (int i = 0; i < kRowBlock; ++i) {
+      simd::store(o[i] + e, acc[i]);
+    }
   }
   for (; e < E; ++e) {
-    float acc = o[e] * alpha;
-    for (int c = 0; c < n; ++c) {
-      acc += p[c] * v_rows[c][e];
+    for (int i = 0; i < kRowBlock; ++i) {
+      float acc = o[i][e] * alpha[i];
+      for (int c = 0; c < n; ++c) {
+        acc += p[i][c] * v_rows[c][e];
+      }
+      o[i][e] = acc;
     }
-    o[e] = acc;
   }
 }
 
@@ -88,7 +121,10 @@ void decode_group(
     q_rows[r] = p.q + ((int64_t(b) * p.H_q + h_q) * p.L + i) * E;
     last_key[r] = p.causal ? i + S_b - p.L : S_b - 1;
   }
-  float s[kBc];
+  // A block of fewer than kRowBlock rows fills up with a dummy row (query row r0, output to
+  // `spare`), computed and thrown away.
+  std::vector<float> spare(E);
+  float s[kRowBlock][kBc];
   const float* k_rows[kBc];
   const float* v_rows[kBc];
   for (int c0 = j0; c0 < j1; c0 += kBc) {
@@ -97,34 +133,52 @@ void decode_group(
       k_rows[c] = kv_row(p, p.k, b, h, c0 + c);
       v_rows[c] = kv_row(p, p.v, b, h, c0 + c);
     }
-    for (int r = 0; r < R; ++r) {
-      const int visible = std::min(n, last_key[r] - c0 + 1); // keys of the block row r sees
-      if (visible <= 0) {
+    for (int rb = 0; rb < R; rb += kRowBlock) {
+      const float* q[kRowBlock];
+      float* o[kRowBlock];
+      int visible[kRowBlock]; // keys of the block row rb + i sees (causal: maybe fewer)
+      int n_used = 0;         // keys any row of the block sees
+      for (int i = 0; i < kRowBlock; ++i) {
+        const bool real = rb + i < R;
+        q[i] = q_rows[real ? rb + i : 0];
+        o[i] = real ? st.o.data() + size_t(rb + i) * E : spare.data();
+        visible[i] = real ? std::clamp(last_key[rb + i] - c0 + 1, 0, n) : 0;
+        n_used = std::max(n_used, visible[i]);
+      }
+      if (n_used == 0) {
         continue;
       }
-      float m_block = -INFINITY;
-      for (int c = 0; c < visible; ++c) {
-        s[c] = p.scale * dot(q_rows[r], k_rows[c], E);
-        m_block = std::max(m_block, s[c]);
-      }
-      // Online softmax (Week 2): p = exp(s - m_new), 8 at a time; what the row has so far
-      // is rescaled by alpha = exp(m_old - m_new) (0 on the row's first block).
-      const float m_new = std::max(st.m[r], m_block);
-      const float alpha = std::exp(st.m[r] - m_new);
-      for (int c = visible; c < (visible + 7) / 8 * 8; ++c) {
-        s[c] = -INFINITY; // lanes past the visible keys: exp gives 0
-      }
-      float l = 0.0f;
-      for (int c = 0; c < visible; c += 8) {
-        const f32x8 pc = simd::exp(simd::load(s + c) - simd::broadcast(m_new));
-        simd::store(s + c, pc);
-        for (int i = 0; i < 8; ++i) {
-          l += pc[i];
+      scores(q, k_rows, n_used, E, p.scale, s);
+      // Online softmax (Week 2), row by row: p = exp(s - m_new), 8 at a time, and what the
+      // row has so far rescaled by alpha = exp(m_old - m_new) (0 on the row's first block).
+      float alpha[kRowBlock];
+      for (int i = 0; i < kRowBlock; ++i) {
+        const int n8 = (n_used + 7) / 8 * 8;
+        for (int c = visible[i]; c < n8; ++c) {
+          s[i][c] = -INFINITY; // keys the row does not see: exp gives 0
         }
+        if (visible[i] == 0) { // nothing new for this row (or a dummy row)
+          alpha[i] = 1.0f;
+          std::fill(s[i], s[i] + n8, 0.0f);
+          continue;
+        }
+        const int r = rb + i;
+        float m_block = -INFINITY;
+        for (int c = 0; c < visible[i]; ++c) {
+          m_block = std::max(m_block, s[i][c]);
+        }
+        const float m_new = std::max(st.m[r], m_block);
+        alpha[i] = std::exp(st.m[r] - m_new);
+        float l = 0.0f;
+        for (int c = 0; c < n8; c += 8) {
+          const f32x8 pc = simd::exp(simd::load(s[i] + c) - simd::broadcast(m_new));
+          simd::store(s[i] + c, pc);
+          l += hsum(pc);
+        }
+        st.m[r] = m_new;
+        st.l[r] = st.l[r] * alpha[i] + l;
       }
-      accumulate(st.o.data() + size_t(r) * E, alpha, s, v_rows, visible, E);
-      st.m[r] = m_new;
-      st.l[r] = st.l[r] * alpha + l;
+      accumulate(o, alpha, s, v_rows, n_used, E);
     }
   }
   decode_cpu_rows_read() += std::max(0, j1 - j0);
