@@ -53,6 +53,7 @@ DECODE_OPS = "src/extension_common/decode_attention_ops.cpp"  # given, shared by
 VARLEN_PY = "refsol/tiny_attn_ref/varlen.py"
 VARLEN_CPU = "refsol/extensions_ref/src/flash_attention_varlen.cpp"
 VARLEN_METAL = "refsol/extensions_ref/src/flash_attention_varlen.metal"
+SERVING = "refsol/tiny_attn_ref/serving.py"
 
 # Day 5.3's copy mutant: on the CPU, the pages of every sequence gathered into a dense
 # (B, H, max_blocks * page_size, E) buffer from MLX's allocator, then the contiguous kernel.
@@ -531,6 +532,33 @@ MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
                     "      }\n"
                     "      s = varlen_score(s, pos, col, slope, p);\n",
                 )
+            ],
+        ),
+    ],
+    (5, 5): [
+        Mutant(
+            "the generation loop recomputes the whole context at every step (no KV cache)",
+            SERVING,
+            [
+                (
+                    "logits = self.decode_step(seqs, nxt)",
+                    "logits = mx.stack([self.model(mx.array([o]))[0, -1] for o in outputs])",
+                )
+            ],
+        ),
+        Mutant(
+            "the prompt goes through the naive attention instead of flash_attention",
+            SERVING,
+            [
+                (
+                    "from .multihead import merge_heads, split_heads\n",
+                    "from .masks import scaled_dot_product_attention\n"
+                    "from .multihead import merge_heads, split_heads\n",
+                ),
+                (
+                    'o = flash_attention(q, k, v, mask="causal", stream=self.stream)',
+                    'o = scaled_dot_product_attention(q, k, v, mask="causal")',
+                ),
             ],
         ),
     ],

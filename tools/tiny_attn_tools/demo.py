@@ -41,7 +41,7 @@ def main() -> int:
     if min(h_q, h, n, e) < 1 or h_q % h:
         parser.error("--heads, --kv-heads, --length, --dim must be positive, heads % kv-heads == 0")
 
-    load_extension("tiny_attn_ext_ref")  # builds the C++ and Metal kernels if a source changed
+    ext = load_extension("tiny_attn_ext_ref")  # builds the C++ and Metal kernels if needed
     metal = gpu_backend_name("tiny_attn_ext_ref") == "metal"
     gpu = "Metal" if metal else "metalsim, the CPU simulator"
     print(
@@ -58,6 +58,13 @@ def main() -> int:
 
     def tiled() -> mx.array:
         return ta.flash_attention_tiled(q, k, v, mask="causal")[0]
+
+    def varlen() -> mx.array:
+        # Week 5: one packed sequence, (n, heads, e), its causal mask computed in the kernel.
+        packed = [mx.swapaxes(x[0], 0, 1) for x in (q, k, v)]
+        cu = mx.array([0, n], mx.int32)
+        out = ext.flash_attention_varlen(*packed, cu, cu, scale, causal=True)
+        return mx.swapaxes(out, 0, 1)[None]
 
     # (week, name, function). Each runs the whole attention and returns the output.
     rows: list[tuple[str, str, Callable[[], mx.array]]] = [
@@ -82,6 +89,7 @@ def main() -> int:
             "flash_attention, C++ fast kernel",
             lambda: ta.flash_attention(q, k, v, mask="causal", kernel="fast"),
         ),
+        ("5", "flash_attention_varlen, C++ (packed)", varlen),
     ]
     rows += gpu_rows(q, k, v)
 
