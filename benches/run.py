@@ -22,6 +22,7 @@ BENCHES = {
     2: ("week2_cpu", ["--quick"]),
     3: ("week3_gpu", ["--quick"]),
     4: ("week4_backward", ["--quick"]),
+    5: ("week5_inference", ["--quick"]),
 }
 
 

@@ -11,6 +11,7 @@ from .flash_attention_tiled import (
     reset_tile_counts,
     tile_counts,
 )
+from .kv_cache import KVCache
 from .masks import causal_mask, padding_mask, scaled_dot_product_attention
 from .multihead import MultiHeadAttention, merge_heads, split_heads
 from .online_softmax import (
@@ -21,8 +22,11 @@ from .online_softmax import (
     online_softmax_state,
     softmax_state,
 )
+from .paged_kv_cache import PagedKVCache
 from .profiling import Profile, profile, scores_nbytes, softmax_naive
+from .serving import Generator
 from .transformer import CausalSelfAttention, Transformer, generate, lm_loss
+from .varlen import alibi_slopes, local_mask, varlen_attention_naive
 
 __all__ = [
     # Week 1
@@ -59,4 +63,11 @@ __all__ = [
     "Transformer",
     "lm_loss",
     "generate",
+    # Week 5
+    "KVCache",
+    "PagedKVCache",
+    "local_mask",
+    "alibi_slopes",
+    "varlen_attention_naive",
+    "Generator",
 ]

@@ -442,3 +442,205 @@ def check_returns_arrays(out: Any) -> list[mx.array]:
     if isinstance(out, (tuple, list)) and out and all(isinstance(a, mx.array) for a in out):
         return list(out)
     raise TypeError(f"fn must return an mx.array or a tuple / list of them, got {_type_name(out)}")
+
+
+# --- Week 5: KV caches ------------------------------------------------------------------------
+
+
+def check_cache_dtype(dtype: Any) -> None:
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
+
+
+def check_cache_append(
+    keys: Any, values: Any, shape: tuple[int, ...], layout: str, dtype: mx.Dtype
+) -> int:
+    """keys and values are arrays of `shape` except the tokens axis (-2, any length >= 1), of
+    the cache's dtype; returns the number of tokens T."""
+    for x, name in ((keys, "keys"), (values, "values")):
+        check_array(x, name)
+        want = (*shape[:-1], "T", shape[-1])
+        lead, last = tuple(x.shape[:-2]), x.shape[-1] if x.ndim else None
+        if x.ndim != len(shape) + 1 or lead != shape[:-1] or last != shape[-1]:
+            raise ValueError(
+                f"{name} must have shape {layout} = {tuple(want)}, got {tuple(x.shape)}"
+            )
+        if x.dtype != dtype:
+            raise TypeError(
+                f"{name} must have the cache's dtype {dtype_name(dtype)}, got {dtype_name(x.dtype)}"
+            )
+    if keys.shape != values.shape:
+        raise ValueError(
+            f"keys and values must have the same shape, got {tuple(keys.shape)} "
+            f"and {tuple(values.shape)}"
+        )
+    if keys.shape[-2] < 1:
+        raise ValueError("keys must hold at least one token (T >= 1), got T = 0")
+    return keys.shape[-2]
+
+
+def check_capacity(length: int, tokens: int, capacity: int, what: str) -> None:
+    """Appending `tokens` to `length` stays within `capacity`."""
+    if length + tokens > capacity:
+        raise ValueError(
+            f"keys of {tokens} tokens do not fit: {what} holds {length} of {capacity} "
+            f"(capacity), {capacity - length} free"
+        )
+
+
+def check_sequence(seq: Any, known: Any) -> None:
+    """`seq` is the id of a live sequence of a paged cache (one of `known`)."""
+    if isinstance(seq, bool) or not isinstance(seq, int):
+        raise TypeError(f"seq must be an int (from new_sequence()), got {_type_name(seq)}")
+    if seq not in known:
+        raise ValueError(f"seq {seq} is not a live sequence of this cache (new_sequence() first)")
+
+
+def check_sequences(seqs: Any, known: Any) -> list[int]:
+    """`seqs` is a non-empty list or tuple of live sequence ids."""
+    if not isinstance(seqs, (list, tuple)) or len(seqs) == 0:
+        raise TypeError(f"seqs must be a non-empty list of sequence ids, got {seqs!r}")
+    for s in seqs:
+        check_sequence(s, known)
+    return list(seqs)
+
+
+def check_free_pages(needed: int, free: int, num_pages: int) -> None:
+    if needed > free:
+        raise ValueError(
+            f"keys need {needed} more pages but the pool has {free} free of {num_pages} "
+            "(free() finished sequences, or make the pool larger)"
+        )
+
+
+# --- Week 5, Day 4: masks computed from positions, packed sequences -------------------------
+
+
+def check_window(window: Any) -> tuple[int, int]:
+    """None, an int w >= 0 (the w keys before, none after) or a pair (left, right) of ints >= 0.
+
+    Returns (left, right), -1 for an unbounded side.
+    """
+    if window is None:
+        return (-1, -1)
+    sides = (window, 0) if not isinstance(window, (tuple, list)) else tuple(window)
+    if len(sides) != 2:
+        raise ValueError(f"window must be an int or a pair (left, right), got {window!r}")
+    for side in sides:
+        if isinstance(side, bool) or not isinstance(side, int):
+            raise TypeError(f"window must be None, an int or a pair of ints, got {window!r}")
+        if side < 0:
+            raise ValueError(f"window sizes must be >= 0, got {window!r} (None means no window)")
+    return (int(sides[0]), int(sides[1]))
+
+
+def check_softcap(softcap: Any) -> None:
+    """None, or a positive finite number."""
+    if softcap is None:
+        return
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
+        raise TypeError(f"softcap must be None or a float, got {_type_name(softcap)}")
+    if not math.isfinite(softcap) or softcap <= 0:
+        raise ValueError(f"softcap must be None or a positive finite float, got {softcap}")
+
+
+def check_cu_seqlens(cu: Any, name: str, total: int) -> list[int]:
+    """Cumulative sequence lengths: a 1-D int32 mx.array from 0 to `total`, never decreasing.
+
+    Returns its values as a list.
+    """
+    check_array(cu, name)
+    if cu.ndim != 1 or cu.size < 2:
+        raise ValueError(
+            f"{name} must be 1-D with num_seqs + 1 >= 2 entries, got shape {tuple(cu.shape)}"
+        )
+    if cu.dtype != mx.int32:
+        raise TypeError(f"{name} must be int32, got {dtype_name(cu.dtype)}")
+    values = [int(x) for x in cu.tolist()]
+    if values[0] != 0 or values[-1] != total:
+        raise ValueError(f"{name} must run from 0 to {total}, got {values[0]} .. {values[-1]}")
+    if any(b < a for a, b in zip(values, values[1:], strict=False)):
+        raise ValueError(f"{name} must never decrease, got {values}")
+    return values
+
+
+def check_varlen_inputs(
+    query: Any,
+    key: Any,
+    value: Any,
+    cu_seqlens_q: Any,
+    cu_seqlens_k: Any,
+    scale: Any,
+    alibi_slopes: Any,
+    softcap: Any,
+) -> tuple[list[int], list[int]]:
+    """Packed query (total_q, H_q, E), key and value (total_k, H, E), their cu_seqlens; returns
+    the two lists of offsets."""
+    check_float_array(query, "query")
+    check_float_array(key, "key")
+    check_float_array(value, "value")
+    for x, name, layout in (
+        (query, "query", "(total_q, H_q, E)"),
+        (key, "key", "(total_k, H, E)"),
+        (value, "value", "(total_k, H, E)"),
+    ):
+        if x.ndim != 3 or 0 in x.shape:
+            raise ValueError(f"{name} must have shape {layout}, got shape {tuple(x.shape)}")
+    if key.shape != value.shape:
+        raise ValueError(
+            f"value must have the shape of key {tuple(key.shape)}, got {tuple(value.shape)}"
+        )
+    if key.shape[2] != query.shape[2]:
+        raise ValueError(f"key must have E = {query.shape[2]} of query, got {key.shape[2]}")
+    if query.shape[1] % key.shape[1] != 0:
+        raise ValueError(
+            f"key's H = {key.shape[1]} must divide query's H_q = {query.shape[1]} (GQA)"
+        )
+    check_scale(scale)
+    check_softcap(softcap)
+    if alibi_slopes is not None:
+        check_float_array(alibi_slopes, "alibi_slopes")
+        if tuple(alibi_slopes.shape) != (query.shape[1],):
+            raise ValueError(
+                f"alibi_slopes must have shape (H_q,) = ({query.shape[1]},), "
+                f"got {tuple(alibi_slopes.shape)}"
+            )
+    cu_q = check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", query.shape[0])
+    cu_k = check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", key.shape[0])
+    if len(cu_q) != len(cu_k):
+        raise ValueError(
+            f"cu_seqlens_k must describe as many sequences as cu_seqlens_q ({len(cu_q) - 1}), "
+            f"got {len(cu_k) - 1}"
+        )
+    for s in range(len(cu_q) - 1):
+        if cu_q[s + 1] > cu_q[s] and cu_k[s + 1] == cu_k[s]:
+            raise ValueError(f"cu_seqlens_k: sequence {s} has query rows but no key")
+    return cu_q, cu_k
+
+
+# --- Week 5, Day 5: serving ------------------------------------------------------------------
+
+
+def check_generator_model(model: Any, transformer_type: type) -> None:
+    """A Week 4 Transformer (of the same package)."""
+    if not isinstance(model, transformer_type):
+        raise TypeError(f"model must be a Transformer (Week 4), got {_type_name(model)}")
+
+
+def check_generate_args(prompts: Any, max_new_tokens: Any, max_len: int) -> None:
+    """A non-empty list of non-empty lists of token ids, and how many tokens to add (>= 0),
+    so that no sequence grows past the model's max_len positions."""
+    if not isinstance(prompts, list) or not prompts:
+        raise TypeError(f"prompts must be a non-empty list of lists of token ids, got {prompts!r}")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, list) or not p:
+            raise ValueError(f"prompts[{i}] must be a non-empty list of token ids, got {p!r}")
+        if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in p):
+            raise ValueError(f"prompts[{i}] must hold token ids (ints >= 0), got {p!r}")
+    check_int(max_new_tokens, "max_new_tokens", minimum=0)
+    longest = max(len(p) for p in prompts)
+    if longest + max_new_tokens > max_len:
+        raise ValueError(
+            f"max_new_tokens must keep every sequence within the model's max_len={max_len}: "
+            f"the longest prompt has {longest} tokens, max_new_tokens is {max_new_tokens}"
+        )

@@ -47,6 +47,46 @@ FA_TILED = "refsol/tiny_attn_ref/flash_attention_tiled.py"
 FA_EVAL_CPU = "src/extension_common/flash_attention_eval.cpp"  # given, shared by both trees
 FA_GPU = "refsol/extensions_ref/src/flash_attention_gpu.cpp"
 FA_METAL = "refsol/extensions_ref/src/flash_attention.metal"
+FA_BWD_GPU = "refsol/extensions_ref/src/flash_attention_backward_gpu.cpp"
+DECODE_CPU = "refsol/extensions_ref/src/decode_attention_cpu.cpp"
+DECODE_GPU = "refsol/extensions_ref/src/decode_attention_gpu.cpp"
+DECODE_SPLIT = "refsol/extensions_ref/src/decode_attention_split.cpp"
+DECODE_METAL = "refsol/extensions_ref/src/decode_attention.metal"
+DECODE_OPS = "src/extension_common/decode_attention_ops.cpp"  # given, shared by both trees
+VARLEN_PY = "refsol/tiny_attn_ref/varlen.py"
+VARLEN_CPU = "refsol/extensions_ref/src/flash_attention_varlen.cpp"
+VARLEN_METAL = "refsol/extensions_ref/src/flash_attention_varlen.metal"
+SERVING = "refsol/tiny_attn_ref/serving.py"
+
+# Day 5.3's copy mutant: on the CPU, the pages of every sequence gathered into a dense
+# (B, H, max_blocks * page_size, E) buffer from MLX's allocator, then the contiguous kernel.
+PAGED_DISPATCH = """  if (num_splits_ == 1) {
+    encoder.dispatch([p]() { decode_attention_cpu(p, 0); });"""
+PAGED_GATHERED_FIRST = """  if (paged_ && num_splits_ == 1) {
+    encoder.dispatch([p]() {
+      const int S_max = p.max_blocks * p.page_size;
+      const size_t n = size_t(p.B) * p.H * S_max * p.E;
+      mx::allocator::Buffer buf = mx::allocator::allocator().malloc(2 * n * sizeof(float));
+      float* dense = static_cast<float*>(buf.raw_ptr());
+      for (int b = 0; b < p.B; ++b)
+        for (int h = 0; h < p.H; ++h)
+          for (int j = 0; j < p.seq_len(b); ++j) {
+            const size_t at = ((size_t(b) * p.H + h) * S_max + j) * p.E;
+            std::copy_n(paged_kv_row(p, p.k, b, h, j), p.E, dense + at);
+            std::copy_n(paged_kv_row(p, p.v, b, h, j), p.E, dense + n + at);
+          }
+      DecodeProblem c = p;
+      c.k = dense;
+      c.v = dense + n;
+      c.block_table = nullptr;
+      c.kv_strides[0] = int64_t(p.H) * S_max * p.E;
+      c.kv_strides[1] = int64_t(S_max) * p.E;
+      c.kv_strides[2] = p.E;
+      decode_attention_cpu(c, 0);
+      mx::allocator::allocator().free(buf);
+    });
+  } else if (num_splits_ == 1) {
+    encoder.dispatch([p]() { decode_attention_cpu(p, 0); });"""
 
 # Week, day -> its mutants, or the reason it has none.
 MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
@@ -288,8 +328,243 @@ MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
             ],
         ),
     ],
+    (4, 4): [
+        Mutant(
+            "a GPU call of the backward runs the CPU kernel instead of the Metal ones",
+            "refsol/extensions_ref/src/flash_attention_backward.cpp",
+            [("if (simulated_) {", "if (false) {")],
+        ),
+        Mutant(
+            "the Week 3 forward does not write the lse",
+            FA_METAL,
+            [("    lse[size_t(n) * p.L + row] = m_i + log(l_i);\n", "")],
+        ),
+        Mutant(
+            "causal tiles are computed in the dK/dV kernel instead of skipped",
+            FA_METAL,
+            [
+                (
+                    "if (j >= kv_tiles_to_visit(first_row, min(first_row + Br, p.L) - 1, p)) {",
+                    "if (false) {",
+                )
+            ],
+        ),
+        Mutant(
+            "the dK/dV kernel sums over the first query head of a GQA group only",
+            FA_METAL,
+            [("for (int g = 0; g < G; ++g) {", "for (int g = 0; g < 1; ++g) {")],
+        ),
+        Mutant(
+            "the dq option is ignored: dQ always by atomic adds",
+            FA_BWD_GPU,
+            [("const bool atomic_dq = dq_ == DqMode::Atomic;", "const bool atomic_dq = true;")],
+        ),
+        Mutant(
+            "the dq option is ignored: dQ always by the separate kernel",
+            FA_BWD_GPU,
+            [("const bool atomic_dq = dq_ == DqMode::Atomic;", "const bool atomic_dq = false;")],
+        ),
+    ],
     (4, 5): "training puts the days before together: its tests compare the loss curve and the "
     "gradients with the naive path, and the mutants of Days 2 and 3 already defeat its parts",
+    (5, 1): [
+        Mutant(
+            "the CPU decode reads K/V once per query head (one task per head, not per group)",
+            DECODE_CPU,
+            [("const int rows_per_task = rows;", "const int rows_per_task = p.L;")],
+        ),
+        Mutant(
+            "the GPU decode gives each query head its own threadgroup (K/V read per head)",
+            DECODE_GPU,
+            [("p.rows_per_block = std::min(rows, kDecodeRows);", "p.rows_per_block = p.L;")],
+        ),
+        Mutant(
+            "the decode kernel's SIMD groups are not merged (only SIMD group 0's keys count)",
+            DECODE_METAL,
+            [
+                (
+                    "        for (int g = 0; g < SIMD_GROUPS; ++g) {\n"
+                    "          const float w = exp(merge_m[g] - M);",
+                    "        for (int g = 0; g < 1; ++g) {\n"
+                    "          const float w = exp(merge_m[g] - M);",
+                )
+            ],
+        ),
+    ],
+    (5, 2): [
+        Mutant(
+            "split-K ignores num_splits on the CPU (one split does all the keys)",
+            DECODE_SPLIT,
+            [("R = G * p.L, n_splits = p.num_splits;", "R = G * p.L, n_splits = 1;")],
+        ),
+        Mutant(
+            "split-K ignores num_splits on the GPU (a grid of one split)",
+            DECODE_SPLIT,
+            [
+                (
+                    "MTL::Size(p.B * p.H, row_blocks, p.num_splits)",
+                    "MTL::Size(p.B * p.H, row_blocks, 1)",
+                )
+            ],
+        ),
+        Mutant(
+            "the merge averages the splits instead of weighting them by exp(lse - M)",
+            DECODE_SPLIT,
+            [("const float w = std::exp(lse[z] - M);", "const float w = 1.0f;")],
+        ),
+        Mutant(
+            "the GPU merge averages the splits",
+            DECODE_METAL,
+            [("const float w = exp(lse[z] - M); // 0 for an empty split", "const float w = 1.0f;")],
+        ),
+    ],
+    (5, 3): [
+        Mutant(
+            "the paged op copies every sequence's pages into a contiguous cache first",
+            DECODE_OPS,
+            [(PAGED_DISPATCH, PAGED_GATHERED_FIRST)],
+        ),
+        Mutant(
+            "the block table is ignored (pages taken in pool order)",
+            "refsol/extensions_ref/src/paged_decode_attention.cpp",
+            [
+                (
+                    "const int page = p.block_table[int64_t(b) * p.max_blocks + j / p.page_size];",
+                    "const int page = b * p.max_blocks + j / p.page_size;",
+                )
+            ],
+        ),
+    ],
+    (5, 4): [
+        Mutant(
+            "the naive model soft-caps the masked scores (the mask before softcap)",
+            VARLEN_PY,
+            [
+                (
+                    "        keep = local_mask(L, S, window, causal=causal)\n"
+                    "        scores = mx.where(keep, scores, mx.finfo(scores.dtype).min)\n",
+                    "",
+                ),
+                (
+                    "        if softcap is not None:\n",
+                    "        keep = local_mask(L, S, window, causal=causal)\n"
+                    "        scores = mx.where(keep, scores, mx.finfo(scores.dtype).min)\n"
+                    "        if softcap is not None:\n",
+                ),
+            ],
+        ),
+        Mutant(
+            "the CPU kernel computes the K/V tiles before the window instead of skipping them",
+            VARLEN_CPU,
+            [
+                (
+                    "for (int j = lo_all / kBc; j <= hi_all / kBc; ++j) {",
+                    "for (int j = 0; j <= hi_all / kBc; ++j) {",
+                )
+            ],
+        ),
+        Mutant(
+            "the CPU kernel computes the K/V tiles after the window instead of skipping them",
+            VARLEN_CPU,
+            [
+                (
+                    "for (int j = lo_all / kBc; j <= hi_all / kBc; ++j) {",
+                    "for (int j = lo_all / kBc; j <= (S - 1) / kBc; ++j) {",
+                )
+            ],
+        ),
+        Mutant(
+            "the CPU kernel soft-caps after the mask",
+            VARLEN_CPU,
+            [
+                (
+                    "float s = score(dot(q_row, k_row, E), pos, col, slope, p);\n"
+                    "        if (!whole && (col < keys[r].lo || col > keys[r].hi)) {\n"
+                    "          s = kMasked;\n"
+                    "        }\n",
+                    "float s = dot(q_row, k_row, E);\n"
+                    "        if (!whole && (col < keys[r].lo || col > keys[r].hi)) {\n"
+                    "          s = kMasked;\n"
+                    "        }\n"
+                    "        s = score(s, pos, col, slope, p);\n",
+                )
+            ],
+        ),
+        Mutant(
+            "the CPU kernel runs on one thread",
+            VARLEN_CPU,
+            [
+                (
+                    "std::min<int64_t>(std::max(1u, std::thread::hardware_concurrency()), n_items)",
+                    "1",
+                )
+            ],
+        ),
+        Mutant(
+            "the Metal kernel computes the K/V tiles before the window instead of skipping them",
+            VARLEN_METAL,
+            [
+                (
+                    "const int first_tile = sees_none ? 0 : keys.lo / VARLEN_BC;",
+                    "const int first_tile = 0;",
+                )
+            ],
+        ),
+        Mutant(
+            "the Metal kernel compares every score with the window, on tiles it sees whole too",
+            VARLEN_METAL,
+            [
+                (
+                    "const bool masked = !(keys.lo <= j * VARLEN_BC && tile_last <= keys.hi);",
+                    "const bool masked = true;",
+                )
+            ],
+        ),
+        Mutant(
+            "the Metal kernel soft-caps after the mask",
+            VARLEN_METAL,
+            [
+                (
+                    "      s = varlen_score(dot, pos, col, slope, p);\n"
+                    "      if (masked && (col < keys.lo || col > keys.hi)) {\n"
+                    "        s = VARLEN_MASKED;\n"
+                    "      }\n",
+                    "      s = dot;\n"
+                    "      if (masked && (col < keys.lo || col > keys.hi)) {\n"
+                    "        s = VARLEN_MASKED;\n"
+                    "      }\n"
+                    "      s = varlen_score(s, pos, col, slope, p);\n",
+                )
+            ],
+        ),
+    ],
+    (5, 5): [
+        Mutant(
+            "the generation loop recomputes the whole context at every step (no KV cache)",
+            SERVING,
+            [
+                (
+                    "logits = self.decode_step(seqs, nxt)",
+                    "logits = mx.stack([self.model(mx.array([o]))[0, -1] for o in outputs])",
+                )
+            ],
+        ),
+        Mutant(
+            "the prompt goes through the naive attention instead of flash_attention",
+            SERVING,
+            [
+                (
+                    "from .multihead import merge_heads, split_heads\n",
+                    "from .masks import scaled_dot_product_attention\n"
+                    "from .multihead import merge_heads, split_heads\n",
+                ),
+                (
+                    'o = flash_attention(q, k, v, mask="causal", stream=self.stream)',
+                    'o = scaled_dot_product_attention(q, k, v, mask="causal")',
+                ),
+            ],
+        ),
+    ],
 }
 
 

@@ -35,6 +35,10 @@ X = rand((2, 3), seed=4)
 Q, K, V = qkv((1,), 2, 2, 4, 5, 8, seed=70)
 Q4, K4, V4 = qkv((2,), 4, 2, 5, 6, 8, seed=90)
 W = _weights()
+# Packed sequences (Week 5, Day 4): lengths 2 and 4, 4 query heads on 2 key/value heads.
+QP, KP = rand((6, 4, 8), seed=94), rand((6, 2, 8), seed=95)
+CU = mx.array([0, 2, 6], mx.int32)
+
 
 CASES = [
     # Week 1, Day 1: softmax and scaled_dot_product_attention_simple
@@ -394,6 +398,42 @@ CASES = [
         TypeError,
         "num_threads",
     ),
+    # Week 5, Day 4: local masks and the naive varlen model
+    ("local_mask window negative", lambda ta: ta.local_mask(4, 4, -1), ValueError, "window"),
+    ("local_mask window str", lambda ta: ta.local_mask(4, 4, "2"), TypeError, "window"),
+    ("local_mask L zero", lambda ta: ta.local_mask(0, 4, 2), ValueError, "L"),
+    (
+        "varlen cu_seqlens int64",
+        lambda ta: ta.varlen_attention_naive(QP, KP, KP, CU.astype(mx.int64), CU),
+        TypeError,
+        "cu_seqlens_q",
+    ),
+    (
+        "varlen cu_seqlens short",
+        lambda ta: ta.varlen_attention_naive(QP, KP, KP, CU, mx.array([0, 2, 5], mx.int32)),
+        ValueError,
+        "cu_seqlens_k",
+    ),
+    (
+        "varlen key rank",
+        lambda ta: ta.varlen_attention_naive(QP, KP[None], KP, CU, CU),
+        ValueError,
+        "key",
+    ),
+    (
+        "varlen alibi shape",
+        lambda ta: ta.varlen_attention_naive(QP, KP, KP, CU, CU, alibi_slopes=mx.ones((3,))),
+        ValueError,
+        "alibi_slopes",
+    ),
+    (
+        "varlen softcap zero",
+        lambda ta: ta.varlen_attention_naive(QP, KP, KP, CU, CU, softcap=0),
+        ValueError,
+        "softcap",
+    ),
+    # Week 5, Day 5: the Generator
+    ("Generator model str", lambda ta: ta.Generator("a model"), TypeError, "model"),
 ]
 
 
@@ -444,3 +484,17 @@ def test_every_message_starts_with_the_argument():
         with pytest.raises((TypeError, ValueError)) as info:
             call()
         assert str(info.value).startswith(argument), str(info.value)
+
+
+def test_generate_checks_its_arguments():
+    # The student's Generator needs the Day 3 cache to exist: checked on the reference.
+    ta = importlib.import_module("tiny_attn_ref")
+    gen = ta.Generator(ta.Transformer(10, dims=8, num_heads=2, num_layers=1, max_len=16))
+    for args, error, argument in (
+        (([[1, 2]], 15), ValueError, "max_new_tokens"),
+        (([[1, 2]], -1), ValueError, "max_new_tokens"),
+        (("hi", 3), TypeError, "prompts"),
+        (([[1, -2]], 3), ValueError, "prompts[0]"),
+    ):
+        with raises_naming(error, argument):
+            gen.generate(*args)

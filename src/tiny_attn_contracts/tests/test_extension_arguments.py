@@ -22,6 +22,8 @@ def ext(request):
 
 
 Q = mx.zeros((1, 2, 8, 4))
+P = mx.zeros((6, 2, 4))  # packed rows (total, heads, E) of Week 5, Day 4
+CU = mx.array([0, 2, 6], mx.int32)
 
 CASES = [
     ("query list", lambda e: e.flash_attention([[1.0]], Q, Q, 0.5), TypeError, "query"),
@@ -60,6 +62,73 @@ CASES = [
     ),
     ("softmax_rows list", lambda e: e.softmax_rows([1.0, 2.0]), TypeError, "x"),
     ("softmax_rows stream", lambda e: e.softmax_rows(Q, stream=[mx.cpu]), TypeError, "stream"),
+    # Week 5, Day 4
+    (
+        "varlen query list",
+        lambda e: e.flash_attention_varlen([1.0], P, P, CU, CU),
+        TypeError,
+        "query",
+    ),
+    (
+        "varlen cu None",
+        lambda e: e.flash_attention_varlen(P, P, P, None, CU),
+        TypeError,
+        "cu_seqlens_q",
+    ),
+    (
+        "varlen scale str",
+        lambda e: e.flash_attention_varlen(P, P, P, CU, CU, "1"),
+        TypeError,
+        "scale",
+    ),
+    (
+        "varlen causal int",
+        lambda e: e.flash_attention_varlen(P, P, P, CU, CU, causal=1),
+        TypeError,
+        "causal",
+    ),
+    (
+        "varlen window float",
+        lambda e: e.flash_attention_varlen(P, P, P, CU, CU, window=2.0),
+        TypeError,
+        "window",
+    ),
+    (
+        "varlen window triple",
+        lambda e: e.flash_attention_varlen(P, P, P, CU, CU, window=(1, 2, 3)),
+        ValueError,
+        "window",
+    ),
+    (
+        "varlen window negative",
+        lambda e: e.flash_attention_varlen(P, P, P, CU, CU, window=-3),
+        ValueError,
+        "window",
+    ),
+    (
+        "varlen softcap str",
+        lambda e: e.flash_attention_varlen(P, P, P, CU, CU, softcap="2"),
+        TypeError,
+        "softcap",
+    ),
+    (
+        "varlen softcap inf",
+        lambda e: e.flash_attention_varlen(P, P, P, CU, CU, softcap=float("inf")),
+        ValueError,
+        "softcap",
+    ),
+    (
+        "varlen alibi numpy",
+        lambda e: e.flash_attention_varlen(P, P, P, CU, CU, alibi_slopes=np.ones(2)),
+        TypeError,
+        "alibi_slopes",
+    ),
+    (
+        "varlen stream str",
+        lambda e: e.flash_attention_varlen(P, P, P, CU, CU, stream="cpu"),
+        TypeError,
+        "stream",
+    ),
 ]
 
 
@@ -77,3 +146,38 @@ def test_streams_and_devices_are_taken_as_mlx_takes_them():
     for stream in (None, mx.cpu, mx.gpu, mx.Device(mx.cpu), mx.default_stream(mx.cpu)):
         out = ext.flash_attention(q, q, q, 0.5, stream=stream)
         np.testing.assert_allclose(np.array(out), np.ones((1, 1, 4, 4)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
+def test_flash_attention_varlen_checks_its_arrays(ext, device):
+    # Week 5, Day 4's op is given (src/extension_common/flash_attention_varlen_op.cpp): its
+    # checks of ranks, dtypes and cumulative lengths, on both streams.
+    stream = mx.cpu if device == "cpu" else mx.gpu
+    q, k = mx.zeros((8, 4, 16)), mx.zeros((10, 2, 16))
+    cq, ck = mx.array([0, 4, 8], mx.int32), mx.array([0, 4, 10], mx.int32)
+
+    def call(*args, **kw):
+        return ext.flash_attention_varlen(*args, **kw, stream=stream)
+
+    for args, kw, error, argument in [
+        ((q[None], k, k, cq, ck), {}, ValueError, "query"),
+        ((q, k.astype(mx.float16), k, cq, ck), {}, ValueError, "key"),
+        ((q, k, k[:, :1], cq, ck), {}, ValueError, "value"),
+        ((q, k, k, [0, 4, 8], ck), {}, TypeError, "cu_seqlens_q"),
+        ((q, k, k, cq.astype(mx.int64), ck), {}, ValueError, "cu_seqlens_q"),
+        ((q, k, k, mx.array([1, 4, 8], mx.int32), ck), {}, ValueError, "cu_seqlens_q"),
+        ((q, k, k, cq, mx.array([0, 6, 4], mx.int32)), {}, ValueError, "cu_seqlens_k"),
+        ((q, k, k, cq, mx.array([0, 10], mx.int32)), {}, ValueError, "cu_seqlens_k"),
+        ((q, k, k, cq, mx.array([0, 0, 10], mx.int32)), {}, ValueError, "cu_seqlens_k"),
+        ((q, k, k, cq, ck), {"alibi_slopes": mx.ones((2,))}, ValueError, "alibi_slopes"),
+        ((q, k, k, cq, ck), {"softcap": -1.0}, ValueError, "softcap"),
+        ((q, k, k, cq, ck), {"window": (-2, 0)}, ValueError, "window"),
+        ((mx.zeros((8, 3, 16)), k, k, cq, ck), {}, ValueError, "H_q"),
+    ]:
+        with raises_naming(error, argument):
+            call(*args, **kw)
+    if device == "gpu":
+        big = mx.zeros((3, 1, 136))
+        cu3 = mx.array([0, 3], mx.int32)
+        with raises_naming(ValueError, "E"):
+            call(big, big, big, cu3, cu3)

@@ -1,0 +1,192 @@
+// Week 5, day 4: FlashAttention over packed sequences, with the masks computed in the kernel.
+//
+// Work items are (sequence, Q tile, query head); threads take them from a shared counter. An
+// item walks only the K/V tiles its rows can see: with a sliding window, the tiles before the
+// window's start and after its end are never read (tiles_visited() counts what is read).
+//
+//        keys of one sequence (S)   ->
+//   Q    [ skipped | tile | tile | tile | skipped ...]
+//   tile          lo_all ^              ^ hi_all      (the union of the rows' visible keys)
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <thread>
+#include <vector>
+
+#include "flash_attention.h"
+#include "flash_attention_varlen.h"
+
+namespace tiny_attn {
+
+namespace {
+
+// What a masked score becomes: the lowest float, as MLX's boolean masks. A row that sees no
+// key then has equal scores everywhere and averages the values, as MLX does.
+constexpr float kMasked = std::numeric_limits<float>::lowest();
+
+// The keys a query row sees: lo..hi of its sequence (empty when lo > hi).
+struct KeyRange {
+  int lo;
+  int hi;
+  bool empty() const {
+    return lo > hi;
+  }
+  bool covers(int first, int last) const {
+    return lo <= first && last <= hi;
+  }
+};
+
+// ---------------------------------------------------------------- Task 2: which keys a row sees
+// Row `row` of a sequence of L queries and S keys sits at position pos = row + S - L.
+KeyRange visible_keys(const VarlenMasks& m, int row, int L, int S) {
+  const int pos = row + S - L;
+  int lo = m.window_left < 0 ? 0 : pos - m.window_left;
+  int hi = m.window_right < 0 ? S - 1 : pos + m.window_right;
+  if (m.causal) {
+    hi = std::min(hi, pos);
+  }
+  return {std::max(lo, 0), std::min(hi, S - 1)};
+}
+
+// ---------------------------------------------------------------- Task 2: one score
+// scale, then soft-capping, then ALiBi's distance penalty; the mask comes last, so a
+// masked score is never capped back into range.
+float score(float dot, int pos, int col, float slope, const VarlenProblem& p) {
+  float s = dot * p.scale;
+  if (p.masks.softcap > 0.0f) {
+    s = p.masks.softcap * std::tanh(s / p.masks.softcap);
+  }
+  if (p.alibi_slopes) {
+    s -= slope * static_cast<float>(std::abs(pos - col));
+  }
+  return s;
+}
+
+float dot(const float* a, const float* b, int E) {
+  // Eight partial sums the compiler keeps in one vector register.
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int e = 0;
+  for (; e + 8 <= E; e += 8) {
+    for (int u = 0; u < 8; ++u) {
+      acc[u] += a[e + u] * b[e + u];
+    }
+  }
+  float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; e < E; ++e) {
+    sum += a[e] * b[e];
+  }
+  return sum;
+}
+
+// ---------------------------------------------------------------- Task 2: one Q tile
+// Rows first_row.. of sequence `seq`, query head h_q. `o` holds Br * E floats of scratch.
+void varlen_q_tile(const VarlenProblem& p, int seq, int first_row, int h_q, float* o) {
+  const int q0 = p.cu_seqlens_q[seq], L = p.cu_seqlens_q[seq + 1] - q0;
+  const int k0 = p.cu_seqlens_k[seq], S = p.cu_seqlens_k[seq + 1] - k0;
+  const int rows = std::min(kBr, L - first_row);
+  const int E = p.E;
+  const int h = h_q / (p.H_q / p.H); // the key/value head of this query head (GQA)
+  const float slope = p.alibi_slopes ? p.alibi_slopes[h_q] : 0.0f;
+
+  // The K/V tiles to visit: from the first key any row sees to the last. A row that sees no
+  // key (only possible when L > S or with a window) averages every value: all tiles.
+  KeyRange keys[kBr];
+  int lo_all = S, hi_all = -1;
+  for (int r = 0; r < rows; ++r) {
+    keys[r] = visible_keys(p.masks, first_row + r, L, S);
+    const KeyRange reach = keys[r].empty() ? KeyRange{0, S - 1} : keys[r];
+    lo_all = std::min(lo_all, reach.lo);
+    hi_all = std::max(hi_all, reach.hi);
+  }
+
+  float m_i[kBr], l_i[kBr], s_row[kBc];
+  std::fill(m_i, m_i + rows, -INFINITY);
+  std::fill(l_i, l_i + rows, 0.0f);
+  std::fill(o, o + size_t(rows) * E, 0.0f);
+  int visited = 0;
+  for (int j = lo_all / kBc; j <= hi_all / kBc; ++j) {
+    ++visited;
+    const int c0 = j * kBc, cols = std::min(kBc, S - c0);
+    for (int r = 0; r < rows; ++r) {
+      const int row = first_row + r, pos = row + S - L;
+      const float* q_row = p.q + (size_t(q0 + row) * p.H_q + h_q) * E;
+      // A tile the row sees whole needs no comparison.
+      const bool whole = keys[r].covers(c0, c0 + cols - 1);
+      float m_new = m_i[r];
+      for (int c = 0; c < cols; ++c) {
+        const int col = c0 + c;
+        const float* k_row = p.k + (size_t(k0 + col) * p.H + h) * E;
+        float s = score(dot(q_row, k_row, E), pos, col, slope, p);
+        if (!whole && (col < keys[r].lo || col > keys[r].hi)) {
+          s = kMasked;
+        }
+        s_row[c] = s;
+        m_new = std::max(m_new, s);
+      }
+      // Online softmax (Week 2): rescale what the row has summed by exp(m_old - m_new).
+      const float alpha = std::exp(m_i[r] - m_new);
+      float* o_row = o + size_t(r) * E;
+      float l = l_i[r] * alpha;
+      for (int e = 0; e < E; ++e) {
+        o_row[e] *= alpha;
+      }
+      for (int c = 0; c < cols; ++c) {
+        const float pc = std::exp(s_row[c] - m_new);
+        l += pc;
+        const float* v_row = p.v + (size_t(k0 + c0 + c) * p.H + h) * E;
+        for (int e = 0; e < E; ++e) {
+          o_row[e] += pc * v_row[e];
+        }
+      }
+      l_i[r] = l;
+      m_i[r] = m_new;
+    }
+  }
+  tiles_visited() += visited;
+
+  for (int r = 0; r < rows; ++r) {
+    float* out_row = p.out + (size_t(q0 + first_row + r) * p.H_q + h_q) * E;
+    const float inv = 1.0f / l_i[r];
+    for (int e = 0; e < E; ++e) {
+      out_row[e] = o[size_t(r) * E + e] * inv;
+    }
+  }
+}
+
+} // namespace
+
+// ---------------------------------------------------------------- Task 2: threads
+void flash_attention_varlen_cpu(const VarlenProblem& p) {
+  // Every (sequence, Q tile), then times the query heads: the work items.
+  std::vector<std::pair<int, int>> tiles;
+  for (int seq = 0; seq < p.num_seqs; ++seq) {
+    const int L = p.cu_seqlens_q[seq + 1] - p.cu_seqlens_q[seq];
+    for (int r = 0; r < L; r += kBr) {
+      tiles.emplace_back(seq, r);
+    }
+  }
+  const int64_t n_items = int64_t(tiles.size()) * p.H_q;
+  const int threads = static_cast<int>(
+      std::min<int64_t>(std::max(1u, std::thread::hardware_concurrency()), n_items));
+  report_cpu_kernel("varlen", threads);
+
+  std::atomic<int64_t> next{0};
+  auto worker = [&]() {
+    std::vector<float> o(size_t(kBr) * p.E);
+    for (int64_t item; (item = next.fetch_add(1)) < n_items;) {
+      const auto [seq, first_row] = tiles[item / p.H_q];
+      varlen_q_tile(p, seq, first_row, int(item % p.H_q), o.data());
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t) {
+    pool.emplace_back(worker);
+  }
+  worker(); // the calling thread works too
+  for (auto& t : pool) {
+    t.join();
+  }
+}
+
+} // namespace tiny_attn

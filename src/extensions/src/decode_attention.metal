@@ -1,0 +1,235 @@
+// Week 5: decoding on the GPU.
+//
+//   day 1: decode_attention_<t>_e128        one pass over the keys, K/V read once per group
+//   day 2: decode_attention_split_<t>_e128  the keys cut into splits, a partial (o, lse) each
+//          decode_merge_<t>                 the partials merged with Week 2's rule
+//   day 3: paged_row_offset                 keys and values found through a block table
+//   <t> = f32, f16, bf16 by the dtype of the inputs; every sum is accumulated in float
+//
+// SIMD indices, as in every kernel of the course: simd_gid [[simdgroup_index_in_threadgroup]]
+// and simd_lid [[thread_index_in_simdgroup]].
+#include <metal_stdlib>
+
+using namespace metal;
+
+constant constexpr int SIMD_GROUPS = 32; // 1024 threads per threadgroup
+constant constexpr int E_MAX = 128;
+constant constexpr int E_PER_LANE = E_MAX / 32; // lane owns e = lane, lane + 32, lane + 64, ...
+constant constexpr int ROWS_MAX = 16; // query rows per threadgroup (kDecodeRows)
+
+// The scalars of a dispatch at [[buffer(8)]]; mirrors DecodeParams in decode_attention.h.
+struct DecodeParams {
+  long kv_strides[3]; // k and v, in elements, over their first three axes
+  int B; // sequences
+  int H_q; // query heads
+  int H; // key/value heads; H_q is a multiple of H
+  int L; // query rows per sequence (new tokens)
+  int S; // keys per sequence (contiguous cache)
+  int E; // head dimension
+  float scale;
+  int causal; // query row i sees keys j <= i + S_b - L
+  int num_splits;
+  int paged; // day 3: k and v are page pools read through block_table
+  int max_blocks;
+  int page_size;
+  int rows_per_block; // query rows per threadgroup
+  int pad_;
+};
+static_assert(sizeof(DecodeParams) == 80, "DecodeParams must match the C++ side");
+
+// ============================================================================================
+// Day 3: where row j of sequence b, head h lives in a pool of pages (num_pages, H, page_size,
+// E): page block_table[b, j / page_size], slot j % page_size.
+// ============================================================================================
+// Task 2 (book/src/week5-03-paged-kv-cache.md).
+inline long paged_row_offset(int b, int h, int j, constant DecodeParams& p,
+                             device const int* block_table) {
+  // TODO(Task 2): the page block_table[b * p.max_blocks + j / p.page_size], then the row
+  //   through p.kv_strides (page, head, slot j % p.page_size). The placeholder reads row 0.
+  return 0;
+}
+
+// ============================================================================================
+// Day 1: decode_attention_<t>_e128 (book/src/week5-01-decoding-kv-cache.md, Task 5)
+//
+// Grid: (B * H, ceil(G * L / rows_per_block), splits) threadgroups of 1024 threads. A
+// threadgroup owns up to 16 query rows of one key/value group (G = H_q / H query heads, L rows
+// each) and sweeps the keys once for all of them. The 32 SIMD groups share out the keys, the
+// 32 lanes of a SIMD group share out the E columns:
+//
+//                 keys j = 0    1    2   ...  31   32   33  ...
+//   SIMD group:          0    1    2   ...  31    0    1  ...
+//
+//   lane:          e = 0..31 | 32..63 | 64..95 | 96..127  (lane l holds e = l, l+32, l+64, l+96)
+//
+// Per key, SIMD group g forms each row's score with one simd_sum over the lanes and updates
+// its own online-softmax state of each row (m, l in every lane; o: 4 columns per lane). At
+// the end the 32 states of a row are merged in threadgroup memory with Week 2's rule.
+// ============================================================================================
+
+// Keys of sequence b: S, or its own length in a paged batch.
+inline int seq_len(int b, constant DecodeParams& p, device const int* seq_lens) {
+  return p.paged ? seq_lens[b] : p.S;
+}
+
+// Where key (or value) row j of sequence b, head h starts, in elements.
+inline long kv_row_offset(int b, int h, int j, constant DecodeParams& p,
+                          device const int* block_table) {
+  if (p.paged) {
+    return paged_row_offset(b, h, j, p, block_table);
+  }
+  return b * p.kv_strides[0] + h * p.kv_strides[1] + j * p.kv_strides[2];
+}
+
+// The threadgroup's rows over keys [j0, j1), merged over the SIMD groups and written as
+// out[row] = o / l (row n of (B * H_q * L) at out + (n * out_splits + split) * E) and, with
+// lse, lse[n * out_splits + split] = m + log(l). A row that sees no key there gets o = 0 and
+// lse = -inf (day 2: an empty split).
+template <typename T, typename OutT>
+void decode_rows_impl(
+    device const T* q,
+    device const T* k,
+    device const T* v,
+    device const int* block_table,
+    device const int* seq_lens,
+    constant DecodeParams& p,
+    device atomic_int* rows_read,
+    device OutT* out,
+    device float* lse,
+    bool write_lse,
+    int out_splits,
+    int split,
+    int j0,
+    int j1,
+    threadgroup float (*merge_o)[E_MAX],
+    threadgroup float* merge_m,
+    threadgroup float* merge_l,
+    uint3 group,
+    uint simd_gid,
+    uint simd_lid,
+    uint tid) {
+  // TODO(Task 5): the rows of the group this threadgroup owns (r0 = group.y *
+  //   p.rows_per_block, up to p.rows_per_block of them); each lane's E_PER_LANE columns of
+  //   their queries (times p.scale) and of their states (m, l, o) in registers; SIMD group
+  //   simd_gid takes keys j0 + simd_gid, j0 + simd_gid + 32, ... (kv_row_offset), one
+  //   simd_sum per row and key, the online softmax per row (causal: key j > i + S_b - L
+  //   skipped); lane 0 adds its SIMD group's key count to rows_read.
+  // TODO(Task 5): merge the 32 states of each row in merge_o / merge_m / merge_l, two
+  //   barriers per row (why two? see the chapter), and write o / l (and with write_lse,
+  //   m + log l) as the comment above says.
+  // The placeholder writes NaN into the rows this threadgroup owns.
+  const int G = p.H_q / p.H;
+  const int b = group.x / p.H, h = group.x % p.H;
+  const int r0 = group.y * p.rows_per_block;
+  const int R = min(p.rows_per_block, G * p.L - r0);
+  for (int r = 0; r < R; ++r) {
+    const long n = (long(b) * p.H_q + h * G + (r0 + r) / p.L) * p.L + (r0 + r) % p.L;
+    if (int(tid) < p.E) {
+      out[(n * out_splits + split) * p.E + tid] = OutT(NAN);
+    }
+    if (write_lse && tid == 0) {
+      lse[n * out_splits + split] = NAN;
+    }
+  }
+}
+
+// The kernel: the threadgroup's rows over all the keys of its sequence.
+template <typename T>
+[[kernel]] void decode_attention_e128(
+    device const T* q [[buffer(0)]],
+    device const T* k [[buffer(1)]],
+    device const T* v [[buffer(2)]],
+    device T* out [[buffer(3)]],
+    device const int* block_table [[buffer(4)]],
+    device const int* seq_lens [[buffer(5)]],
+    constant DecodeParams& p [[buffer(8)]],
+    device atomic_int* rows_read [[buffer(9)]],
+    uint3 group [[threadgroup_position_in_grid]],
+    uint simd_gid [[simdgroup_index_in_threadgroup]],
+    uint simd_lid [[thread_index_in_simdgroup]],
+    uint tid [[thread_index_in_threadgroup]]) {
+  threadgroup float merge_o[SIMD_GROUPS][E_MAX]; // 16 KiB
+  threadgroup float merge_m[SIMD_GROUPS];
+  threadgroup float merge_l[SIMD_GROUPS];
+  const int S_b = seq_len(group.x / p.H, p, seq_lens);
+  decode_rows_impl<T, T>(
+      q, k, v, block_table, seq_lens, p, rows_read, out, (device float*)nullptr, false, 1, 0, 0,
+      S_b, merge_o, merge_m, merge_l, group, simd_gid, simd_lid, tid);
+}
+
+template [[host_name("decode_attention_f32_e128")]] [[kernel]] decltype(decode_attention_e128<float>) decode_attention_e128<float>;
+template [[host_name("decode_attention_f16_e128")]] [[kernel]] decltype(decode_attention_e128<half>) decode_attention_e128<half>;
+#if __METAL_VERSION__ >= 310 // bfloat needs Metal 3.1 (macOS 14)
+template [[host_name("decode_attention_bf16_e128")]] [[kernel]] decltype(decode_attention_e128<bfloat>) decode_attention_e128<bfloat>;
+#endif
+
+// ============================================================================================
+// Day 2: decode_attention_split_<t>_e128 and decode_merge_<t>
+// (book/src/week5-02-split-k.md, Task 3)
+//
+// Pass 1, grid (B * H, ceil(G * L / rows_per_block), num_splits): threadgroup z takes the keys
+// of split z (split_range) and writes, for each of its rows n, the normalised partial output
+// o_part[n, z, :] and its log-sum-exp lse_part[n, z] (float32, whatever T is).
+// Pass 2, grid (B * H_q * L) threadgroups of 128 threads: thread e of row n merges column e,
+//   out[n, e] = sum_z exp(lse_z - M) o_part[n, z, e] / sum_z exp(lse_z - M),  M = max_z lse_z
+// (Week 2's merge rule; an empty split has lse = -inf and weight 0).
+// ============================================================================================
+
+// The keys [first, last) of split z of n over S keys: the first S % n splits get one more.
+inline int2 split_range(int S, int n, int z) {
+  // TODO(Task 3): as split_range in src/decode_attention_split.cpp. The placeholder: all keys.
+  return int2(0, S);
+}
+
+template <typename T>
+[[kernel]] void decode_attention_split_e128(
+    device const T* q [[buffer(0)]],
+    device const T* k [[buffer(1)]],
+    device const T* v [[buffer(2)]],
+    device const int* block_table [[buffer(4)]],
+    device const int* seq_lens [[buffer(5)]],
+    device float* o_part [[buffer(6)]],
+    device float* lse_part [[buffer(7)]],
+    constant DecodeParams& p [[buffer(8)]],
+    device atomic_int* rows_read [[buffer(9)]],
+    uint3 group [[threadgroup_position_in_grid]],
+    uint simd_gid [[simdgroup_index_in_threadgroup]],
+    uint simd_lid [[thread_index_in_simdgroup]],
+    uint tid [[thread_index_in_threadgroup]]) {
+  threadgroup float merge_o[SIMD_GROUPS][E_MAX]; // 16 KiB
+  threadgroup float merge_m[SIMD_GROUPS];
+  threadgroup float merge_l[SIMD_GROUPS];
+  const int S_b = seq_len(group.x / p.H, p, seq_lens);
+  const int2 keys = split_range(S_b, p.num_splits, group.z);
+  decode_rows_impl<T, float>(
+      q, k, v, block_table, seq_lens, p, rows_read, o_part, lse_part, true, p.num_splits,
+      group.z, keys.x, keys.y, merge_o, merge_m, merge_l, group, simd_gid, simd_lid, tid);
+}
+
+template [[host_name("decode_attention_split_f32_e128")]] [[kernel]] decltype(decode_attention_split_e128<float>) decode_attention_split_e128<float>;
+template [[host_name("decode_attention_split_f16_e128")]] [[kernel]] decltype(decode_attention_split_e128<half>) decode_attention_split_e128<half>;
+#if __METAL_VERSION__ >= 310 // bfloat needs Metal 3.1 (macOS 14)
+template [[host_name("decode_attention_split_bf16_e128")]] [[kernel]] decltype(decode_attention_split_e128<bfloat>) decode_attention_split_e128<bfloat>;
+#endif
+
+template <typename T>
+[[kernel]] void decode_merge(
+    device T* out [[buffer(3)]],
+    device const float* o_part [[buffer(6)]],
+    device const float* lse_part [[buffer(7)]],
+    constant DecodeParams& p [[buffer(8)]],
+    uint n [[threadgroup_position_in_grid]],
+    uint e [[thread_index_in_threadgroup]]) {
+  // TODO(Task 3): M = the largest lse of row n over the splits; out[n, e] = the sum of
+  //   exp(lse_z - M) * o_part[n, z, e] over the splits, divided by the sum of the weights.
+  //   The placeholder writes NaN.
+  if (int(e) < p.E) {
+    out[long(n) * p.E + e] = T(NAN);
+  }
+}
+
+template [[host_name("decode_merge_f32")]] [[kernel]] decltype(decode_merge<float>) decode_merge<float>;
+template [[host_name("decode_merge_f16")]] [[kernel]] decltype(decode_merge<half>) decode_merge<half>;
+#if __METAL_VERSION__ >= 310 // bfloat needs Metal 3.1 (macOS 14)
+template [[host_name("decode_merge_bf16")]] [[kernel]] decltype(decode_merge<bfloat>) decode_merge<bfloat>;
+#endif
