@@ -235,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     # ---- sliding window
     window: dict[str, list[tuple[int, float]]] = {f"window W={W}": [], "no window": []}
     for S in [s for s in sizes if s >= W]:
-        w = window_cost(ext, rows, S, W, rounds)
+        # A few milliseconds a call: more rounds, so that a burst of load elsewhere on the
+        # machine does not decide the median.
+        w = window_cost(ext, rows, S, W, 5 * rounds)
         window[f"window W={W}"].append((S, 1e3 * w["window"]))
         window["no window"].append((S, 1e3 * w["full"]))
         ratio = w["window"] / w["S=W"]

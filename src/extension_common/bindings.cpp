@@ -26,6 +26,21 @@ void bind_varlen(nb::module_& m); // Week 5, day 4 (bindings_varlen.cpp)
 
 namespace {
 
+// Week 4, Day 4: "separate" or "atomic", how the GPU backward computes dQ.
+tiny_attn::DqMode dq_mode_arg(const char* op, nb::handle dq) {
+  if (!nb::isinstance<nb::str>(dq)) {
+    type_error(op, "dq must be \"separate\" or \"atomic\", got " + python_type(dq));
+  }
+  const std::string v = nb::cast<std::string>(dq);
+  if (v == "separate") {
+    return tiny_attn::DqMode::Separate;
+  }
+  if (v == "atomic") {
+    return tiny_attn::DqMode::Atomic;
+  }
+  value_error(op, "dq must be \"separate\" or \"atomic\", got \"" + v + "\"");
+}
+
 // flash_attention and flash_attention_fast: the forward, on the CPU or the GPU.
 mx::array forward(
     const AttentionArgs& a, tiny_attn::Kernel kernel, int num_threads, mx::StreamOrDevice s) {
@@ -234,7 +249,7 @@ the mask. Read it after evaluating the result.)");
       "fast"_a.none() = nb::bool_(true),
       "num_threads"_a.none() = nb::int_(0),
       "stream"_a.none() = nb::none(),
-      R"(The CPU forward with the log-sum-exp it computes: [out, lse].
+      R"(The forward with the log-sum-exp it computes: [out, lse] (on the GPU: Week 4, Day 4).
 
 The arguments are those of :func:`flash_attention_fast` (``fast=False``: day 4's kernel).
 
@@ -242,7 +257,7 @@ Returns:
     list[array]: out (N, H_q, L, E) and lse (N, H_q, L) float32, lse = m + log(l) per row.
 
 Raises:
-    ValueError: as :func:`flash_attention`; a GPU stream (the lse is a CPU output).)");
+    ValueError: as :func:`flash_attention`.)");
 
   m.def(
       "flash_attention_backward",
@@ -256,6 +271,7 @@ Raises:
          nb::handle mask,
          nb::handle causal,
          nb::handle num_threads,
+         nb::handle dq,
          nb::handle stream) {
         const char* op = "flash_attention_backward";
         return tiny_attn::flash_attention_backward(
@@ -269,6 +285,7 @@ Raises:
             mask_arg(op, mask),
             bool_arg(op, "causal", causal),
             int_arg(op, "num_threads", num_threads),
+            dq_mode_arg(op, dq),
             stream_arg(op, stream));
       },
       "query"_a.none(),
@@ -282,23 +299,30 @@ Raises:
       "causal"_a.none() = nb::bool_(false),
       nb::kw_only(),
       "num_threads"_a.none() = nb::int_(0),
+      "dq"_a.none() = nb::str("separate"),
       "stream"_a.none() = nb::none(),
-      R"(FlashAttention-2's backward pass on the CPU: [d_query, d_key, d_value].
+      R"(FlashAttention-2's backward pass: [d_query, d_key, d_value]. On the CPU, Week 4 Day 3's
+kernel; on the GPU (Day 4), the Metal kernels of flash_attention.metal.
 
 Args:
     query, key, value, scale, mask, causal: what the forward got (float32, 4-D).
     out (array): (N, H_q, L, E), the forward's output.
     lse (array): (N, H_q, L) float32, the forward's log-sum-exp.
     d_out (array): (N, H_q, L, E), the gradient of the loss with respect to out.
-    num_threads (int): threads to use; 0 (the default) means one per hardware thread.
-    stream (Stream or Device, optional): a CPU stream or None.
+    num_threads (int): threads of the CPU kernel; 0 (the default) means one per hardware thread.
+    dq (str): on the GPU, how dQ is computed: "separate" (the default; a kernel of its own,
+        the same bits on every run) or "atomic" (atomic adds inside the dK/dV kernel). The CPU
+        ignores it.
+    stream (Stream or Device, optional): None (the CPU), or mx.gpu for the Metal kernels
+        (metalsim where there is no Metal device).
 
 Returns:
     list[array]: the gradients, shaped like query, key and value.
 
 Raises:
     TypeError: an argument of the wrong type (the message names it).
-    ValueError: a wrong rank, dtype or shape (the message names the argument); a GPU stream.)");
+    ValueError: a wrong rank, dtype or shape (the message names the argument); on the GPU,
+        E > 128.)");
 
   m.def(
       "backward_tiles_visited",

@@ -59,6 +59,10 @@ inline mlx::core::array& gpu_tile_counts() {
   return *counts;
 }
 
+// Week 4, Day 4: where the kernels write each row's log-sum-exp, m + log(l): the primitive's
+// second output, (N, H_q, L) float32, which the backward pass recomputes P from.
+constexpr int kLseBuffer = 8;
+
 // A GPU call with bfloat16 `query` in a build without bfloat16 kernels: a ValueError now, at the
 // call, rather than Metal's "Unable to load function" when the result is evaluated.
 inline void check_gpu_has_bfloat16(const mlx::core::array& query, bool on_gpu) {

@@ -44,6 +44,7 @@ FA_TILED = "refsol/tiny_attn_ref/flash_attention_tiled.py"
 FA_EVAL_CPU = "src/extension_common/flash_attention_eval.cpp"  # given, shared by both trees
 FA_GPU = "refsol/extensions_ref/src/flash_attention_gpu.cpp"
 FA_METAL = "refsol/extensions_ref/src/flash_attention.metal"
+FA_BWD_GPU = "refsol/extensions_ref/src/flash_attention_backward_gpu.cpp"
 DECODE_CPU = "refsol/extensions_ref/src/decode_attention_cpu.cpp"
 DECODE_GPU = "refsol/extensions_ref/src/decode_attention_gpu.cpp"
 DECODE_SPLIT = "refsol/extensions_ref/src/decode_attention_split.cpp"
@@ -52,6 +53,7 @@ DECODE_OPS = "src/extension_common/decode_attention_ops.cpp"  # given, shared by
 VARLEN_PY = "refsol/tiny_attn_ref/varlen.py"
 VARLEN_CPU = "refsol/extensions_ref/src/flash_attention_varlen.cpp"
 VARLEN_METAL = "refsol/extensions_ref/src/flash_attention_varlen.metal"
+SERVING = "refsol/tiny_attn_ref/serving.py"
 
 # Day 5.3's copy mutant: on the CPU, the pages of every sequence gathered into a dense
 # (B, H, max_blocks * page_size, E) buffer from MLX's allocator, then the contiguous kernel.
@@ -323,6 +325,43 @@ MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
             ],
         ),
     ],
+    (4, 4): [
+        Mutant(
+            "a GPU call of the backward runs the CPU kernel instead of the Metal ones",
+            "refsol/extensions_ref/src/flash_attention_backward.cpp",
+            [("if (simulated_) {", "if (false) {")],
+        ),
+        Mutant(
+            "the Week 3 forward does not write the lse",
+            FA_METAL,
+            [("    lse[size_t(n) * p.L + row] = m_i + log(l_i);\n", "")],
+        ),
+        Mutant(
+            "causal tiles are computed in the dK/dV kernel instead of skipped",
+            FA_METAL,
+            [
+                (
+                    "if (j >= kv_tiles_to_visit(first_row, min(first_row + Br, p.L) - 1, p)) {",
+                    "if (false) {",
+                )
+            ],
+        ),
+        Mutant(
+            "the dK/dV kernel sums over the first query head of a GQA group only",
+            FA_METAL,
+            [("for (int g = 0; g < G; ++g) {", "for (int g = 0; g < 1; ++g) {")],
+        ),
+        Mutant(
+            "the dq option is ignored: dQ always by atomic adds",
+            FA_BWD_GPU,
+            [("const bool atomic_dq = dq_ == DqMode::Atomic;", "const bool atomic_dq = true;")],
+        ),
+        Mutant(
+            "the dq option is ignored: dQ always by the separate kernel",
+            FA_BWD_GPU,
+            [("const bool atomic_dq = dq_ == DqMode::Atomic;", "const bool atomic_dq = false;")],
+        ),
+    ],
     (4, 5): "training puts the days before together: its tests compare the loss curve and the "
     "gradients with the naive path, and the mutants of Days 2 and 3 already defeat its parts",
     (5, 1): [
@@ -493,6 +532,33 @@ MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
                     "      }\n"
                     "      s = varlen_score(s, pos, col, slope, p);\n",
                 )
+            ],
+        ),
+    ],
+    (5, 5): [
+        Mutant(
+            "the generation loop recomputes the whole context at every step (no KV cache)",
+            SERVING,
+            [
+                (
+                    "logits = self.decode_step(seqs, nxt)",
+                    "logits = mx.stack([self.model(mx.array([o]))[0, -1] for o in outputs])",
+                )
+            ],
+        ),
+        Mutant(
+            "the prompt goes through the naive attention instead of flash_attention",
+            SERVING,
+            [
+                (
+                    "from .multihead import merge_heads, split_heads\n",
+                    "from .masks import scaled_dot_product_attention\n"
+                    "from .multihead import merge_heads, split_heads\n",
+                ),
+                (
+                    'o = flash_attention(q, k, v, mask="causal", stream=self.stream)',
+                    'o = scaled_dot_product_attention(q, k, v, mask="causal")',
+                ),
             ],
         ),
     ],

@@ -41,7 +41,7 @@ def main() -> int:
     if min(h_q, h, n, e) < 1 or h_q % h:
         parser.error("--heads, --kv-heads, --length, --dim must be positive, heads % kv-heads == 0")
 
-    load_extension("tiny_attn_ext_ref")  # builds the C++ and Metal kernels if a source changed
+    ext = load_extension("tiny_attn_ext_ref")  # builds the C++ and Metal kernels if needed
     metal = gpu_backend_name("tiny_attn_ext_ref") == "metal"
     gpu = "Metal" if metal else "metalsim, the CPU simulator"
     print(
@@ -58,6 +58,13 @@ def main() -> int:
 
     def tiled() -> mx.array:
         return ta.flash_attention_tiled(q, k, v, mask="causal")[0]
+
+    def varlen() -> mx.array:
+        # Week 5: one packed sequence, (n, heads, e), its causal mask computed in the kernel.
+        packed = [mx.swapaxes(x[0], 0, 1) for x in (q, k, v)]
+        cu = mx.array([0, n], mx.int32)
+        out = ext.flash_attention_varlen(*packed, cu, cu, scale, causal=True)
+        return mx.swapaxes(out, 0, 1)[None]
 
     # (week, name, function). Each runs the whole attention and returns the output.
     rows: list[tuple[str, str, Callable[[], mx.array]]] = [
@@ -82,6 +89,7 @@ def main() -> int:
             "flash_attention, C++ fast kernel",
             lambda: ta.flash_attention(q, k, v, mask="causal", kernel="fast"),
         ),
+        ("5", "flash_attention_varlen, C++ (packed)", varlen),
     ]
     rows += gpu_rows(q, k, v)
 
@@ -119,11 +127,22 @@ def main() -> int:
 
 def gradient_check(q: mx.array, k: mx.array, v: mx.array, scale: float) -> float:
     """Week 4: mx.vjp through the C++ op (its vjp runs the backward kernel) against MLX's
-    autodiff through its own attention; returns the largest difference."""
+    autodiff through its own attention, on the CPU (Day 3) and on the GPU (Day 4, at most 128
+    positions: metalsim is slow); returns the largest difference."""
+    worst = one_gradient_check(q, k, v, scale, mx.cpu, "C++ backward kernel")
+    n = min(q.shape[2], 128)
+    where = "Metal" if gpu_backend_name("tiny_attn_ext_ref") == "metal" else "metalsim"
+    short = (x[:, :, :n] for x in (q, k, v))
+    return max(worst, one_gradient_check(*short, scale, mx.gpu, f"Metal kernels on {where}"))
+
+
+def one_gradient_check(
+    q: mx.array, k: mx.array, v: mx.array, scale: float, stream: mx.Device, what: str
+) -> float:
     d_out = mx.random.normal(q.shape, key=mx.random.key(1))
 
     def ours(a: mx.array, b: mx.array, c: mx.array) -> mx.array:
-        return ta.flash_attention(a, b, c, mask="causal")
+        return ta.flash_attention(a, b, c, mask="causal", stream=stream)
 
     def mlx(a: mx.array, b: mx.array, c: mx.array) -> mx.array:
         return mx.fast.scaled_dot_product_attention(a, b, c, scale=scale, mask="causal")
@@ -132,8 +151,8 @@ def gradient_check(q: mx.array, k: mx.array, v: mx.array, scale: float) -> float
     want = mx.vjp(mlx, [q, k, v], [d_out])[1]
     errs = [float(mx.max(mx.abs(g - w))) for g, w in zip(got, want, strict=True)]
     print(
-        "\nweek 4: the gradients (mx.vjp) through flash_attention, C++ backward kernel, against "
-        "MLX's autodiff of mx.fast.scaled_dot_product_attention: max |err| "
+        f"\nweek 4: the gradients (mx.vjp) through flash_attention, {what}, L = S = "
+        f"{q.shape[2]}, against MLX's autodiff of mx.fast.scaled_dot_product_attention: max |err| "
         + ", ".join(f"{n} {e:.1e}" for n, e in zip(("dq", "dk", "dv"), errs, strict=True))
     )
     return max(errs)

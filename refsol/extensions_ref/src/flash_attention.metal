@@ -129,6 +129,7 @@ void flash_attention_e128_impl(
     device const bool* mask_keep,
     constant AttentionParams& p,
     device atomic_int* tile_counts,
+    device float* lse,
     threadgroup float (*Q_tile)[E_MAX],
     threadgroup float (*O_acc)[E_MAX],
     uint2 group,
@@ -209,6 +210,9 @@ void flash_attention_e128_impl(
 
   if (b == 0 && row_valid) {
     count_tiles(tile_counts, tiles, masked_tiles);
+    // Week 4, Day 4: the row's log-sum-exp, which the backward pass recomputes P from. A row
+    // that sees no key has m_i = MASKED and l_i = S: MASKED + log(S) is MASKED in float32.
+    lse[size_t(n) * p.L + row] = m_i + log(l_i);
   }
 
   // Barrier 2: lane b is about to read O_acc[a], which lane 0 wrote.
@@ -233,13 +237,14 @@ template <typename T>
     device const bool* mask_keep [[buffer(5)]],
     constant AttentionParams& p [[buffer(6)]],
     device atomic_int* tile_counts [[buffer(7)]],
+    device float* lse [[buffer(8)]],
     uint2 group [[threadgroup_position_in_grid]],
     uint simd_gid [[simdgroup_index_in_threadgroup]],
     uint simd_lid [[thread_index_in_simdgroup]]) {
   threadgroup float Q_tile[Br][E_MAX]; // 16 KiB
   threadgroup float O_acc[Br][E_MAX]; // 16 KiB: with Q_tile, the whole 32 KiB
   flash_attention_e128_impl<T>(
-      q, k, v, out, mask_add, mask_keep, p, tile_counts, Q_tile, O_acc, group, simd_gid, simd_lid);
+      q, k, v, out, mask_add, mask_keep, p, tile_counts, lse, Q_tile, O_acc, group, simd_gid, simd_lid);
 }
 
 template [[host_name("flash_attention_f32_e128")]] [[kernel]] decltype(flash_attention_e128<float>) flash_attention_e128<float>;
@@ -333,6 +338,7 @@ void flash_attention_simdgroup_impl(
     device const bool* mask_keep,
     constant AttentionParams& p,
     device atomic_int* tile_counts,
+    device float* lse,
     threadgroup float* tile,
     threadgroup float (*scores)[SCORES_SIZE],
     threadgroup float (*spill)[BLOCK_SIZE],
@@ -455,10 +461,14 @@ void flash_attention_simdgroup_impl(
     count_tiles(tile_counts, tiles * my_rows, p.mask_kind == MASK_NONE ? 0 : tiles * my_rows);
   }
 
-  // Write O_g / l_i, block by block through `spill`, for the rows that exist.
+  // Write O_g / l_i, block by block through `spill`, for the rows that exist; and (Week 4,
+  // Day 4) each row's log-sum-exp, which the backward pass recomputes P from.
   for (int r = 0; r < SG_ROWS; ++r) {
     if (lane == 0) {
       row_alpha[g][r] = 1.0f / l_i[r]; // l_i = 0 (every score -inf) gives NaN, as MLX
+      if (r < my_rows) {
+        lse[size_t(n) * p.L + my_first_row + r] = m_i[r] + log(l_i[r]);
+      }
     }
   }
   for (int d = 0; d < blocks_e; ++d) {
@@ -486,6 +496,7 @@ template <typename T>
     device const bool* mask_keep [[buffer(5)]],
     constant AttentionParams& p [[buffer(6)]],
     device atomic_int* tile_counts [[buffer(7)]],
+    device float* lse [[buffer(8)]],
     uint2 group [[threadgroup_position_in_grid]],
     uint simd_gid [[simdgroup_index_in_threadgroup]],
     uint simd_lid [[thread_index_in_simdgroup]],
@@ -495,7 +506,7 @@ template <typename T>
   threadgroup float spill[SG_COUNT][BLOCK_SIZE];
   threadgroup float row_alpha[SG_COUNT][SG_ROWS];
   flash_attention_simdgroup_impl<T>(
-      q, k, v, out, mask_add, mask_keep, p, tile_counts, tile, scores, spill, row_alpha, group, simd_gid, simd_lid, tid);
+      q, k, v, out, mask_add, mask_keep, p, tile_counts, lse, tile, scores, spill, row_alpha, group, simd_gid, simd_lid, tid);
 }
 
 template [[host_name("flash_attention_simdgroup_f32")]] [[kernel]] decltype(flash_attention_simdgroup<float>) flash_attention_simdgroup<float>;
@@ -504,3 +515,325 @@ template [[host_name("flash_attention_simdgroup_f16")]] [[kernel]] decltype(flas
 template [[host_name("flash_attention_simdgroup_bf16")]] [[kernel]] decltype(flash_attention_simdgroup<bfloat>) flash_attention_simdgroup<bfloat>;
 #endif
 
+
+// ============================================================================================
+// Week 4, Day 4: the backward pass on the GPU. See book/src/week4-04-backward-metal.md.
+//
+// FlashAttentionBackward::eval_gpu (src/flash_attention_backward_gpu.cpp) dispatches, in order:
+//
+//   flash_attention_backward_preprocess  (N*H_q, Tr) x 1024  D = rowsum(dO * O), dQ = 0
+//   flash_attention_backward_dkdv        (N*H, Tc)   x 1024  dK, dV of one K/V tile
+//     or ..._dkdv_atomic_dq                                   and its dQ terms, atomically
+//   flash_attention_backward_dq          (N*H_q, Tr) x 1024  dQ of one Q tile (dq="separate")
+//
+// Every kernel recomputes, for the (query row i, key j) pairs it needs,
+//   P_ij = exp(scale * q_i . k_j (+ mask) - lse_i)     from the forward's log-sum-exp
+//   dS_ij = P_ij * (dO_i . v_j - D_i)
+// and sums  dV_j = sum_i P_ij dO_i,  dK_j = scale sum_i dS_ij q_i,  dQ_i = scale sum_j dS_ij k_j.
+// Float32 only: the gradients of a training step are summed over many tiles.
+// ============================================================================================
+
+// One entry of P and dS, from the scaled score s = scale * q_i . k_j, dp = dO_i . v_j, the
+// row's lse and D. `masked`: whether the score goes through mask_score (tile_needs_mask).
+struct BackwardEntry {
+  float p;
+  float ds;
+};
+
+inline BackwardEntry backward_entry(
+    float s,
+    float dp,
+    float lse_row,
+    float D_row,
+    int col,
+    int last_key,
+    bool masked,
+    device const float* mask_add_row,
+    device const bool* mask_keep_row,
+    constant AttentionParams& p) {
+  const float sm = masked ? mask_score(s, col, last_key, mask_add_row, mask_keep_row, p) : s;
+  // A causal or boolean mask replaces a hidden score by the constant MASKED: no gradient
+  // flows through it, and its P is 0.
+  const bool hidden =
+      masked && (p.mask_kind == MASK_CAUSAL || p.mask_kind == MASK_KEEP) && sm == MASKED;
+  // A row that sees no key has lse = MASKED (see the forward): it gave every key 1/S.
+  const bool blind = lse_row == MASKED;
+  BackwardEntry r;
+  r.p = blind ? 1.0f / float(p.S) : (hidden ? 0.0f : exp(sm - lse_row));
+  r.ds = hidden ? 0.0f : r.p * (dp - D_row);
+  return r;
+}
+
+// Task 2: D_i = sum_e dO[i, e] * O[i, e], one row per SIMD group, and dQ = 0 (the atomic dQ
+// adds into it; the separate dQ kernel overwrites it).
+[[kernel]] void flash_attention_backward_preprocess(
+    device const float* out [[buffer(0)]],
+    device const float* d_out [[buffer(1)]],
+    device float* D [[buffer(2)]],
+    device float* dq [[buffer(3)]],
+    constant AttentionParams& p [[buffer(6)]],
+    uint2 group [[threadgroup_position_in_grid]],
+    uint simd_gid [[simdgroup_index_in_threadgroup]],
+    uint simd_lid [[thread_index_in_simdgroup]]) {
+  const int n = group.x; // (batch, query head), flattened
+  const int row = group.y * Br + simd_gid;
+  if (row >= p.L) {
+    return; // the whole SIMD group: no barrier or collective is left waiting
+  }
+  const size_t offset = (size_t(n) * p.L + row) * p.E;
+  float partial = 0.0f;
+  for (int e = simd_lid; e < p.E; e += 32) {
+    partial += d_out[offset + e] * out[offset + e];
+    dq[offset + e] = 0.0f;
+  }
+  const float d = simd_sum(partial);
+  if (simd_lid == 0) {
+    D[size_t(n) * p.L + row] = d;
+  }
+}
+
+// Tasks 2-4: dK and dV of one K/V tile.
+//
+// Grid: (N * H, Tc) threadgroups of 1024 threads. Threadgroup (nk, j) owns keys j*Bc .. j*Bc + 31
+// of (batch, key/value head) nk, and loops over the Q tiles of the G query heads that read it:
+//
+//                      Q tile i (Br = 32 query rows), one row per lane b
+//                      b=0    b=1   ...   b=31
+//   SIMD group a=0  [ P,dS   P,dS  ...   P,dS ]   <- key j*Bc + 0 of the K/V tile
+//      ...
+//   SIMD group a=31 [ P,dS   ...          P,dS ]
+//
+// Thread (a, b) recomputes P_ba and dS_ba; for each column e, simd_sum over the lanes gives
+// sum_b P_ba dO[b, e] and sum_b dS_ba Q[b, e], which lane e % 32 adds to its registers
+// dv_acc / dk_acc. dK and dV are written once, at the end: no other threadgroup touches them.
+// ATOMIC_DQ: the tile's dQ terms, dQ[b, :] += scale * sum_a dS_ba K[a, :], go through dS_tile
+// (threadgroup memory) and are added to dQ with atomic_fetch_add_explicit.
+//
+// Threadgroup memory: K_tile 32 x 128 floats = 16 KiB, dS_tile 32 x 32 = 4 KiB.
+template <bool ATOMIC_DQ>
+[[kernel]] void flash_attention_backward_dkdv(
+    device const float* q [[buffer(0)]],
+    device const float* k [[buffer(1)]],
+    device const float* v [[buffer(2)]],
+    device const float* d_out [[buffer(3)]],
+    device const float* lse [[buffer(4)]],
+    device const float* D [[buffer(5)]],
+    constant AttentionParams& p [[buffer(6)]],
+    device atomic_int* tile_counts [[buffer(7)]],
+    device const float* mask_add [[buffer(8)]],
+    device const bool* mask_keep [[buffer(9)]],
+    device float* dk [[buffer(10)]],
+    device float* dv [[buffer(11)]],
+    device atomic_float* dq [[buffer(12)]],
+    uint2 group [[threadgroup_position_in_grid]],
+    uint simd_gid [[simdgroup_index_in_threadgroup]],
+    uint simd_lid [[thread_index_in_simdgroup]]) {
+  threadgroup float K_tile[Bc][E_MAX];
+  threadgroup float dS_tile[Bc][Br];
+  const uint a = simd_gid; // this SIMD group: key a of the K/V tile
+  const uint b = simd_lid; // this lane: query row b of the Q tile
+  const int nk = group.x; // (batch, key/value head), flattened
+  const int batch = nk / p.H;
+  const int h = nk % p.H;
+  const int G = p.H_q / p.H; // the query heads h * G .. h * G + G - 1 read this head
+  const int j = group.y;
+  const int col = j * Bc + a; // the key of SIMD group a
+  const bool col_valid = col < p.S; // the last K/V tile may hang over the end
+  const int E = p.E;
+  device const float* k_row = k + (size_t(nk) * p.S + col) * E;
+  device const float* v_row = v + (size_t(nk) * p.S + col) * E;
+
+  for (int e = b; e < E; e += 32) {
+    K_tile[a][e] = col_valid ? k_row[e] : 0.0f;
+  }
+  // Barrier 1: the atomic dQ reads every row of K_tile, written by the other SIMD groups.
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+
+  float dk_acc[E_MAX / 32]; // lane b: columns b, b + 32, b + 64, b + 96 of dK[a, :]
+  float dv_acc[E_MAX / 32]; // and of dV[a, :]
+  for (int t = 0; t < E_MAX / 32; ++t) {
+    dk_acc[t] = 0.0f;
+    dv_acc[t] = 0.0f;
+  }
+  int visited = 0; // (query row, K/V tile) pairs of lane b's rows, counted by SIMD group 0
+  int masked_rows = 0; // of those, the ones whose scores went through mask_score
+  const int Tr = (p.L + Br - 1) / Br;
+  for (int g = 0; g < G; ++g) {
+    const int h_q = h * G + g;
+    const int n = batch * p.H_q + h_q; // (batch, query head), flattened
+    for (int i = 0; i < Tr; ++i) {
+      const int first_row = i * Br;
+      // Causal tile skipping, the forward's rule for the whole Q tile: every SIMD group
+      // takes the same decision, so the barriers below are reached by all or by none.
+      if (j >= kv_tiles_to_visit(first_row, min(first_row + Br, p.L) - 1, p)) {
+        continue;
+      }
+      const int row = first_row + b;
+      const bool row_valid = row < p.L;
+      const int last_key = row + p.S - p.L;
+      const bool masked = tile_needs_mask(j, last_key, p);
+      if (a == 0 && row_valid) {
+        visited += 1;
+        masked_rows += masked;
+      }
+      device const float* q_row = q + (size_t(n) * p.L + row) * E;
+      device const float* do_row = d_out + (size_t(n) * p.L + row) * E;
+      float P = 0.0f; // P_ba and dS_ba; 0 for a row past L or a key past S
+      float dS = 0.0f;
+      if (row_valid && col_valid) {
+        float s = 0.0f;
+        float dp = 0.0f;
+        for (int e = 0; e < E; ++e) {
+          s += q_row[e] * K_tile[a][e];
+          dp += do_row[e] * v_row[e];
+        }
+        const long off =
+            batch * p.mask_strides[0] + h_q * p.mask_strides[1] + row * p.mask_strides[2];
+        const size_t r = size_t(n) * p.L + row;
+        const BackwardEntry entry = backward_entry(
+            s * p.scale, dp, lse[r], D[r], col, last_key, masked, mask_add + off,
+            mask_keep + off, p);
+        P = entry.p;
+        dS = entry.ds;
+      }
+
+      // dV[a, :] += sum_b P_ba dO[b, :] and dK[a, :] += sum_b dS_ba Q[b, :] (scale at the end).
+      for (int e0 = 0; e0 < E; e0 += 32) {
+        for (int t = 0; t < 32 && e0 + t < E; ++t) {
+          const float x_dv = simd_sum(row_valid ? P * do_row[e0 + t] : 0.0f);
+          const float x_dk = simd_sum(row_valid ? dS * q_row[e0 + t] : 0.0f);
+          if (b == uint(t)) {
+            dv_acc[e0 / 32] += x_dv;
+            dk_acc[e0 / 32] += x_dk;
+          }
+        }
+      }
+
+      if (ATOMIC_DQ) {
+        dS_tile[a][b] = dS;
+        // Barrier 2: thread (a, b) reads the column dS_tile[:][a], written by every SIMD group.
+        threadgroup_barrier(mem_flags::mem_threadgroup);
+        // Thread (a, b) now sums for query row a of the Q tile, columns b, b + 32, ...
+        const int dq_row = first_row + a;
+        if (dq_row < p.L) {
+          for (int e = b; e < E; e += 32) {
+            float sum = 0.0f;
+            for (int c = 0; c < Bc; ++c) {
+              sum += dS_tile[c][a] * K_tile[c][e];
+            }
+            atomic_fetch_add_explicit(
+                &dq[(size_t(n) * p.L + dq_row) * E + e], p.scale * sum, memory_order_relaxed);
+          }
+        }
+        // Barrier 3: every thread has read dS_tile before the next Q tile overwrites it.
+        threadgroup_barrier(mem_flags::mem_threadgroup);
+      }
+    }
+  }
+
+  if (a == 0) {
+    count_tiles(tile_counts, visited, masked_rows);
+  }
+  if (col_valid) {
+    device float* dk_row = dk + (size_t(nk) * p.S + col) * E;
+    device float* dv_row = dv + (size_t(nk) * p.S + col) * E;
+    for (int e0 = 0; e0 < E; e0 += 32) {
+      if (e0 + int(b) < E) {
+        dk_row[e0 + b] = p.scale * dk_acc[e0 / 32];
+        dv_row[e0 + b] = dv_acc[e0 / 32];
+      }
+    }
+  }
+}
+
+template [[host_name("flash_attention_backward_dkdv")]] [[kernel]] decltype(flash_attention_backward_dkdv<false>) flash_attention_backward_dkdv<false>;
+template [[host_name("flash_attention_backward_dkdv_atomic_dq")]] [[kernel]] decltype(flash_attention_backward_dkdv<true>) flash_attention_backward_dkdv<true>;
+
+// Task 4: dQ of one Q tile, with no atomics.
+//
+// Grid: (N * H_q, Tr) threadgroups of 1024 threads, the forward's map: SIMD group a <-> query
+// row a of the Q tile, lane b <-> key b of K/V tile j. For each K/V tile the row sees (the
+// forward's kv_tiles_to_visit), thread (a, b) recomputes dS_ab, and for each column e
+// simd_sum over the lanes gives sum_b dS_ab K[b, e], which lane e % 32 adds to its register.
+// Every dQ element is summed by one thread, over the K/V tiles in order: the same bits on
+// every run. No threadgroup memory, no barrier.
+[[kernel]] void flash_attention_backward_dq(
+    device const float* q [[buffer(0)]],
+    device const float* k [[buffer(1)]],
+    device const float* v [[buffer(2)]],
+    device const float* d_out [[buffer(3)]],
+    device const float* lse [[buffer(4)]],
+    device const float* D [[buffer(5)]],
+    constant AttentionParams& p [[buffer(6)]],
+    device atomic_int* tile_counts [[buffer(7)]],
+    device const float* mask_add [[buffer(8)]],
+    device const bool* mask_keep [[buffer(9)]],
+    device float* dq [[buffer(10)]],
+    uint2 group [[threadgroup_position_in_grid]],
+    uint simd_gid [[simdgroup_index_in_threadgroup]],
+    uint simd_lid [[thread_index_in_simdgroup]]) {
+  const uint a = simd_gid; // this SIMD group: query row a of the Q tile
+  const uint b = simd_lid; // this lane: key b of the K/V tile
+  const int n = group.x;
+  const int h_q = n % p.H_q;
+  const int batch = n / p.H_q;
+  const int h = kv_head(h_q, p);
+  const int row = group.y * Br + a;
+  if (row >= p.L) {
+    return; // the whole SIMD group, and there is no barrier
+  }
+  const int E = p.E;
+  device const float* q_row = q + (size_t(n) * p.L + row) * E;
+  device const float* do_row = d_out + (size_t(n) * p.L + row) * E;
+  device const float* k_head = k + (size_t(batch) * p.H + h) * p.S * E;
+  device const float* v_head = v + (size_t(batch) * p.H + h) * p.S * E;
+  const long off = batch * p.mask_strides[0] + h_q * p.mask_strides[1] + row * p.mask_strides[2];
+  const float lse_row = lse[size_t(n) * p.L + row];
+  const float D_row = D[size_t(n) * p.L + row];
+  const int last_key = row + p.S - p.L;
+
+  float dq_acc[E_MAX / 32]; // lane b: columns b, b + 32, ... of dQ[row, :]
+  for (int t = 0; t < E_MAX / 32; ++t) {
+    dq_acc[t] = 0.0f;
+  }
+  const int tiles = kv_tiles_to_visit(row, row, p);
+  int masked_tiles = 0;
+  for (int j = 0; j < tiles; ++j) {
+    const int col = j * Bc + b;
+    const bool col_valid = col < p.S;
+    const bool masked = tile_needs_mask(j, last_key, p);
+    masked_tiles += masked;
+    device const float* k_row = k_head + size_t(col) * E;
+    float dS = 0.0f;
+    if (col_valid) {
+      device const float* v_row = v_head + size_t(col) * E;
+      float s = 0.0f;
+      float dp = 0.0f;
+      for (int e = 0; e < E; ++e) {
+        s += q_row[e] * k_row[e];
+        dp += do_row[e] * v_row[e];
+      }
+      dS = backward_entry(
+               s * p.scale, dp, lse_row, D_row, col, last_key, masked, mask_add + off,
+               mask_keep + off, p)
+               .ds;
+    }
+    for (int e0 = 0; e0 < E; e0 += 32) {
+      for (int t = 0; t < 32 && e0 + t < E; ++t) {
+        const float x = simd_sum(col_valid ? dS * k_row[e0 + t] : 0.0f);
+        if (b == uint(t)) {
+          dq_acc[e0 / 32] += x;
+        }
+      }
+    }
+  }
+  if (b == 0) {
+    count_tiles(tile_counts, tiles, masked_tiles);
+  }
+  device float* dq_row = dq + (size_t(n) * p.L + row) * E;
+  for (int e0 = 0; e0 < E; e0 += 32) {
+    if (e0 + int(b) < E) {
+      dq_row[e0 + b] = p.scale * dq_acc[e0 / 32];
+    }
+  }
+}

@@ -27,7 +27,8 @@ std::vector<mx::array> flash_attention_with_lse(
   const auto siblings = out.outputs(); // {out, lse} from one FlashAttention primitive
   if (siblings.size() != 2) {
     throw std::invalid_argument(
-        "[flash_attention] the log-sum-exp is computed on the CPU only (stream=mx.cpu)");
+        "[flash_attention] this primitive has no log-sum-exp output: build the op with two "
+        "outputs (Week 4, Day 3, Task 1)");
   }
   return siblings;
 }
@@ -44,13 +45,11 @@ std::vector<mx::array> flash_attention_backward(
     const std::optional<mx::array>& mask,
     bool causal,
     int num_threads,
+    DqMode dq,
     mx::StreamOrDevice s) {
+  // A GPU call runs Day 4's kernels (FlashAttentionBackward::eval_gpu); on metalsim where there
+  // is no Metal device, as the forward does.
   const metalsim::OpPlacement place = metalsim::place_op(s);
-  if (place.on_gpu()) {
-    fail_backward(
-        "runs on the CPU only: pass stream=mx.cpu (the GPU backward is not part of the course "
-        "yet)");
-  }
   for (auto [x, name] : {std::pair{&query, "query"}, {&key, "key"}, {&value, "value"}}) {
     if (x->ndim() != 4 || x->dtype() != mx::float32) {
       std::ostringstream os;
@@ -115,12 +114,15 @@ std::vector<mx::array> flash_attention_backward(
       {query.shape(), key.shape(), value.shape()},
       {mx::float32, mx::float32, mx::float32},
       std::make_shared<FlashAttentionBackward>(
-          stream, scale, causal, mask.has_value(), num_threads),
+          stream, scale, causal, mask.has_value(), num_threads, place.simulated, dq),
       inputs);
 }
 
 void FlashAttentionBackward::eval_cpu(
     const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
+  if (simulated_) {
+    return eval_gpu(inputs, outputs); // Day 4: a GPU call, run on metalsim
+  }
   BackwardProblem p;
   p.q = inputs[0].data<float>();
   p.k = inputs[1].data<float>();
@@ -164,15 +166,10 @@ void FlashAttentionBackward::eval_cpu(
   encoder.dispatch([p, n = num_threads_]() { flash_attention_backward_cpu(p, n); });
 }
 
-void FlashAttentionBackward::eval_gpu(
-    const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
-  throw std::runtime_error("[flash_attention_backward] has no GPU kernel: it runs on the CPU");
-}
-
 bool FlashAttentionBackward::is_equivalent(const mx::Primitive& other) const {
   const auto& o = static_cast<const FlashAttentionBackward&>(other);
   return scale_ == o.scale_ && causal_ == o.causal_ && has_mask_ == o.has_mask_ &&
-         num_threads_ == o.num_threads_;
+         num_threads_ == o.num_threads_ && simulated_ == o.simulated_ && dq_ == o.dq_;
 }
 
 // ---------------------------------------------------------------- Task 3: the vjp
@@ -188,11 +185,10 @@ std::vector<mx::array> FlashAttention::vjp(
           "key and value only");
     }
   }
-  if (!returns_lse() || outputs.size() < 2) {
+  if (outputs.size() < 2) {
     throw std::invalid_argument(
-        "[flash_attention] the backward pass needs the log-sum-exp that the CPU forward "
-        "outputs: differentiate flash_attention on the CPU (stream=mx.cpu), with a primitive "
-        "of two outputs (Week 4, Day 3, Task 1)");
+        "[flash_attention] the backward pass needs the log-sum-exp that the forward outputs: "
+        "build the op with two outputs (Week 4, Day 3, Task 1)");
   }
   std::optional<mx::array> mask;
   if (has_mask_) {
@@ -209,7 +205,10 @@ std::vector<mx::array> FlashAttention::vjp(
       mask,
       causal_,
       num_threads_,
-      stream());
+      DqMode::Separate, // the GPU's deterministic dQ (Day 4); the CPU has one way
+      // The device the forward ran on: a simulated GPU call sits on a CPU stream.
+      simulated_ ? mx::StreamOrDevice(std::in_place_type<mx::Device>, mx::Device::gpu)
+                 : mx::StreamOrDevice(stream()));
   std::vector<mx::array> result;
   for (int a : argnums) {
     result.push_back(grads[a]);

@@ -72,6 +72,11 @@ void FlashAttention::eval_gpu(
   }
 
   out.set_data(mx::allocator::malloc(out.nbytes()));
+  // Week 4, Day 4: the (N, H_q, L) float32 log-sum-exp, the primitive's second output. An op
+  // built with one output (before Week 4, Day 3) gets a scratch array for the kernels to fill.
+  mx::array lse =
+      outputs.size() > 1 ? outputs[1] : mx::array({N, H_q, L}, mx::float32, nullptr, {});
+  lse.set_data(mx::allocator::malloc(lse.nbytes()));
 
   AttentionParams p{};
   p.N = N;
@@ -115,8 +120,12 @@ void FlashAttention::eval_gpu(
   enc.set_input_array(p.mask_kind == kMaskAdd ? *mask : no_add, 4);
   enc.set_input_array(p.mask_kind == kMaskKeep ? *mask : no_keep, 5);
   enc.add_temporaries({no_add, no_keep});
+  if (outputs.size() == 1) {
+    enc.add_temporary(lse);
+  }
   enc.set_bytes(p, 6);
   enc.set_output_array(gpu_tile_counts(), kTileCountsBuffer); // the kernels add to it
+  enc.set_output_array(lse, kLseBuffer);
 
   const int Tr = (L + kBr - 1) / kBr;
   enc.dispatch_threadgroups(MTL::Size(N * H_q, Tr, 1), MTL::Size(threads, 1, 1));

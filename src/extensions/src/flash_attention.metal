@@ -112,6 +112,7 @@ void flash_attention_e128_impl(
     device const bool* mask_keep,
     constant AttentionParams& p,
     device atomic_int* tile_counts,
+    device float* lse,
     threadgroup float (*Q_tile)[E_MAX],
     threadgroup float (*O_acc)[E_MAX],
     uint2 group,
@@ -147,6 +148,8 @@ void flash_attention_e128_impl(
   // TODO(Task 2): lane 0 of a valid row: count_tiles(tile_counts, the tiles it visited, how
   //   many of them went through mask_score).
   // TODO(Task 2): a barrier, then the lanes write out[row, :] = O_acc[a][:] / l_i.
+  // Week 4, Day 4, Task 1: lane 0 of a valid row also writes its log-sum-exp,
+  //   lse[n * L + row] = m_i + log(l_i), which the backward pass recomputes P from.
   if (row_valid) {
     for (int e = b; e < E; e += 32) {
       out[(size_t(n) * p.L + row) * E + e] = T(NAN); // placeholder: replace with the above
@@ -164,13 +167,14 @@ template <typename T>
     device const bool* mask_keep [[buffer(5)]],
     constant AttentionParams& p [[buffer(6)]],
     device atomic_int* tile_counts [[buffer(7)]],
+    device float* lse [[buffer(8)]],
     uint2 group [[threadgroup_position_in_grid]],
     uint simd_gid [[simdgroup_index_in_threadgroup]],
     uint simd_lid [[thread_index_in_simdgroup]]) {
   threadgroup float Q_tile[Br][E_MAX]; // 16 KiB
   threadgroup float O_acc[Br][E_MAX]; // 16 KiB: with Q_tile, the whole 32 KiB
   flash_attention_e128_impl<T>(
-      q, k, v, out, mask_add, mask_keep, p, tile_counts, Q_tile, O_acc, group, simd_gid, simd_lid);
+      q, k, v, out, mask_add, mask_keep, p, tile_counts, lse, Q_tile, O_acc, group, simd_gid, simd_lid);
 }
 
 template [[host_name("flash_attention_f32_e128")]] [[kernel]] decltype(flash_attention_e128<float>) flash_attention_e128<float>;
@@ -202,6 +206,7 @@ void flash_attention_simdgroup_impl(
     device const bool* mask_keep,
     constant AttentionParams& p,
     device atomic_int* tile_counts,
+    device float* lse,
     threadgroup float* tile,
     threadgroup float (*scores)[SCORES_SIZE],
     threadgroup float (*spill)[BLOCK_SIZE],
@@ -225,6 +230,7 @@ void flash_attention_simdgroup_impl(
   //   the block; lane 0: count_tiles(tile_counts, tiles * rows, tiles * rows if there is a
   //   mask, else 0) for the rows < L of the SIMD group.
   // TODO(Task 1): write O_g / l_i for the rows < L.
+  // Week 4, Day 4, Task 1: and each row's log-sum-exp, lse[n * L + row] = m_i + log(l_i).
   for (int idx = lane; idx < SG_ROWS * E; idx += 32) {
     const int row = my_first_row + idx / E;
     if (row < p.L) {
@@ -243,6 +249,7 @@ template <typename T>
     device const bool* mask_keep [[buffer(5)]],
     constant AttentionParams& p [[buffer(6)]],
     device atomic_int* tile_counts [[buffer(7)]],
+    device float* lse [[buffer(8)]],
     uint2 group [[threadgroup_position_in_grid]],
     uint simd_gid [[simdgroup_index_in_threadgroup]],
     uint simd_lid [[thread_index_in_simdgroup]],
@@ -252,9 +259,90 @@ template <typename T>
   threadgroup float spill[SG_COUNT][BLOCK_SIZE];
   threadgroup float row_alpha[SG_COUNT][SG_ROWS];
   flash_attention_simdgroup_impl<T>(
-      q, k, v, out, mask_add, mask_keep, p, tile_counts, tile, scores, spill, row_alpha, group, simd_gid, simd_lid, tid);
+      q, k, v, out, mask_add, mask_keep, p, tile_counts, lse, tile, scores, spill, row_alpha, group, simd_gid, simd_lid, tid);
 }
 
 template [[host_name("flash_attention_simdgroup_f32")]] [[kernel]] decltype(flash_attention_simdgroup<float>) flash_attention_simdgroup<float>;
 
 // TODO(day 5, Task 2): instantiate it as flash_attention_simdgroup_f16 and _bf16.
+
+// ============================================================================================
+// Week 4, Day 4: the backward pass on the GPU. See book/src/week4-04-backward-metal.md.
+//
+// FlashAttentionBackward::eval_gpu (src/flash_attention_backward_gpu.cpp) dispatches, in order:
+//
+//   flash_attention_backward_preprocess  (N*H_q, Tr) x 1024  D = rowsum(dO * O), dQ = 0
+//   flash_attention_backward_dkdv        (N*H, Tc)   x 1024  dK, dV of one K/V tile
+//     or ..._dkdv_atomic_dq                                   and its dQ terms, atomically
+//   flash_attention_backward_dq          (N*H_q, Tr) x 1024  dQ of one Q tile (dq="separate")
+//
+// Every kernel recomputes, for the (query row i, key j) pairs it needs,
+//   P_ij = exp(scale * q_i . k_j (+ mask) - lse_i)     from the forward's log-sum-exp
+//   dS_ij = P_ij * (dO_i . v_j - D_i)
+// and sums  dV_j = sum_i P_ij dO_i,  dK_j = scale sum_i dS_ij q_i,  dQ_i = scale sum_j dS_ij k_j.
+// ============================================================================================
+
+[[kernel]] void flash_attention_backward_preprocess(
+    device const float* out [[buffer(0)]],
+    device const float* d_out [[buffer(1)]],
+    device float* D [[buffer(2)]],
+    device float* dq [[buffer(3)]],
+    constant AttentionParams& p [[buffer(6)]],
+    uint2 group [[threadgroup_position_in_grid]],
+    uint simd_gid [[simdgroup_index_in_threadgroup]],
+    uint simd_lid [[thread_index_in_simdgroup]]) {
+  // TODO(Task 2): SIMD group a <-> query row group.y * Br + a of (batch, head) group.x; the
+  //   lanes sum dO * O over the columns, simd_sum, lane 0 writes D; zero the row of dQ.
+}
+
+template <bool ATOMIC_DQ>
+[[kernel]] void flash_attention_backward_dkdv(
+    device const float* q [[buffer(0)]],
+    device const float* k [[buffer(1)]],
+    device const float* v [[buffer(2)]],
+    device const float* d_out [[buffer(3)]],
+    device const float* lse [[buffer(4)]],
+    device const float* D [[buffer(5)]],
+    constant AttentionParams& p [[buffer(6)]],
+    device atomic_int* tile_counts [[buffer(7)]],
+    device const float* mask_add [[buffer(8)]],
+    device const bool* mask_keep [[buffer(9)]],
+    device float* dk [[buffer(10)]],
+    device float* dv [[buffer(11)]],
+    device atomic_float* dq [[buffer(12)]],
+    uint2 group [[threadgroup_position_in_grid]],
+    uint simd_gid [[simdgroup_index_in_threadgroup]],
+    uint simd_lid [[thread_index_in_simdgroup]]) {
+  // TODO(Task 2): threadgroup (nk, j) owns keys j*Bc .. of key/value head nk; SIMD group a
+  //   <-> key a, lane b <-> query row b of a Q tile. Stage the K tile in threadgroup memory;
+  //   for each query head of the group and each Q tile: recompute P_ba and dS_ba from the lse
+  //   and D, add simd_sum over b of P_ba dO[b, :] and dS_ba Q[b, :] to registers (lane e % 32
+  //   keeps column e); with ATOMIC_DQ, dS through threadgroup memory and
+  //   atomic_fetch_add_explicit of scale * sum_a dS_ba K[a, :] into dQ. Write scale * dK, dV.
+  // TODO(Task 3): masks through mask_score (a hidden score gets P = 0, dS = 0; a row whose lse
+  //   is MASKED gets P = 1/S), causal tile skipping with kv_tiles_to_visit for the Q tile, and
+  //   count_tiles(tile_counts, rows visited, rows masked) from SIMD group 0.
+}
+
+template [[host_name("flash_attention_backward_dkdv")]] [[kernel]] decltype(flash_attention_backward_dkdv<false>) flash_attention_backward_dkdv<false>;
+template [[host_name("flash_attention_backward_dkdv_atomic_dq")]] [[kernel]] decltype(flash_attention_backward_dkdv<true>) flash_attention_backward_dkdv<true>;
+
+[[kernel]] void flash_attention_backward_dq(
+    device const float* q [[buffer(0)]],
+    device const float* k [[buffer(1)]],
+    device const float* v [[buffer(2)]],
+    device const float* d_out [[buffer(3)]],
+    device const float* lse [[buffer(4)]],
+    device const float* D [[buffer(5)]],
+    constant AttentionParams& p [[buffer(6)]],
+    device atomic_int* tile_counts [[buffer(7)]],
+    device const float* mask_add [[buffer(8)]],
+    device const bool* mask_keep [[buffer(9)]],
+    device float* dq [[buffer(10)]],
+    uint2 group [[threadgroup_position_in_grid]],
+    uint simd_gid [[simdgroup_index_in_threadgroup]],
+    uint simd_lid [[thread_index_in_simdgroup]]) {
+  // TODO(Task 4): the forward's map (SIMD group a <-> query row a, lane b <-> key b); for each
+  //   K/V tile the row sees, recompute dS_ab and add simd_sum over b of dS_ab K[b, :] to
+  //   registers; count_tiles as the forward; write scale * dQ[row, :]. No atomics.
+}

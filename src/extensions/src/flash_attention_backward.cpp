@@ -24,7 +24,7 @@ std::vector<mx::array> flash_attention_with_lse(
     int num_threads,
     mx::StreamOrDevice s) {
   // TODO(Task 1): call flash_attention and return the two outputs of its primitive,
-  // out.outputs() = {out, lse}; throw std::invalid_argument if there is no lse (a GPU call).
+  // out.outputs() = {out, lse}; throw std::invalid_argument if there is no lse (one output).
   throw std::runtime_error(
       "flash_attention_with_lse is not implemented yet: see "
       "book/src/week4-03-backward-cpp.md, Task 1");
@@ -42,10 +42,12 @@ std::vector<mx::array> flash_attention_backward(
     const std::optional<mx::array>& mask,
     bool causal,
     int num_threads,
+    DqMode dq,
     mx::StreamOrDevice s) {
-  // TODO(Task 2): on the CPU only; check every argument (fail_backward(...) names it); make the
-  // inputs row-contiguous, cast a floating mask to float32 and broadcast it to (N, H_q, L, S);
-  // return the three outputs of one FlashAttentionBackward primitive (mx::array::make_arrays).
+  // TODO(Task 2): place the op with metalsim::place_op(s); check every argument (fail_backward(...)
+  // names it); make the inputs row-contiguous, cast a floating mask to float32 and broadcast it to
+  // (N, H_q, L, S); return the three outputs of one FlashAttentionBackward primitive
+  // (mx::array::make_arrays), built with place.simulated and dq (Day 4 runs it on the GPU).
   throw std::runtime_error(
       "flash_attention_backward is not implemented yet: see "
       "book/src/week4-03-backward-cpp.md, Task 2");
@@ -53,6 +55,7 @@ std::vector<mx::array> flash_attention_backward(
 
 void FlashAttentionBackward::eval_cpu(
     const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
+  // A simulated GPU call (simulated_) hands over to eval_gpu (Day 4), as the forward's does.
   // TODO(Task 2): allocate the outputs, fill a BackwardProblem, register the arrays with the
   // CPU encoder and dispatch flash_attention_backward_cpu, as FlashAttention::eval_cpu does.
   throw std::runtime_error(
@@ -60,15 +63,10 @@ void FlashAttentionBackward::eval_cpu(
       "book/src/week4-03-backward-cpp.md, Task 2");
 }
 
-void FlashAttentionBackward::eval_gpu(
-    const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
-  throw std::runtime_error("[flash_attention_backward] has no GPU kernel: it runs on the CPU");
-}
-
 bool FlashAttentionBackward::is_equivalent(const mx::Primitive& other) const {
   const auto& o = static_cast<const FlashAttentionBackward&>(other);
   return scale_ == o.scale_ && causal_ == o.causal_ && has_mask_ == o.has_mask_ &&
-         num_threads_ == o.num_threads_;
+         num_threads_ == o.num_threads_ && simulated_ == o.simulated_ && dq_ == o.dq_;
 }
 
 // ---------------------------------------------------------------- Task 3: the vjp
@@ -78,8 +76,9 @@ std::vector<mx::array> FlashAttention::vjp(
     const std::vector<int>& argnums,
     const std::vector<mx::array>& outputs) {
   // TODO(Task 3): refuse a gradient for the mask (argnum 3) and a primitive without the lse
-  // (a GPU call) with std::invalid_argument; call flash_attention_backward with the primals,
-  // the outputs {out, lse} and cotangents[0]; return the gradients that argnums asks for.
+  // output with std::invalid_argument; call flash_attention_backward with the primals, the
+  // outputs {out, lse} and cotangents[0], on the forward's device (a simulated GPU call sits on
+  // a CPU stream: pass mx::Device::gpu then); return the gradients that argnums asks for.
   throw std::runtime_error(
       "FlashAttention::vjp is not implemented yet: see book/src/week4-03-backward-cpp.md, Task 3");
 }

@@ -24,12 +24,16 @@ void FlashAttention::eval_gpu(
   //   with a message that names the argument: E <= kMaxHeadDim; query, key and value float32
   //   (day 5: float16 / bfloat16 too, all the same dtype) and row-contiguous; the mask float32
   //   or bool. Day 4: the fast kernel also needs E % 8 == 0.
-  // TODO(Task 1): allocate the output (out.set_data(mx::allocator::malloc(out.nbytes()))).
+  // TODO(Task 1): allocate the outputs: out (out.set_data(mx::allocator::malloc(out.nbytes())))
+  //   and the (N, H_q, L) float32 log-sum-exp the kernels write at kLseBuffer (8) for the
+  //   backward pass of Week 4: outputs[1] where the op built two outputs (Week 4, Day 3), else a
+  //   scratch array (mx::array({N, H_q, L}, mx::float32, nullptr, {}), enc.add_temporary).
   // TODO(Task 1): fill an AttentionParams (flash_attention_gpu.h), mask strides included.
   // TODO(Task 1): get the kernel (d.get_kernel(name, metalsim::extension_library(d)) with
   //   auto& d = gpu::device(stream().device)) and the encoder (gpu::get_command_encoder(stream()));
   //   bind buffers 0..5 as the kernel declares them (a placeholder array where there is no
-  //   mask), set_bytes the params at 6, gpu_tile_counts() at kTileCountsBuffer (7), and
+  //   mask), set_bytes the params at 6, gpu_tile_counts() at kTileCountsBuffer (7), the lse
+  //   at kLseBuffer (8), and
   //   dispatch (N * H_q, Tr) threadgroups of
   //   kSimpleKernelThreads (or kSimdgroupKernelThreads for the fast kernel).
   throw std::runtime_error(

@@ -113,6 +113,7 @@ def attention(lib, kernel, q, k, v, mask=None, threads=1024, br=32):
         5: np.zeros(1, np.bool_),
         6: p.tobytes(),
         7: np.zeros(2, np.int32),  # the work counters (visited, masked tiles)
+        8: np.zeros((N, H_q, L), np.float32),  # each row's log-sum-exp (Week 4)
     }
     lib.dispatch(
         kernel, grid=(N * H_q, (L + br - 1) // br, 1), threadgroup=threads, buffers=buffers

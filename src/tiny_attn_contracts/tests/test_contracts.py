@@ -39,6 +39,7 @@ W = _weights()
 QP, KP = rand((6, 4, 8), seed=94), rand((6, 2, 8), seed=95)
 CU = mx.array([0, 2, 6], mx.int32)
 
+
 CASES = [
     # Week 1, Day 1: softmax and scaled_dot_product_attention_simple
     ("softmax axis range", lambda ta: ta.softmax(X, axis=2), ValueError, "axis"),
@@ -431,6 +432,8 @@ CASES = [
         ValueError,
         "softcap",
     ),
+    # Week 5, Day 5: the Generator
+    ("Generator model str", lambda ta: ta.Generator("a model"), TypeError, "model"),
 ]
 
 
@@ -481,3 +484,17 @@ def test_every_message_starts_with_the_argument():
         with pytest.raises((TypeError, ValueError)) as info:
             call()
         assert str(info.value).startswith(argument), str(info.value)
+
+
+def test_generate_checks_its_arguments():
+    # The student's Generator needs the Day 3 cache to exist: checked on the reference.
+    ta = importlib.import_module("tiny_attn_ref")
+    gen = ta.Generator(ta.Transformer(10, dims=8, num_heads=2, num_layers=1, max_len=16))
+    for args, error, argument in (
+        (([[1, 2]], 15), ValueError, "max_new_tokens"),
+        (([[1, 2]], -1), ValueError, "max_new_tokens"),
+        (("hi", 3), TypeError, "prompts"),
+        (([[1, -2]], 3), ValueError, "prompts[0]"),
+    ):
+        with raises_naming(error, argument):
+            gen.generate(*args)
