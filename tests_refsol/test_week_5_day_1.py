@@ -72,6 +72,8 @@ CASES = [
     (1, 6, 2, 3, 40, 32, True),  # a few drafted tokens, causal
     (2, 4, 2, 8, 70, 20, True),  # L = 8, E not a multiple of 8
     (1, 2, 2, 4, 4, 16, True),  # S = L: the first row sees one key
+    (1, 9, 3, 1, 45, 24, False),  # G = 3 rows per group
+    (1, 6, 2, 2, 45, 24, True),  # G * L = 6 rows per group
 ]
 CASE_IDS = [
     f"B{b}-Hq{hq}-H{h}-L{L}-S{S}-E{E}{'-causal' if c else ''}" for b, hq, h, L, S, E, c in CASES

@@ -38,19 +38,20 @@ TINY_ATTN_INLINE float hsum(f32x8 v) {
   return s;
 }
 
-// s[i][c] = scale * q_i . k_c for the block's kRowBlock rows and keys c < n.
+// s[i][c] = scale * q_i . k_c for the block's NR rows and keys c < n.
+template <int NR>
 TINY_ATTN_INLINE void scores(
     const float* const* q, const float* const* k_rows, int n, int E, float scale, float (*s)[kBc]) {
   for (int c = 0; c < n; ++c) {
-    f32x8 acc[kRowBlock] = {};
+    f32x8 acc[NR] = {};
     int e = 0;
     for (; e + 8 <= E; e += 8) {
       const f32x8 kk = simd::load(k_rows[c] + e);
-      for (int i = 0; i < kRowBlock; ++i) {
+      for (int i = 0; i < NR; ++i) {
         acc[i] += simd::load(q[i] + e) * kk;
       }
     }
-    for (int i = 0; i < kRowBlock; ++i) {
+    for (int i = 0; i < NR; ++i) {
       float dot = hsum(acc[i]);
       for (int t = e; t < E; ++t) {
         dot += q[i][t] * k_rows[c][t];
@@ -60,8 +61,9 @@ TINY_ATTN_INLINE void scores(
   }
 }
 
-// o_i = alpha_i * o_i + sum over c < n of p[i][c] * v_c, for the block's rows: each 8 columns
-// of o_i stay in a register over the whole key block.
+// o_i = alpha_i * o_i + sum over c < n of p[i][c] * v_c, for the block's NR rows: each 8
+// columns of o_i stay in a register over the whole key block.
+template <int NR>
 TINY_ATTN_INLINE void accumulate(
     float* const* o,
     const float* alpha,
@@ -71,28 +73,69 @@ TINY_ATTN_INLINE void accumulate(
     int E) {
   int e = 0;
   for (; e + 8 <= E; e += 8) {
-    f32x8 acc[kRowBlock];
-    for (int i = 0; i < kRowBlock; ++i) {
+    f32x8 acc[NR];
+    for (int i = 0; i < NR; ++i) {
       acc[i] = simd::load(o[i] + e) * simd::broadcast(alpha[i]);
     }
     for (int c = 0; c < n; ++c) {
       const f32x8 vv = simd::load(v_rows[c] + e);
-      for (int i = 0; i < kRowBlock; ++i) {
+      for (int i = 0; i < NR; ++i) {
         acc[i] += simd::broadcast(p[i][c]) * vv;
       }
     }
-    for (int i = 0; i < kRowBlock; ++i) {
+    for (int i = 0; i < NR; ++i) {
       simd::store(o[i] + e, acc[i]);
     }
   }
   for (; e < E; ++e) {
-    for (int i = 0; i < kRowBlock; ++i) {
+    for (int i = 0; i < NR; ++i) {
       float acc = o[i][e] * alpha[i];
       for (int c = 0; c < n; ++c) {
         acc += p[i][c] * v_rows[c][e];
       }
       o[i][e] = acc;
     }
+  }
+}
+
+// The block's nr = 1 .. kRowBlock rows, with the loops above unrolled for that many.
+TINY_ATTN_INLINE void block_scores(
+    int nr,
+    const float* const* q,
+    const float* const* k_rows,
+    int n,
+    int E,
+    float scale,
+    float (*s)[kBc]) {
+  switch (nr) {
+  case 1:
+    return scores<1>(q, k_rows, n, E, scale, s);
+  case 2:
+    return scores<2>(q, k_rows, n, E, scale, s);
+  case 3:
+    return scores<3>(q, k_rows, n, E, scale, s);
+  default:
+    return scores<kRowBlock>(q, k_rows, n, E, scale, s);
+  }
+}
+
+TINY_ATTN_INLINE void block_accumulate(
+    int nr,
+    float* const* o,
+    const float* alpha,
+    const float (*p)[kBc],
+    const float* const* v_rows,
+    int n,
+    int E) {
+  switch (nr) {
+  case 1:
+    return accumulate<1>(o, alpha, p, v_rows, n, E);
+  case 2:
+    return accumulate<2>(o, alpha, p, v_rows, n, E);
+  case 3:
+    return accumulate<3>(o, alpha, p, v_rows, n, E);
+  default:
+    return accumulate<kRowBlock>(o, alpha, p, v_rows, n, E);
   }
 }
 
@@ -121,9 +164,6 @@ void decode_group(
     q_rows[r] = p.q + ((int64_t(b) * p.H_q + h_q) * p.L + i) * E;
     last_key[r] = p.causal ? i + S_b - p.L : S_b - 1;
   }
-  // A block of fewer than kRowBlock rows fills up with a dummy row (query row r0, output to
-  // `spare`), computed and thrown away.
-  std::vector<float> spare(E);
   float s[kRowBlock][kBc];
   const float* k_rows[kBc];
   const float* v_rows[kBc];
@@ -134,30 +174,30 @@ void decode_group(
       v_rows[c] = kv_row(p, p.v, b, h, c0 + c);
     }
     for (int rb = 0; rb < R; rb += kRowBlock) {
+      const int nr = std::min(kRowBlock, R - rb);
       const float* q[kRowBlock];
       float* o[kRowBlock];
       int visible[kRowBlock]; // keys of the block row rb + i sees (causal: maybe fewer)
       int n_used = 0;         // keys any row of the block sees
-      for (int i = 0; i < kRowBlock; ++i) {
-        const bool real = rb + i < R;
-        q[i] = q_rows[real ? rb + i : 0];
-        o[i] = real ? st.o.data() + size_t(rb + i) * E : spare.data();
-        visible[i] = real ? std::clamp(last_key[rb + i] - c0 + 1, 0, n) : 0;
+      for (int i = 0; i < nr; ++i) {
+        q[i] = q_rows[rb + i];
+        o[i] = st.o.data() + size_t(rb + i) * E;
+        visible[i] = std::clamp(last_key[rb + i] - c0 + 1, 0, n);
         n_used = std::max(n_used, visible[i]);
       }
       if (n_used == 0) {
         continue;
       }
-      scores(q, k_rows, n_used, E, p.scale, s);
+      block_scores(nr, q, k_rows, n_used, E, p.scale, s);
       // Online softmax (Week 2), row by row: p = exp(s - m_new), 8 at a time, and what the
       // row has so far rescaled by alpha = exp(m_old - m_new) (0 on the row's first block).
       float alpha[kRowBlock];
-      for (int i = 0; i < kRowBlock; ++i) {
+      for (int i = 0; i < nr; ++i) {
         const int n8 = (n_used + 7) / 8 * 8;
         for (int c = visible[i]; c < n8; ++c) {
           s[i][c] = -INFINITY; // keys the row does not see: exp gives 0
         }
-        if (visible[i] == 0) { // nothing new for this row (or a dummy row)
+        if (visible[i] == 0) { // nothing new for this row
           alpha[i] = 1.0f;
           std::fill(s[i], s[i] + n8, 0.0f);
           continue;
@@ -178,7 +218,7 @@ void decode_group(
         st.m[r] = m_new;
         st.l[r] = st.l[r] * alpha[i] + l;
       }
-      accumulate(o, alpha, s, v_rows, n_used, E);
+      block_accumulate(nr, o, alpha, s, v_rows, n_used, E);
     }
   }
   decode_cpu_rows_read() += std::max(0, j1 - j0);
