@@ -3,37 +3,31 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 
-#include "bindings_args.h"
-
 #include <cfloat>
 #include <climits>
 #include <cmath>
 #include <optional>
-#include <stdexcept>
 #include <string>
 
+#include "bindings_args.h"
 #include "flash_attention_varlen.h"
-#include "metalsim/mlx_extension.h"
 
-namespace nb = nanobind;
 using namespace nb::literals;
+using namespace tiny_attn::bindings;
 
 namespace {
-
-using namespace tiny_attn::bindings;
 
 constexpr const char* kOp = "flash_attention_varlen";
 
 // A finite float32 number; `what` says which values are allowed.
 float float_arg(const char* name, nb::handle x, const char* what) {
-  if (PyBool_Check(x.ptr()) || !(PyFloat_Check(x.ptr()) || is_int(x))) {
+  if (!is_number(x)) {
     type_error(kOp, std::string(name) + " must be " + what + ", got " + python_type(x));
   }
   const double v = PyFloat_AsDouble(x.ptr());
   if (PyErr_Occurred() || !std::isfinite(v) || std::fabs(v) > FLT_MAX) {
     PyErr_Clear();
-    value_error(
-        kOp,
+    tiny_attn::fail_varlen(
         std::string(name) + " must be " + what + ", got " + nb::cast<std::string>(nb::str(x)));
   }
   return static_cast<float>(v);
@@ -45,7 +39,7 @@ int window_side(nb::handle x) {
     type_error(
         kOp,
         "window must be None, an int or a pair (left, right) of ints, got an element of type " +
-            python_type(x));
+        python_type(x));
   }
   int overflow = 0;
   const long long v = PyLong_AsLongLongAndOverflow(x.ptr(), &overflow);
