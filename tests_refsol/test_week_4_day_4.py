@@ -295,7 +295,7 @@ def test_task_4_separate_dq_is_the_same_bits_on_every_run(ext, monkeypatch):
     # run; in the separate kernel, one thread sums them in a fixed order.
     q, k, v, d_out = inputs(1, 4, 2, 70, 90, 16, seed=14)
     first = [np.array(g) for g in gpu_backward(ext, q, k, v, d_out, mask="causal")]
-    for schedule in ("forward", "reverse", "random:1", "random:2"):
+    for schedule in ("forward", "reverse", "random:1"):
         monkeypatch.setenv("METALSIM_SCHEDULE", schedule)  # no effect on a real GPU
         again = gpu_backward(ext, q, k, v, d_out, mask="causal")
         for name, a, b in zip(NAMES, first, again, strict=True):
