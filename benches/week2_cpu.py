@@ -29,14 +29,13 @@ import math
 import statistics
 import sys
 import time
-import tracemalloc
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
-from tiny_attn_tools.testing import attention_flops, load_extension
+from tiny_attn_tools.testing import attention_flops, load_extension, time_numpy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,19 +60,6 @@ def time_mlx(profile: Callable, fn: Callable[[], mx.array], repeats: int) -> tup
     held before it)."""
     p = profile(fn, warmup=0, repeats=repeats)
     return min(p.times_s), p.peak_bytes / MiB
-
-
-def time_numpy(fn: Callable[[], np.ndarray], repeats: int) -> tuple[float, float]:
-    best, peak = math.inf, 0
-    for _ in range(repeats):
-        tracemalloc.start()
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-        peak = max(peak, tracemalloc.get_traced_memory()[1])
-        tracemalloc.stop()
-        del out
-    return best, peak / MiB
 
 
 def blas_baseline(n: int, profile: Callable) -> None:

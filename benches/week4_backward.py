@@ -21,13 +21,12 @@ import importlib
 import math
 import sys
 import time
-import tracemalloc
 from collections.abc import Callable
 from functools import partial
 
 import mlx.core as mx
 import numpy as np
-from tiny_attn_tools.testing import attention_flops, load_extension
+from tiny_attn_tools.testing import attention_flops, load_extension, time_numpy
 
 MiB = 1024 * 1024
 
@@ -45,19 +44,6 @@ def time_mlx(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
         best = min(best, time.perf_counter() - t)
         del out
     return best, (mx.get_peak_memory() - base) / MiB
-
-
-def time_numpy(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
-    best, peak = math.inf, 0
-    for _ in range(repeats):
-        tracemalloc.start()
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-        peak = max(peak, tracemalloc.get_traced_memory()[1])
-        tracemalloc.stop()
-        del out
-    return best, peak / MiB
 
 
 def numpy_backward(q, k, v, d_out, scale):

@@ -66,9 +66,14 @@ inline bool is_int(nb::handle x) {
   return PyLong_Check(x.ptr()) && !PyBool_Check(x.ptr());
 }
 
+// A Python float or int, not a bool.
+inline bool is_number(nb::handle x) {
+  return !PyBool_Check(x.ptr()) && (PyFloat_Check(x.ptr()) || is_int(x));
+}
+
 // A Python float or int (not a bool) as the float32 the kernels compute with.
 inline float scale_arg(const char* op, nb::handle scale) {
-  if (PyBool_Check(scale.ptr()) || !(PyFloat_Check(scale.ptr()) || is_int(scale))) {
+  if (!is_number(scale)) {
     type_error(op, "scale must be a float, got " + python_type(scale));
   }
   const double v = PyFloat_AsDouble(scale.ptr());

@@ -7,47 +7,22 @@
 #include <climits>
 #include <cmath>
 #include <optional>
-#include <stdexcept>
 #include <string>
 
+#include "bindings_args.h"
 #include "flash_attention_varlen.h"
-#include "metalsim/mlx_extension.h"
 
-namespace nb = nanobind;
 using namespace nb::literals;
+using namespace tiny_attn::bindings;
 
 namespace {
 
-// Python objects in, with errors that name the argument (as bindings.cpp does for the others).
 constexpr const char* kOp = "flash_attention_varlen";
-
-std::string python_type(nb::handle x) {
-  return nb::cast<std::string>(nb::str(nb::handle(x.type()).attr("__name__")));
-}
-
-[[noreturn]] void type_error(const std::string& message) {
-  throw nb::type_error(("[" + std::string(kOp) + "] " + message).c_str());
-}
-
-bool is_int(nb::handle x) {
-  return PyLong_Check(x.ptr()) && !PyBool_Check(x.ptr());
-}
-
-bool is_number(nb::handle x) {
-  return !PyBool_Check(x.ptr()) && (PyFloat_Check(x.ptr()) || is_int(x));
-}
-
-mx::array array_arg(const char* name, nb::handle x) {
-  if (!nb::isinstance<mx::array>(x)) {
-    type_error(std::string(name) + " must be an mx.array, got " + python_type(x));
-  }
-  return nb::cast<mx::array>(x);
-}
 
 // A finite float32 number; `what` says which values are allowed.
 float float_arg(const char* name, nb::handle x, const char* what) {
   if (!is_number(x)) {
-    type_error(std::string(name) + " must be " + what + ", got " + python_type(x));
+    type_error(kOp, std::string(name) + " must be " + what + ", got " + python_type(x));
   }
   const double v = PyFloat_AsDouble(x.ptr());
   if (PyErr_Occurred() || !std::isfinite(v) || std::fabs(v) > FLT_MAX) {
@@ -62,6 +37,7 @@ float float_arg(const char* name, nb::handle x, const char* what) {
 int window_side(nb::handle x) {
   if (!is_int(x)) {
     type_error(
+        kOp,
         "window must be None, an int or a pair (left, right) of ints, got an element of type " +
         python_type(x));
   }
@@ -91,12 +67,9 @@ void bind_varlen(nb::module_& m) {
          nb::handle alibi_slopes,
          nb::handle softcap,
          nb::handle stream) {
-        const mx::array q = array_arg("query", query);
+        const mx::array q = array_arg(kOp, "query", query);
         tiny_attn::VarlenMasks masks;
-        if (!PyBool_Check(causal.ptr())) {
-          type_error("causal must be True or False, got " + python_type(causal));
-        }
-        masks.causal = causal.ptr() == Py_True;
+        masks.causal = bool_arg(kOp, "causal", causal);
         if (!window.is_none()) {
           if (nb::isinstance<nb::tuple>(window)) {
             nb::tuple w = nb::borrow<nb::tuple>(window);
@@ -125,27 +98,15 @@ void bind_varlen(nb::module_& m) {
             : float_arg("scale", scale, "None or a finite float");
         std::optional<mx::array> slopes;
         if (!alibi_slopes.is_none()) {
-          slopes = array_arg("alibi_slopes", alibi_slopes);
+          slopes = array_arg(kOp, "alibi_slopes", alibi_slopes);
         }
-        mx::StreamOrDevice where = {};
-        if (!stream.is_none()) {
-          mx::Device device(mx::Device::cpu);
-          mx::Stream st(0, device);
-          if (nb::try_cast<mx::Device>(stream, device)) {
-            where = metalsim::to_stream_or_device(device);
-          } else if (nb::try_cast<mx::Stream>(stream, st)) {
-            where = metalsim::to_stream_or_device(st);
-          } else {
-            type_error(
-                "stream must be None, an mx.Device or an mx.Stream, got " + python_type(stream));
-          }
-        }
+        const mx::StreamOrDevice where = stream_arg(kOp, stream);
         return tiny_attn::flash_attention_varlen(
             q,
-            array_arg("key", key),
-            array_arg("value", value),
-            array_arg("cu_seqlens_q", cu_seqlens_q),
-            array_arg("cu_seqlens_k", cu_seqlens_k),
+            array_arg(kOp, "key", key),
+            array_arg(kOp, "value", value),
+            array_arg(kOp, "cu_seqlens_q", cu_seqlens_q),
+            array_arg(kOp, "cu_seqlens_k", cu_seqlens_k),
             s,
             masks,
             slopes,

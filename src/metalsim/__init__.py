@@ -19,12 +19,14 @@
 threads instead (dispatchThreads: edge threadgroups are cut to the grid). Every failure is a
 `metalsim.Error` subclass naming the kernel and what went wrong. See book/src/metalsim.md.
 
-The compiled Python module (`metalsim._core`) is built on first import with CMake and Ninja from
-the Python environment (metalsim/build.py; `python -m metalsim build` does it with its output).
+The compiled Python module (`metalsim._core`) is built on first use with CMake and Ninja from
+the Python environment (metalsim/build.py; `python -m metalsim build` does it with its output):
+importing metalsim builds nothing, so that a project can use metalsim.build alone.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -32,13 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from .build import HOME, cmake_build, ensure_built, load_core
+from .build import HOME, BuildError, cmake_build, ensure_built, load_core
 
 # The runtime headers the kernel compiler includes are in this folder.
 os.environ.setdefault("METALSIM_HOME", str(HOME))
 
 __all__ = [
     "BindingError",
+    "BuildError",
     "CompileError",
     "DeadlockError",
     "DispatchError",
@@ -60,40 +63,58 @@ __all__ = [
 ]
 
 
-_core = load_core()
-
-Error = _core.Error
-CompileError = _core.CompileError
-KernelNotFoundError = _core.KernelNotFoundError
-BindingError = _core.BindingError
-LimitError = _core.LimitError
-DeadlockError = _core.DeadlockError
-DispatchError = _core.DispatchError
-RaceError = _core.RaceError
-MemoryAccessError = _core.MemoryAccessError
-TimeoutError = _core.TimeoutError  # noqa: A001  (metalsim.TimeoutError: a dispatch past its deadline)
-InterruptedError = _core.InterruptedError  # noqa: A001
-
-_DTYPE_CODES = {
-    np.dtype(np.bool_): 1,
-    np.dtype(np.uint8): 2,
-    np.dtype(np.uint16): 3,
-    np.dtype(np.uint32): 4,
-    np.dtype(np.uint64): 5,
-    np.dtype(np.int8): 6,
-    np.dtype(np.int16): 7,
-    np.dtype(np.int32): 8,
-    np.dtype(np.int64): 9,
-    np.dtype(np.float16): 10,
-    np.dtype(np.float32): 12,
-    np.dtype(np.float64): 13,
-    np.dtype(np.complex64): 14,
+# What metalsim._core defines, read from it on first use (PEP 562): the exceptions of the host
+# library, each a subclass of metalsim.Error.
+_FROM_CORE = {
+    "Error",
+    "CompileError",
+    "KernelNotFoundError",
+    "BindingError",
+    "LimitError",
+    "DeadlockError",
+    "DispatchError",
+    "RaceError",
+    "MemoryAccessError",
+    "TimeoutError",  # a dispatch past its deadline
+    "InterruptedError",  # a dispatch stopped by Ctrl-C
 }
+
+
+def __getattr__(name: str) -> Any:
+    if name == "_core":
+        return _host()
+    if name in _FROM_CORE:
+        return getattr(_host(), name)
+    raise AttributeError(f"module 'metalsim' has no attribute {name!r}")
+
+
+_core_module: Any = None
+
+
+def _host() -> Any:
+    """metalsim._core, built on first use."""
+    global _core_module
+    if _core_module is None:
+        _core_module = load_core()
+    return _core_module
+
+
+@functools.cache
+def _dtype_codes() -> dict[Any, int]:
+    """NumPy dtype -> the code of that element type in metalsim's ABI (metalsim/abi.h, the
+    one place the codes are written), for the dtypes NumPy has."""
+    codes = {}
+    for name, code in _host().dtype_codes.items():
+        try:
+            codes[np.dtype(name)] = code
+        except TypeError:  # bfloat16, untyped bytes: NumPy has no such dtype
+            pass
+    return codes
 
 
 def cache_dir() -> str:
     """Where compiled kernel libraries are cached."""
-    return _core.cache_dir()
+    return _host().cache_dir()
 
 
 def compiler_runs() -> int:
@@ -102,7 +123,7 @@ def compiler_runs() -> int:
     A library found in the cache does not run it, and neither does a source whose compile already
     failed in this process: that raises the same CompileError again at once.
     """
-    return _core.compiler_runs()
+    return _host().compiler_runs()
 
 
 # More OS threads than this only adds switching: threadgroups are queued to the workers.
@@ -145,13 +166,14 @@ def _binding(index: int, value: Any) -> tuple[tuple[int, int, int, int, bool, bo
         raise ValueError(f"buffers: index {index!r} is not a buffer index (0 to 30)")
     if isinstance(value, bfloat16):
         spec, obj = _binding(index, value.bits)
-        return (spec[0], spec[1], spec[2], 11, False, spec[5], spec[6]), obj
+        bf16 = _host().dtype_codes["bfloat16"]
+        return (spec[0], spec[1], spec[2], bf16, False, spec[5], spec[6]), obj
     if isinstance(value, np.ndarray):
         if not value.flags.c_contiguous:
             raise ValueError(
                 f"buffers[{index}]: the array must be C-contiguous (use np.ascontiguousarray)"
             )
-        code = _DTYPE_CODES.get(value.dtype, 0)
+        code = _dtype_codes().get(value.dtype, 0)
         addr = value.__array_interface__["data"][0]
         # Each array is a buffer of its own (a view too): the kernel runs on a copy that starts
         # at a page, as a Metal buffer does.
@@ -159,7 +181,7 @@ def _binding(index: int, value: Any) -> tuple[tuple[int, int, int, int, bool, bo
         return (int(index), addr, value.nbytes, code, False, read_only, 0), value
     if isinstance(value, np.generic):
         arr = np.array(value)
-        code = _DTYPE_CODES.get(arr.dtype, 0)
+        code = _dtype_codes().get(arr.dtype, 0)
         return (
             int(index),
             arr.__array_interface__["data"][0],
@@ -184,13 +206,16 @@ def _constant(index: Any, value: Any) -> tuple[int, int, int, float]:
         raise ValueError(
             f"function_constants: key {index!r} is not a function constant index (0 to 65535)"
         )
+    # A Python int is an int64, a Python float a float64.
+    codes = _dtype_codes()
     if isinstance(value, (bool, np.bool_)):
-        return int(index), 1, int(bool(value)), 0.0
+        return int(index), codes[np.dtype(np.bool_)], int(bool(value)), 0.0
     if isinstance(value, (int, np.integer)):
-        code = _DTYPE_CODES[np.dtype(type(value))] if isinstance(value, np.integer) else 9
+        code = codes[np.dtype(type(value) if isinstance(value, np.integer) else np.int64)]
         return int(index), code, int(value), 0.0
     if isinstance(value, (float, np.floating)):
-        code = _DTYPE_CODES.get(np.dtype(type(value)), 13) if isinstance(value, np.floating) else 13
+        dtype = np.dtype(type(value) if isinstance(value, np.floating) else np.float64)
+        code = codes.get(dtype, codes[np.dtype(np.float64)])
         return int(index), code, 0, float(value)
     raise TypeError(
         f"function_constants[{index}]: expected a bool, int or float, got {type(value).__name__}"
@@ -219,7 +244,7 @@ class Library:
         """Compile `source`; diagnostics call it `name`."""
         if not isinstance(source, str):
             raise TypeError(f"source must be a str of Metal code, got {type(source).__name__}")
-        return cls(_core.Library.from_source(source, name, [str(d) for d in include_dirs]))
+        return cls(_host().Library.from_source(source, name, [str(d) for d in include_dirs]))
 
     @classmethod
     def from_files(
@@ -231,7 +256,7 @@ class Library:
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         return cls(
-            _core.Library.from_files([str(p) for p in paths], [str(d) for d in include_dirs])
+            _host().Library.from_files([str(p) for p in paths], [str(d) for d in include_dirs])
         )
 
     @property

@@ -13,17 +13,17 @@ it is imported: the course packages import their extension by name and know noth
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib.abc
-import os
-import shutil
 import subprocess
 import sys
 import sysconfig
 from pathlib import Path
 
-from tiny_attn_tools import course
+# The CMake + Ninja plumbing (tools from the environment, a lock per build folder, the repair
+# of a damaged build folder, the compiler cache) is metalsim's, which builds itself the same way.
+from metalsim.build import BuildError
+from metalsim.build import cmake_build as _cmake_build
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,15 +42,6 @@ SHARED_SOURCES = (
     ROOT / "src" / "metalsim" / "include",
     ROOT / "src" / "metalsim" / "src",
 )
-JOBS = 2  # the course machines are small: keep the compiler from taking every core
-
-
-class BuildError(RuntimeError):
-    """The extension could not be built; the message says why and what to do."""
-
-    def __init__(self, message: str, *, output: str = "") -> None:
-        super().__init__(message)
-        self.output = output  # what the failing step printed
 
 
 def _paths(which: str) -> tuple[Path, str, Path, Path]:
@@ -97,152 +88,23 @@ def is_up_to_date(which: str) -> bool:
     )
 
 
-def _tool(name: str) -> str:
-    """A build tool from the virtual environment first, then from PATH."""
-    found = course.find_program(name)
-    if found:
-        return found
-    raise BuildError(
-        f"`{name}` was not found. It comes with the course's environment: run any "
-        f"`pdm run ...` command once (it installs the locked packages), or `pip install {name}`."
-    )
-
-
-def _check_compiler() -> None:
-    if os.environ.get("CXX") or any(shutil.which(c) for c in ("c++", "g++", "clang++")):
-        return
-    if sys.platform == "darwin":
-        hint = "install Apple's command line tools: xcode-select --install"
-    else:
-        hint = (
-            "install a C++17 compiler, e.g. `sudo apt-get install g++` (Debian/Ubuntu) or "
-            "`sudo dnf install gcc-c++` (Fedora)"
-        )
-    raise BuildError(f"no C++ compiler found (looked for c++, g++, clang++): {hint}")
-
-
-def _run(cmd: list[str], what: str, cwd: Path) -> str:
-    """Run a build step, showing its output as it comes; return the output (for diagnosis)."""
-    print(f"[build-ext] {what}: {' '.join(cmd)}", flush=True)
-    proc = subprocess.Popen(
-        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
-    )
-    lines = []
-    for line in proc.stdout:
-        print(line, end="", flush=True)
-        lines.append(line)
-    output = "".join(lines)
-    if proc.wait() != 0:
-        raise BuildError(
-            f"{what} failed (exit code {proc.returncode}); see the output above", output=output
-        )
-    return output
-
-
-# What CMake or ninja say when the state of the build folder is damaged, not the sources.
-_DAMAGED_STATE = (
-    "loading 'build.ninja'",  # ninja cannot read its manifest
-    "ninja: error: build.ninja:",
-    "could not load cache",  # CMake cannot read CMakeCache.txt
-    "CMakeCache.txt directory",  # the cache was made for another folder
-    "Error: could not find CMAKE_",  # ... CMAKE_GENERATOR in Cache, CMAKE_ROOT
-)
-
-
-def _damaged(build_dir: Path, source: Path) -> str | None:
-    """Why the CMake state of build_dir cannot be used as it is, or None if it looks sound."""
-    cache = build_dir / "CMakeCache.txt"
-    if not cache.exists():
-        return None
-    text = cache.read_text(errors="replace")
-    home = next(
-        (ln.split("=", 1)[1] for ln in text.splitlines() if ln.startswith("CMAKE_HOME_DIRECTORY:")),
-        None,
-    )
-    if home is None:
-        return "CMakeCache.txt is damaged"
-    if Path(home).resolve() != source.resolve():
-        return f"CMakeCache.txt was made for {home}"
-    ninja = build_dir / "build.ninja"
-    if not ninja.exists() or "ninja_required_version" not in ninja.read_text(errors="replace"):
-        return "build.ninja is missing or damaged"
-    return None
-
-
-def _start_afresh(build_dir: Path, why: str) -> None:
-    print(f"[build-ext] {why}: configuring {build_dir} afresh", flush=True)
-    for entry in build_dir.iterdir():
-        if entry.name == ".build.lock":  # held by this build
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-
-
 def cmake_build(source: Path, build_dir: Path, name: str, configure_args: list[str]) -> None:
-    """Configure (the first time) and build `source` in `build_dir` with CMake and Ninja.
-
-    A build folder left damaged (a build.ninja cut short by a killed build, a CMakeCache.txt
-    edited by hand or copied from elsewhere) is configured afresh, once; if that does not
-    help, the error says which folder to delete.
-    """
-    cmake, ninja = _tool("cmake"), _tool("ninja")
-    build_dir.mkdir(parents=True, exist_ok=True)
-    why = _damaged(build_dir, source)
-    if why:
-        _start_afresh(build_dir, why)
-    configure = [cmake, "-S", str(source), "-B", str(build_dir), "-G", "Ninja"]
-    configure += [f"-DCMAKE_MAKE_PROGRAM={ninja}", *configure_args]
-    compile_ = [cmake, "--build", str(build_dir), "-j", str(JOBS)]
-    for attempt in range(2):
-        try:
-            if not (build_dir / "CMakeCache.txt").exists():
-                print(
-                    f"[build-ext] first build of {name}: configuring CMake and compiling "
-                    "everything takes a few minutes; later builds only recompile what changed",
-                    flush=True,
-                )
-                _run(configure, f"configuring {name}", ROOT)
-            _run(compile_, f"building {name}", ROOT)
-            return
-        except BuildError as e:
-            damaged = any(sign in e.output for sign in _DAMAGED_STATE)
-            if not damaged:
-                raise
-            if attempt == 1:
-                raise BuildError(
-                    f"{e}\nThe build folder still looks damaged after configuring it afresh: "
-                    f"delete the folder {build_dir} and build again."
-                ) from None
-            _start_afresh(build_dir, "the build folder's CMake state is damaged")
+    """Configure (the first time) and build `source` in `build_dir`: metalsim.build's
+    cmake_build, which says first that a C++ compiler is missing, and repairs a damaged build
+    folder once."""
+    _cmake_build(source, build_dir, name=name, configure_args=configure_args, prefix="[build-ext]")
 
 
 def build(which: str, *, verbose: bool = True) -> Path:
     """Configure (first time) and build the extension; return the compiled module's path.
 
     Two processes building the same extension at once (two terminals, a test run beside
-    `pdm run build-ext`) would corrupt ninja's state, so a build holds a lock file: the second
-    one waits, then finds nothing left to do.
+    `pdm run build-ext`) wait for each other: the second finds nothing left to do.
     """
-    _, _, build_dir, _ = _paths(which)
-    build_dir.mkdir(parents=True, exist_ok=True)
-    with open(build_dir / ".build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        return _build_locked(which, verbose=verbose)
-
-
-def _build_locked(which: str, *, verbose: bool) -> Path:
     source, package, build_dir, stamp = _paths(which)
     if not (source / "CMakeLists.txt").exists():
         raise BuildError(f"{source / 'CMakeLists.txt'} is missing")
-    _check_compiler()
-    cmake_build(
-        source,
-        build_dir,
-        package,
-        ["-DCMAKE_BUILD_TYPE=Release", f"-DPython_EXECUTABLE={sys.executable}"],
-    )
+    cmake_build(source, build_dir, package, [])
     module = _module_file(which)
     if not module.exists():
         raise BuildError(f"the build finished but {module} is missing")

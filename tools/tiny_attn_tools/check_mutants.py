@@ -11,8 +11,11 @@ day's graded tests fail. A day without mutants says why.
   pdm run check-mutants --list           the table, without running anything
 
 The scratch copy lives in build/mutants/ and keeps its own build of the reference extension:
-only the sources a mutant touches are recompiled (and metalsim caches compiled kernels by their
-text), so a run costs a few minutes, most of it in C++ and Metal recompiles.
+only the sources a mutant touches are recompiled, and every compile goes through metalsim's
+compiler cache (src/metalsim/compiler_cache.py), so the first build of the scratch copy takes
+the objects of `pdm run test-refsol`'s build, and restoring a mutated file takes its object
+back; metalsim caches compiled kernels by their text. A run costs a few minutes, most of it
+in the mutants' own C++ and Metal compiles and the days' tests.
 """
 
 from __future__ import annotations

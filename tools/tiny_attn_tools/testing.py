@@ -11,6 +11,8 @@ import importlib
 import math
 import os
 import re
+import time
+import tracemalloc
 from collections.abc import Sequence
 from typing import Any
 
@@ -185,6 +187,21 @@ def peak_bytes_while(fn: Any) -> int:
     mx.eval(fn())
     mx.synchronize()
     return max(mx.get_peak_memory() - before, 0)
+
+
+def time_numpy(fn: Any, repeats: int) -> tuple[float, float]:
+    """(best time in seconds, peak MiB traced by tracemalloc) of `repeats` calls of fn(), a
+    NumPy computation: the benches' NumPy baseline, beside MLX's profile."""
+    best, peak = math.inf, 0
+    for _ in range(repeats):
+        tracemalloc.start()
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+        peak = max(peak, tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        del out
+    return best, peak / 2**20
 
 
 def attention_flops(B: int, H: int, L: int, S: int, E: int, causal: bool = False) -> float:

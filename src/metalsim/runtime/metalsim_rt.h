@@ -1609,23 +1609,7 @@ METALSIM_DTYPE(metal::bfloat, METALSIM_BFLOAT16)
 template <class T, int N, bool P> struct dtype_of<metal::vec<T, N, P>> : dtype_of<T> {};
 
 inline const char* dtype_name(int code) {
-  static const char* names[] = {
-      "untyped bytes",
-      "bool",
-      "uint8",
-      "uint16",
-      "uint32",
-      "uint64",
-      "int8",
-      "int16",
-      "int32",
-      "int64",
-      "float16",
-      "bfloat16",
-      "float32",
-      "float64",
-      "complex64"};
-  return (code >= 0 && code < METALSIM_DTYPE_COUNT) ? names[code] : "unknown";
+  return metalsim_dtype_name(code);
 }
 
 template <class P>

@@ -25,6 +25,13 @@ NB_MODULE(_core, m) {
   nb::exception<metalsim::TimeoutError>(m, "TimeoutError", base);
   nb::exception<metalsim::InterruptedError>(m, "InterruptedError", base);
 
+  // The element types' codes by name ({"float32": 12, ...}), from abi.h, where they are
+  // written: metalsim/__init__.py maps NumPy's dtypes with it.
+  nb::dict dtype_codes;
+  for (int32_t code = 0; code < METALSIM_DTYPE_COUNT; ++code)
+    dtype_codes[metalsim_dtype_name(code)] = code;
+  m.attr("dtype_codes") = dtype_codes;
+
   nb::class_<metalsim::Pipeline>(m, "Pipeline").def_prop_ro("kernel", &metalsim::Pipeline::kernel);
 
   nb::class_<metalsim::Library>(m, "Library")

@@ -693,14 +693,20 @@ def test_a_broken_library_in_the_cache_is_compiled_again(tmp_path: Path, damage:
         "kernel void k(device float* x [[buffer(0)]], uint i [[thread_position_in_grid]]) {\n"
         "    x[i] = 3.0f * x[i];\n}\n"
     )
-    cache = Path(metalsim.cache_dir())
-    before = set(cache.glob("*.so")) if cache.exists() else set()
-    # Compile in another process, so that this one has not loaded the library yet.
-    subprocess.run(
-        [sys.executable, "-c", f"import metalsim; metalsim.Library.from_files([{str(src)!r}])"],
+    # Compile in another process, so that this one has not loaded the library yet. The other
+    # process names the library it cached (other programs may be filling the cache meanwhile).
+    compiled = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import metalsim; print(metalsim.Library.from_files([{str(src)!r}]).path)",
+        ],
         check=True,
+        capture_output=True,
+        text=True,
     )
-    [so] = set(cache.glob("*.so")) - before
+    so = Path(compiled.stdout.strip().splitlines()[-1])
+    assert so.parent == Path(metalsim.cache_dir()) and so.is_file(), so
     so.write_bytes(damage)
     runs = metalsim.compiler_runs()
     lib = metalsim.Library.from_files([src])

@@ -25,7 +25,7 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "axpby"
 
 @pytest.fixture(scope="module")
 def ext() -> ModuleType:
-    metalsim.cmake_build(EXAMPLE, EXAMPLE / "build", what="the axpby example")
+    metalsim.cmake_build(EXAMPLE, EXAMPLE / "build", name="the axpby example", verbose=False)
     # The example's package is not installed: load it from its folder.
     init = EXAMPLE / "metalsim_axpby" / "__init__.py"
     spec = importlib.util.spec_from_file_location(

@@ -34,6 +34,46 @@ enum metalsim_dtype {
   METALSIM_DTYPE_COUNT
 };
 
+// The name of each element type, as NumPy and MLX spell it ("untyped bytes" for raw bytes).
+// The host and the kernels' runtime name dtypes in their messages with it, and metalsim's
+// Python module maps NumPy's dtypes to the codes above by it: the codes are written here only.
+static inline const char* metalsim_dtype_name(int32_t code) {
+  switch (code) {
+  case METALSIM_UNTYPED:
+    return "untyped bytes";
+  case METALSIM_BOOL:
+    return "bool";
+  case METALSIM_UINT8:
+    return "uint8";
+  case METALSIM_UINT16:
+    return "uint16";
+  case METALSIM_UINT32:
+    return "uint32";
+  case METALSIM_UINT64:
+    return "uint64";
+  case METALSIM_INT8:
+    return "int8";
+  case METALSIM_INT16:
+    return "int16";
+  case METALSIM_INT32:
+    return "int32";
+  case METALSIM_INT64:
+    return "int64";
+  case METALSIM_FLOAT16:
+    return "float16";
+  case METALSIM_BFLOAT16:
+    return "bfloat16";
+  case METALSIM_FLOAT32:
+    return "float32";
+  case METALSIM_FLOAT64:
+    return "float64";
+  case METALSIM_COMPLEX64:
+    return "complex64";
+  default:
+    return "unknown";
+  }
+}
+
 enum metalsim_status {
   METALSIM_OK = 0,
   METALSIM_ERR_KERNEL_NOT_FOUND = 1,

@@ -32,25 +32,27 @@
 #include <type_traits>
 #include <vector>
 
+#include "metalsim/abi.h"
+
 namespace metalsim {
 
-// Element types of bindings (the values of metalsim_dtype in abi.h).
+// Element types of bindings: the codes of metalsim_dtype in abi.h, where they are written.
 enum class Dtype : int32_t {
-  untyped = 0,
-  bool_,
-  uint8,
-  uint16,
-  uint32,
-  uint64,
-  int8,
-  int16,
-  int32,
-  int64,
-  float16,
-  bfloat16,
-  float32,
-  float64,
-  complex64,
+  untyped = METALSIM_UNTYPED,
+  bool_ = METALSIM_BOOL,
+  uint8 = METALSIM_UINT8,
+  uint16 = METALSIM_UINT16,
+  uint32 = METALSIM_UINT32,
+  uint64 = METALSIM_UINT64,
+  int8 = METALSIM_INT8,
+  int16 = METALSIM_INT16,
+  int32 = METALSIM_INT32,
+  int64 = METALSIM_INT64,
+  float16 = METALSIM_FLOAT16,
+  bfloat16 = METALSIM_BFLOAT16,
+  float32 = METALSIM_FLOAT32,
+  float64 = METALSIM_FLOAT64,
+  complex64 = METALSIM_COMPLEX64,
 };
 
 // The dtype of a C++ scalar type (untyped for anything else, e.g. a struct).
