@@ -102,7 +102,9 @@ class Generator:
         their pages go back to the pool at the end. `on_step(step, max_new_tokens)`, if given,
         is called after each decode step (progress output).
         """
-        check_generate_args(prompts, max_new_tokens, self.model.max_len)
+        check_generate_args(
+            prompts, max_new_tokens, self.model.max_len, self.model.embed.weight.shape[0]
+        )
         stats = {"prefill_s": 0.0, "prefill_tokens": 0, "decode_s": 0.0, "decode_tokens": 0}
         outputs = [list(p) for p in prompts]
         if max_new_tokens == 0:

@@ -90,7 +90,9 @@ class Generator:
         their pages go back to the pool at the end. `on_step(step, max_new_tokens)`, if given,
         is called after each decode step (progress output).
         """
-        check_generate_args(prompts, max_new_tokens, self.model.max_len)
+        check_generate_args(
+            prompts, max_new_tokens, self.model.max_len, self.model.embed.weight.shape[0]
+        )
         # TODO(Task 3): prefill every prompt (its first new token: the argmax of the logits),
         #   then decode_step all sequences together until each has max_new_tokens new tokens;
         #   free the sequences of every cache at the end (also on an error); fill self.stats

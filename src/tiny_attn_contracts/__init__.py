@@ -627,16 +627,20 @@ def check_generator_model(model: Any, transformer_type: type) -> None:
         raise TypeError(f"model must be a Transformer (Week 4), got {_type_name(model)}")
 
 
-def check_generate_args(prompts: Any, max_new_tokens: Any, max_len: int) -> None:
-    """A non-empty list of non-empty lists of token ids, and how many tokens to add (>= 0),
-    so that no sequence grows past the model's max_len positions."""
+def check_generate_args(prompts: Any, max_new_tokens: Any, max_len: int, vocab_size: int) -> None:
+    """A non-empty list of non-empty lists of token ids (0 <= id < vocab_size: a larger one
+    would index past the embedding table), and how many tokens to add (>= 0), so that no
+    sequence grows past the model's max_len positions."""
     if not isinstance(prompts, list) or not prompts:
         raise TypeError(f"prompts must be a non-empty list of lists of token ids, got {prompts!r}")
     for i, p in enumerate(prompts):
         if not isinstance(p, list) or not p:
             raise ValueError(f"prompts[{i}] must be a non-empty list of token ids, got {p!r}")
-        if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in p):
-            raise ValueError(f"prompts[{i}] must hold token ids (ints >= 0), got {p!r}")
+        if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size for t in p):
+            raise ValueError(
+                f"prompts[{i}] must hold token ids (ints in [0, vocab_size={vocab_size})), "
+                f"got {p!r}"
+            )
     check_int(max_new_tokens, "max_new_tokens", minimum=0)
     longest = max(len(p) for p in prompts)
     if longest + max_new_tokens > max_len:

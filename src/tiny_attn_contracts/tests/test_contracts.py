@@ -495,6 +495,8 @@ def test_generate_checks_its_arguments():
         (([[1, 2]], -1), ValueError, "max_new_tokens"),
         (("hi", 3), TypeError, "prompts"),
         (([[1, -2]], 3), ValueError, "prompts[0]"),
+        (([[1, 2], [3, 10]], 3), ValueError, "prompts[1]"),  # vocab_size = 10
+        (([[1, 2**40]], 3), ValueError, "prompts[0]"),  # once a read past the embeddings
     ):
         with raises_naming(error, argument):
             gen.generate(*args)
