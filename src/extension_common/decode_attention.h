@@ -2,6 +2,7 @@
 // paged KV cache (day 3), on the CPU and as Metal kernels.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <stdexcept>
@@ -17,11 +18,11 @@ namespace tiny_attn {
 // The most query rows per sequence a decode call takes: one new token, or a few drafted ones
 // checked at once (speculative decoding).
 constexpr int kDecodeMaxL = 8;
-// The Metal decode kernels: 32 SIMD groups of 32 lanes; one threadgroup holds up to
-// kDecodeRows query rows (the group's query heads times L), so the keys and values of a
-// key/value head are read once for all of them.
+// The Metal decode kernels: 32 SIMD groups of 32 lanes (fewer where the device allows fewer
+// threads for the kernel); one threadgroup holds up to kDecodeRows query rows (the group's query
+// heads times L), so the keys and values of a key/value head are read once for all of them.
 constexpr int kDecodeThreads = 1024;
-constexpr int kDecodeRows = 16;
+constexpr int kDecodeRows = 8;
 // The largest head dimension of the Metal kernels: each of the 32 lanes holds E / 32 <= 4 values.
 constexpr int kMaxDecodeHeadDim = 128;
 // How many threadgroups choose_num_splits counts on a GPU running at once (a few per core of an
@@ -168,6 +169,21 @@ struct DecodeBuffers {
   const mx::array& seq_lens;
   mx::array& out;
 };
+// Threads per threadgroup for a decode kernel: 1024, or as many whole SIMD groups as the
+// pipeline allows (a kernel holding many registers per thread may get fewer), at least 4 (the
+// merge has a thread per column, E <= 128).
+template <typename Pipeline>
+int decode_threads(const Pipeline* kernel, const char* name) {
+  const int allowed = static_cast<int>(kernel->maxTotalThreadsPerThreadgroup()) / 32 * 32;
+  if (allowed < kMaxDecodeHeadDim) {
+    throw std::runtime_error(
+        std::string("[decode_attention on the GPU] ") + name + " allows only " +
+        std::to_string(allowed) + " threads per threadgroup on this device; it needs at least " +
+        std::to_string(kMaxDecodeHeadDim));
+  }
+  return std::min(kDecodeThreads, allowed);
+}
+
 // The kernel name's type suffix for the inputs' dtype: f32, f16 or bf16.
 inline std::string decode_type_suffix(mx::Dtype dtype) {
   return dtype == mx::float16 ? "f16" : dtype == mx::bfloat16 ? "bf16" : "f32";

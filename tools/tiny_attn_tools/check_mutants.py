@@ -383,7 +383,7 @@ MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
             DECODE_METAL,
             [
                 (
-                    "        for (int g = 0; g < SIMD_GROUPS; ++g) {\n"
+                    "        for (int g = 0; g < int(n_simd); ++g) {\n"
                     "          const float w = exp(merge_m[g] - M);",
                     "        for (int g = 0; g < 1; ++g) {\n"
                     "          const float w = exp(merge_m[g] - M);",

@@ -12,10 +12,13 @@
 
 using namespace metal;
 
-constant constexpr int SIMD_GROUPS = 32; // 1024 threads per threadgroup
+// At most 32 SIMD groups (1024 threads) per threadgroup; a device that allows fewer threads for
+// this kernel gets as many SIMD groups as it allows (eval_gpu asks the pipeline).
+constant constexpr int SIMD_GROUPS = 32;
 constant constexpr int E_MAX = 128;
 constant constexpr int E_PER_LANE = E_MAX / 32; // lane owns e = lane, lane + 32, lane + 64, ...
-constant constexpr int ROWS_MAX = 16; // query rows per threadgroup (kDecodeRows)
+// Query rows per threadgroup (kDecodeRows): each lane keeps 2 x 4 floats of registers per row.
+constant constexpr int ROWS_MAX = 8;
 
 // The scalars of a dispatch at [[buffer(8)]]; mirrors DecodeParams in decode_attention.h.
 struct DecodeParams {
@@ -50,13 +53,14 @@ inline long paged_row_offset(int b, int h, int j, constant DecodeParams& p,
 // ============================================================================================
 // Day 1: decode_attention_<t>_e128
 //
-// Grid: (B * H, ceil(G * L / rows_per_block), splits) threadgroups of 1024 threads. A
-// threadgroup owns up to 16 query rows of one key/value group (G = H_q / H query heads, L rows
+// Grid: (B * H, ceil(G * L / rows_per_block), splits) threadgroups of 1024 threads (32 SIMD
+// groups; fewer where the device allows fewer for this kernel). A threadgroup owns up to 8
+// query rows of one key/value group (G = H_q / H query heads, L rows
 // each) and sweeps the keys once for all of them. The 32 SIMD groups share out the keys, the
 // 32 lanes of a SIMD group share out the E columns:
 //
 //                 keys j = 0    1    2   ...  31   32   33  ...
-//   SIMD group:          0    1    2   ...  31    0    1  ...
+//   SIMD group:          0    1    2   ...  31    0    1  ...    (n_simd = 32 of them)
 //
 //   lane:          e = 0..31 | 32..63 | 64..95 | 96..127  (lane l holds e = l, l+32, l+64, l+96)
 //
@@ -105,7 +109,8 @@ void decode_rows_impl(
     uint3 group,
     uint simd_gid,
     uint simd_lid,
-    uint tid) {
+    uint tid,
+    uint n_simd) {
   const int G = p.H_q / p.H;
   const int b = group.x / p.H, h = group.x % p.H;
   const int r0 = group.y * p.rows_per_block; // first row of the group this threadgroup owns
@@ -133,7 +138,7 @@ void decode_rows_impl(
     last_key[r] = p.causal ? i + S_b - L : S_b - 1;
   }
   int keys_read = 0;
-  for (int j = j0 + simd_gid; j < j1; j += SIMD_GROUPS) {
+  for (int j = j0 + simd_gid; j < j1; j += n_simd) {
     device const T* k_row = k + kv_row_offset(b, h, j, p, block_table);
     device const T* v_row = v + kv_row_offset(b, h, j, p, block_table);
     float k_c[E_PER_LANE], v_c[E_PER_LANE];
@@ -184,12 +189,12 @@ void decode_rows_impl(
     if (int(tid) < E) { // thread e merges column e (each thread works out M and l itself)
       const int e = tid;
       float M = -INFINITY;
-      for (int g = 0; g < SIMD_GROUPS; ++g) {
+      for (int g = 0; g < int(n_simd); ++g) {
         M = max(M, merge_m[g]);
       }
       float l_sum = 0.0f, o_sum = 0.0f;
       if (M != -INFINITY) { // else the row saw no key in [j0, j1)
-        for (int g = 0; g < SIMD_GROUPS; ++g) {
+        for (int g = 0; g < int(n_simd); ++g) {
           const float w = exp(merge_m[g] - M); // 0 for a SIMD group that saw no key
           l_sum += w * merge_l[g];
           o_sum += w * merge_o[g][e];
@@ -221,14 +226,16 @@ template <typename T>
     uint3 group [[threadgroup_position_in_grid]],
     uint simd_gid [[simdgroup_index_in_threadgroup]],
     uint simd_lid [[thread_index_in_simdgroup]],
-    uint tid [[thread_index_in_threadgroup]]) {
+    uint tid [[thread_index_in_threadgroup]],
+    uint threads [[threads_per_threadgroup]]) {
   threadgroup float merge_o[SIMD_GROUPS][E_MAX]; // 16 KiB
   threadgroup float merge_m[SIMD_GROUPS];
   threadgroup float merge_l[SIMD_GROUPS];
   const int S_b = seq_len(group.x / p.H, p, seq_lens);
   decode_rows_impl<T, T>(
       q, k, v, block_table, seq_lens, p, rows_read, out, (device float*)nullptr, false, 1, 0, 0,
-      S_b, merge_o, merge_m, merge_l, group, simd_gid, simd_lid, tid);
+      S_b, merge_o, merge_m, merge_l, group, simd_gid, simd_lid, tid,
+      threads / 32);
 }
 
 template [[host_name("decode_attention_f32_e128")]] [[kernel]] decltype(decode_attention_e128<float>) decode_attention_e128<float>;
@@ -269,7 +276,8 @@ template <typename T>
     uint3 group [[threadgroup_position_in_grid]],
     uint simd_gid [[simdgroup_index_in_threadgroup]],
     uint simd_lid [[thread_index_in_simdgroup]],
-    uint tid [[thread_index_in_threadgroup]]) {
+    uint tid [[thread_index_in_threadgroup]],
+    uint threads [[threads_per_threadgroup]]) {
   threadgroup float merge_o[SIMD_GROUPS][E_MAX]; // 16 KiB
   threadgroup float merge_m[SIMD_GROUPS];
   threadgroup float merge_l[SIMD_GROUPS];
@@ -277,7 +285,8 @@ template <typename T>
   const int2 keys = split_range(S_b, p.num_splits, group.z);
   decode_rows_impl<T, float>(
       q, k, v, block_table, seq_lens, p, rows_read, o_part, lse_part, true, p.num_splits,
-      group.z, keys.x, keys.y, merge_o, merge_m, merge_l, group, simd_gid, simd_lid, tid);
+      group.z, keys.x, keys.y, merge_o, merge_m, merge_l, group, simd_gid, simd_lid, tid,
+      threads / 32);
 }
 
 template [[host_name("decode_attention_split_f32_e128")]] [[kernel]] decltype(decode_attention_split_e128<float>) decode_attention_split_e128<float>;

@@ -21,12 +21,7 @@ void dispatch_decode(mx::Stream s, const DecodeParams& p_in, const DecodeBuffers
   const std::string name = "decode_attention_" + decode_type_suffix(bufs.q.dtype()) + "_e128";
   auto& d = gpu::device(s.device);
   auto* kernel = d.get_kernel(name, metalsim::extension_library(d));
-  if (kernel->maxTotalThreadsPerThreadgroup() < static_cast<size_t>(kDecodeThreads)) {
-    throw std::runtime_error(
-        "[decode_attention on the GPU] " + name + " allows only " +
-        std::to_string(kernel->maxTotalThreadsPerThreadgroup()) +
-        " threads per threadgroup on this device; it needs " + std::to_string(kDecodeThreads));
-  }
+  const int threads = decode_threads(kernel, name.c_str());
   auto& enc = gpu::get_command_encoder(s);
   enc.set_compute_pipeline_state(kernel);
   enc.set_input_array(bufs.q, 0);
@@ -37,7 +32,7 @@ void dispatch_decode(mx::Stream s, const DecodeParams& p_in, const DecodeBuffers
   enc.set_input_array(bufs.seq_lens, 5);
   enc.set_bytes(p, 8);
   enc.set_output_array(decode_gpu_rows_read(), kDecodeCountsBuffer); // the kernel adds to it
-  enc.dispatch_threadgroups(MTL::Size(p.B * p.H, row_blocks, 1), MTL::Size(kDecodeThreads, 1, 1));
+  enc.dispatch_threadgroups(MTL::Size(p.B * p.H, row_blocks, 1), MTL::Size(threads, 1, 1));
 }
 
 } // namespace tiny_attn

@@ -110,8 +110,9 @@ void dispatch_decode_split(mx::Stream s, const DecodeParams& p_in, const DecodeB
   enc.add_temporaries({o_part, lse_part});
 
   // Pass 1: one threadgroup per (group, row block, split).
-  auto* split_kernel =
-      d.get_kernel("decode_attention_split_" + suffix + "_e128", metalsim::extension_library(d));
+  const std::string split_name = "decode_attention_split_" + suffix + "_e128";
+  auto* split_kernel = d.get_kernel(split_name, metalsim::extension_library(d));
+  const int threads = decode_threads(split_kernel, split_name.c_str());
   enc.set_compute_pipeline_state(split_kernel);
   enc.set_input_array(bufs.q, 0);
   enc.set_input_array(bufs.k, 1);
@@ -123,7 +124,7 @@ void dispatch_decode_split(mx::Stream s, const DecodeParams& p_in, const DecodeB
   enc.set_bytes(p, 8);
   enc.set_output_array(decode_gpu_rows_read(), kDecodeCountsBuffer);
   enc.dispatch_threadgroups(
-      MTL::Size(p.B * p.H, row_blocks, p.num_splits), MTL::Size(kDecodeThreads, 1, 1));
+      MTL::Size(p.B * p.H, row_blocks, p.num_splits), MTL::Size(threads, 1, 1));
 
   // Pass 2: one threadgroup per query row, one thread per column.
   auto* merge_kernel = d.get_kernel("decode_merge_" + suffix, metalsim::extension_library(d));

@@ -39,8 +39,8 @@ void decode_attention_split_cpu(const DecodeProblem& p, int num_threads) {
 void dispatch_decode_split(mx::Stream s, const DecodeParams& p_in, const DecodeBuffers& bufs) {
   // TODO(Task 3): float32 temporaries o_part (B * H_q * L, num_splits, E) and lse_part
   //   (B * H_q * L, num_splits); "decode_attention_split_<t>_e128" over (B * H, row blocks,
-  //   num_splits) threadgroups, then "decode_merge_<t>" over B * H_q * L threadgroups of
-  //   kMaxDecodeHeadDim threads.
+  //   num_splits) threadgroups of decode_threads(kernel, name) threads, then "decode_merge_<t>"
+  //   over B * H_q * L threadgroups of kMaxDecodeHeadDim threads.
   throw std::runtime_error(
       "dispatch_decode_split is not implemented yet: see book/src/week5-02-split-k.md, Task 3");
 }

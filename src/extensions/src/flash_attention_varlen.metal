@@ -18,6 +18,8 @@
 
 using namespace metal;
 
+// Named VARLEN_*: on a Mac every .metal file of the extension is linked into one library, next
+// to flash_attention.metal's Br, Bc and E_MAX.
 constant constexpr int VARLEN_BR = 32; // query rows of a threadgroup, one per SIMD group
 constant constexpr int VARLEN_BC = 32; // keys of a tile, one per lane
 constant constexpr int VARLEN_E_MAX = 128;
