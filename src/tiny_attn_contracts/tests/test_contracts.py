@@ -516,3 +516,25 @@ def test_pdm_run_generate_names_a_bad_option(argv, option, capsys):
     with pytest.raises(SystemExit) as info:
         generate.main(argv)
     assert info.value.code == 2 and option in capsys.readouterr().err
+
+
+def test_prefill_and_decode_step_check_their_tokens():
+    # An id past the embedding table, or a position past the model's, would be read from
+    # outside its table: refused before the model runs (on the reference, as above).
+    ta = importlib.import_module("tiny_attn_ref")
+    gen = ta.Generator(ta.Transformer(10, dims=8, num_heads=2, num_layers=1, max_len=8))
+    for prompt, error in (([1, 10], ValueError), ([], TypeError), ([1] * 9, ValueError)):
+        with raises_naming(error, "prompt"):
+            gen.prefill(prompt)
+    seq, _ = gen.prefill([1] * 7)
+    for seqs, tokens, error, argument in (
+        ([seq], [2**40], ValueError, "tokens"),
+        ([seq], [1, 2], ValueError, "tokens"),
+        (seq, [1], TypeError, "seqs"),
+        ([seq + 1], [1], ValueError, "seq"),
+    ):
+        with raises_naming(error, argument):
+            gen.decode_step(seqs, tokens)
+    gen.decode_step([seq], [3])  # position 7, the last one
+    with raises_naming(ValueError, "seqs"):
+        gen.decode_step([seq], [3])  # position 8 does not exist
