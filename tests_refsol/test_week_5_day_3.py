@@ -59,10 +59,11 @@ def test_task_1_paged_cache_pages_and_gather():
 
 
 def test_task_1_paged_cache_free_reuses_pages():
-    cache, seqs, _ = filled_cache([9, 6], num_pages=5)
+    cache, seqs, _ = filled_cache([9, 6], num_pages=6)
     assert cache.pages_in_use == 5
-    with raises_naming(ValueError, "keys"):  # the pool is full
-        cache.append(seqs[1], rand((H, 3, E), seed=1), rand((H, 3, E), seed=2))
+    with raises_naming(ValueError, "keys"):  # 6 + 9 tokens need 2 more pages, 1 is free
+        cache.append(seqs[1], rand((H, 9, E), seed=1), rand((H, 9, E), seed=2))
+    assert cache.pages_in_use == 5 and cache.length(seqs[1]) == 6, "a refused append takes nothing"
     cache.free(seqs[0])
     assert cache.pages_in_use == 2
     s = cache.new_sequence()
