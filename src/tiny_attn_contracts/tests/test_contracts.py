@@ -502,22 +502,6 @@ def test_generate_checks_its_arguments():
             gen.generate(*args)
 
 
-@pytest.mark.parametrize(
-    "argv,option",
-    [
-        (["--batch", "0"], "--batch"),
-        (["--new-tokens", "1"], "--new-tokens"),  # no decode step: no decode rate
-        (["--new-tokens", "1000"], "--new-tokens"),  # past the model's positions
-        (["--heads", "3"], "--dims"),
-    ],
-)
-def test_pdm_run_generate_names_a_bad_option(argv, option, capsys):
-    generate = importlib.import_module("tiny_attn_tools.generate")
-    with pytest.raises(SystemExit) as info:
-        generate.main(argv)
-    assert info.value.code == 2 and option in capsys.readouterr().err
-
-
 def test_prefill_and_decode_step_check_their_tokens():
     # An id past the embedding table, or a position past the model's, would be read from
     # outside its table: refused before the model runs (on the reference, as above).
