@@ -7,7 +7,8 @@ shared machine), and returns plain dicts: times in seconds, bytes, ratios.
   decode_latency(S)       one decode step (L = 1, B = 1, float32): naive MLX ops, the Week 2
                           CPU kernel with L = 1, the decode kernel, split-K, mx.fast sdpa
   kv_read_rate(S)         the decode kernel's K/V bytes per second against a NumPy copy of
-                          as many bytes (the machine's memory bandwidth, measured now)
+                          as many bytes (the machine's memory bandwidth, measured now: the
+                          copy's bytes read + written per second)
   gqa_cost(S)             H_q = 32, H = 8 against H_q = 8, H = 8 (K/V read once per group)
   paged_batch(lengths)    16 sequences of different lengths: paged (one dispatch) against
                           each sequence from its own contiguous cache; bytes paged vs padded
@@ -32,8 +33,10 @@ from tiny_attn_tools.testing import load_extension
 E = 128
 
 
-def interleaved(sides: dict[str, Callable[[], Any]], rounds: int = 5) -> dict[str, float]:
-    """Median seconds of each side, the sides timed in turn, round after round."""
+def interleaved_rounds(
+    sides: dict[str, Callable[[], Any]], rounds: int = 5
+) -> dict[str, list[float]]:
+    """Seconds of each side in every round, the sides timed in turn, round after round."""
     for fn in sides.values():  # warm-up: compile, caches, thread start
         mx.eval(fn())
     times: dict[str, list[float]] = {name: [] for name in sides}
@@ -42,6 +45,12 @@ def interleaved(sides: dict[str, Callable[[], Any]], rounds: int = 5) -> dict[st
             t = time.perf_counter()
             mx.eval(fn())
             times[name].append(time.perf_counter() - t)
+    return times
+
+
+def interleaved(sides: dict[str, Callable[[], Any]], rounds: int = 5) -> dict[str, float]:
+    """Median seconds of each side, the sides timed in turn, round after round."""
+    times = interleaved_rounds(sides, rounds)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -82,41 +91,59 @@ def decode_latency(
         )
 
 
-def kv_read_rate(S: int, *, H_q: int = 32, H: int = 8, ext: Any = None, rounds: int = 5):
-    """The decode kernel's K/V read rate against a NumPy copy of the same bytes, one run."""
+def kv_read_rate(S: int, *, H_q: int = 32, H: int = 8, ext: Any = None, rounds: int = 9):
+    """The decode kernel's K/V read rate against a NumPy copy of the same bytes, one run.
+
+    The decode reads N = K + V bytes. The copy (np.copyto, one thread) reads N bytes and writes
+    N: the machine's bandwidth counts both, 2 N / t_copy, as STREAM counts a copy. So
+    bandwidth / decode rate = 2 * t_decode / t_copy, taken round by round (each round times
+    both sides back to back) and summarised by its median and its range."""
     ext = ext or load_extension("tiny_attn_ext_ref")
     q, k, v = _inputs(1, H_q, H, 1, S)
     kv_bytes = k.nbytes + v.nbytes
     src = np.ones(kv_bytes // 4, dtype=np.float32)
     dst = np.empty_like(src)
-    t = interleaved(
+    t = interleaved_rounds(
         {
             "decode": lambda: ext.decode_attention(q, k, v),
             "numpy-copy": lambda: np.copyto(dst, src) or mx.array(0),
         },
         rounds,
     )
-    # A copy reads and writes every byte: its bandwidth counts both.
+    ratios = sorted(2 * d / c for d, c in zip(t["decode"], t["numpy-copy"], strict=True))
+    seconds = {name: statistics.median(ts) for name, ts in t.items()}
     return {
         "kv_bytes": kv_bytes,
-        "decode_GBps": kv_bytes / t["decode"] / 1e9,
-        "copy_GBps": 2 * kv_bytes / t["numpy-copy"] / 1e9,
-        "seconds": t,
+        "decode_GBps": kv_bytes / seconds["decode"] / 1e9,
+        "copy_GBps": 2 * kv_bytes / seconds["numpy-copy"] / 1e9,
+        "ratio": statistics.median(ratios),
+        "ratio_min": ratios[0],
+        "ratio_max": ratios[-1],
+        "seconds": seconds,
     }
 
 
 def gqa_cost(S: int, *, ext: Any = None, rounds: int = 5) -> dict[str, float]:
-    """Decode seconds with H_q = 32, H = 8 against H_q = 8, H = 8 at S keys."""
+    """Decode seconds with H_q = 32, H = 8 against H_q = 8, H = 8 at S keys (medians), and
+    their ratio round by round: median and range."""
     ext = ext or load_extension("tiny_attn_ext_ref")
     gqa = _inputs(1, 32, 8, 1, S, seed=1)
     mha = _inputs(1, 8, 8, 1, S, seed=2)
-    return interleaved(
+    t = interleaved_rounds(
         {
             "Hq32-H8": lambda: ext.decode_attention(*gqa),
             "Hq8-H8": lambda: ext.decode_attention(*mha),
         },
         rounds,
     )
+    ratios = sorted(a / b for a, b in zip(t["Hq32-H8"], t["Hq8-H8"], strict=True))
+    return {
+        "Hq32-H8": statistics.median(t["Hq32-H8"]),
+        "Hq8-H8": statistics.median(t["Hq8-H8"]),
+        "ratio": statistics.median(ratios),
+        "ratio_min": ratios[0],
+        "ratio_max": ratios[-1],
+    }
 
 
 def paged_batch(
@@ -189,16 +216,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{S:>6} " + " ".join(f"{1e3 * t[n]:13.2f}" for n in names), flush=True)
 
     S = sizes[-1]
-    r = kv_read_rate(S, ext=ext, rounds=rounds)
+    r = kv_read_rate(S, ext=ext, rounds=2 * rounds + 1)
     print(
-        f"\nK/V read rate at S = {S} ({r['kv_bytes'] / 2**20:.0f} MiB): decode "
-        f"{r['decode_GBps']:.1f} GB/s, NumPy copy {r['copy_GBps']:.1f} GB/s (read + write), "
-        f"ratio {r['copy_GBps'] / r['decode_GBps']:.2f}x"
+        f"\nK/V read rate at S = {S} ({r['kv_bytes'] / 2**20:.0f} MiB of K/V): decode reads them "
+        f"at {r['decode_GBps']:.1f} GB/s; a NumPy copy of as many bytes (one thread) reads and "
+        f"writes them at {r['copy_GBps']:.1f} GB/s (read + write counted); bandwidth / decode "
+        f"= 2 t_decode / t_copy = {r['ratio']:.2f}x "
+        f"(rounds {r['ratio_min']:.2f}..{r['ratio_max']:.2f})"
     )
-    g = gqa_cost(S, ext=ext, rounds=rounds)
+    g = gqa_cost(S, ext=ext, rounds=2 * rounds + 1)
     print(
         f"GQA at S = {S}: H_q=32/H=8 {1e3 * g['Hq32-H8']:.2f} ms, H_q=8/H=8 "
-        f"{1e3 * g['Hq8-H8']:.2f} ms, ratio {g['Hq32-H8'] / g['Hq8-H8']:.2f}"
+        f"{1e3 * g['Hq8-H8']:.2f} ms, ratio {g['ratio']:.2f} "
+        f"(rounds {g['ratio_min']:.2f}..{g['ratio_max']:.2f})"
     )
     rng = np.random.default_rng(0)
     top = 2048 if args.quick else 8192

@@ -184,12 +184,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- K/V read rate against the machine's bandwidth
     S = sizes[-1]
-    r = rows.kv_read_rate(S, ext=ext, rounds=rounds)
-    ratio = r["copy_GBps"] / r["decode_GBps"]
+    r = rows.kv_read_rate(S, ext=ext, rounds=2 * rounds + 1)
     print(
-        f"[bench] K/V read rate at S={S} ({r['kv_bytes'] / MiB:.0f} MiB of K/V): decode kernel "
-        f"{r['decode_GBps']:.1f} GB/s, NumPy copy {r['copy_GBps']:.1f} GB/s (read + write) -> "
-        f"bandwidth / decode = {ratio:.2f}x   target <= 2x: {verdict(ratio <= 2.0)}",
+        f"[bench] K/V read rate at S={S} ({r['kv_bytes'] / MiB:.0f} MiB of K/V): the decode kernel "
+        f"reads them at {r['decode_GBps']:.1f} GB/s; a NumPy copy of as many bytes (one thread) "
+        f"reads and writes them at {r['copy_GBps']:.1f} GB/s (read + write counted) -> "
+        f"bandwidth / decode = 2 t_decode / t_copy = {r['ratio']:.2f}x (per round "
+        f"{r['ratio_min']:.2f}..{r['ratio_max']:.2f})   target <= 2x: {verdict(r['ratio'] <= 2.0)}",
         flush=True,
     )
 
@@ -199,11 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         g = rows.gqa_cost(S, ext=ext, rounds=rounds)
         gqa["H_q=32, H=8"].append((S, 1e3 * g["Hq32-H8"]))
         gqa["H_q=8, H=8"].append((S, 1e3 * g["Hq8-H8"]))
-        ratio = g["Hq32-H8"] / g["Hq8-H8"]
         print(
             f"[bench] GQA at S={S}: decode H_q=32/H=8 {1e3 * g['Hq32-H8']:.2f} ms, "
-            f"H_q=8/H=8 {1e3 * g['Hq8-H8']:.2f} ms, ratio {ratio:.2f}   "
-            f"target about 1x (<= 1.3): {verdict(ratio <= 1.3)}",
+            f"H_q=8/H=8 {1e3 * g['Hq8-H8']:.2f} ms, ratio {g['ratio']:.2f} (per round "
+            f"{g['ratio_min']:.2f}..{g['ratio_max']:.2f})   "
+            f"target about 1x (<= 1.3): {verdict(g['ratio'] <= 1.3)}",
             flush=True,
         )
     if plots:
