@@ -180,7 +180,9 @@ def test_task_4_decode_gpu_grid_and_reads(ext):
     ext.reset_gpu_dispatches()
     ext.reset_kv_rows_read()
     mx.eval(ext.decode_attention(q, k, v, stream=GPU))
-    assert ext.gpu_dispatches() == [("decode_attention_f32_e128", (B * H, 1, 1), (WholeSimdGroups(ext), 1, 1))]
+    assert ext.gpu_dispatches() == [
+        ("decode_attention_f32_e128", (B * H, 1, 1), (WholeSimdGroups(ext), 1, 1))
+    ]
     assert ext.kv_rows_read() == B * H * S
 
 

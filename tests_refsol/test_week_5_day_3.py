@@ -134,7 +134,9 @@ def test_task_2_paged_decode_one_dispatch_reads_the_tokens_stored(ext, backend):
     mx.eval(out)
     assert ext.kv_rows_read() == H * sum(lengths)
     if backend == "gpu":
-        assert ext.gpu_dispatches() == [("decode_attention_f32_e128", (3 * H, 1, 1), (WholeSimdGroups(ext), 1, 1))]
+        assert ext.gpu_dispatches() == [
+            ("decode_attention_f32_e128", (3 * H, 1, 1), (WholeSimdGroups(ext), 1, 1))
+        ]
     assert_allclose(out, contiguous_answer(ext, q, seqs, full, False), **TOL_F32_REORDERED)
 
 
