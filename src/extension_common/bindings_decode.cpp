@@ -21,6 +21,31 @@ float scale_or_default(const char* op, nb::handle scale, const mx::array& query)
   return query.ndim() > 0 && query.shape(-1) > 0 ? 1.0f / std::sqrt(float(query.shape(-1))) : 1.0f;
 }
 
+// What every decode op takes after its arrays: scale, num_splits (decode_attention has none:
+// an empty handle, 1), causal and stream.
+struct DecodeOptions {
+  float scale;
+  int num_splits;
+  bool causal;
+  mx::StreamOrDevice stream;
+};
+
+// Converts them in that order (a braced list is evaluated left to right), so the first wrong
+// one is the one named.
+DecodeOptions decode_options(
+    const char* op,
+    const mx::array& query,
+    nb::handle scale,
+    nb::handle num_splits,
+    nb::handle causal,
+    nb::handle stream) {
+  return DecodeOptions{
+      scale_or_default(op, scale, query),
+      num_splits.is_valid() ? int_arg(op, "num_splits", num_splits) : 1,
+      bool_arg(op, "causal", causal),
+      stream_arg(op, stream)};
+}
+
 } // namespace
 
 void bind_decode(nb::module_& m) {
@@ -34,13 +59,10 @@ void bind_decode(nb::module_& m) {
          nb::handle stream) {
         const char* op = "decode_attention";
         const mx::array q = array_arg(op, "query", query);
-        return tiny_attn::decode_attention(
-            q,
-            array_arg(op, "key", key),
-            array_arg(op, "value", value),
-            scale_or_default(op, scale, q),
-            bool_arg(op, "causal", causal),
-            stream_arg(op, stream));
+        const mx::array k = array_arg(op, "key", key);
+        const mx::array v = array_arg(op, "value", value);
+        const DecodeOptions o = decode_options(op, q, scale, nb::handle(), causal, stream);
+        return tiny_attn::decode_attention(q, k, v, o.scale, o.causal, o.stream);
       },
       "query"_a.none(),
       "key"_a.none(),
@@ -82,14 +104,11 @@ Raises:
          nb::handle stream) {
         const char* op = "decode_attention_split";
         const mx::array q = array_arg(op, "query", query);
+        const mx::array k = array_arg(op, "key", key);
+        const mx::array v = array_arg(op, "value", value);
+        const DecodeOptions o = decode_options(op, q, scale, num_splits, causal, stream);
         return tiny_attn::decode_attention_split(
-            q,
-            array_arg(op, "key", key),
-            array_arg(op, "value", value),
-            scale_or_default(op, scale, q),
-            int_arg(op, "num_splits", num_splits),
-            bool_arg(op, "causal", causal),
-            stream_arg(op, stream));
+            q, k, v, o.scale, o.num_splits, o.causal, o.stream);
       },
       "query"_a.none(),
       "key"_a.none(),
@@ -140,16 +159,13 @@ shorter than 256 keys, at most 64.)");
          nb::handle stream) {
         const char* op = "paged_decode_attention";
         const mx::array q = array_arg(op, "query", query);
+        const mx::array k = array_arg(op, "k_pages", k_pages);
+        const mx::array v = array_arg(op, "v_pages", v_pages);
+        const mx::array table = array_arg(op, "block_table", block_table);
+        const mx::array lens = array_arg(op, "seq_lens", seq_lens);
+        const DecodeOptions o = decode_options(op, q, scale, num_splits, causal, stream);
         return tiny_attn::paged_decode_attention(
-            q,
-            array_arg(op, "k_pages", k_pages),
-            array_arg(op, "v_pages", v_pages),
-            array_arg(op, "block_table", block_table),
-            array_arg(op, "seq_lens", seq_lens),
-            scale_or_default(op, scale, q),
-            int_arg(op, "num_splits", num_splits),
-            bool_arg(op, "causal", causal),
-            stream_arg(op, stream));
+            q, k, v, table, lens, o.scale, o.num_splits, o.causal, o.stream);
       },
       "query"_a.none(),
       "k_pages"_a.none(),

@@ -32,11 +32,6 @@ constexpr int kGpuDecodeWorkers = 64;
 constexpr int kMinKeysPerSplit = 256;
 constexpr int kMaxSplits = 64;
 
-// Bad input: std::invalid_argument (Python's ValueError) whose message starts with the op.
-[[noreturn]] inline void fail_decode(const char* op, const std::string& message) {
-  throw std::invalid_argument(std::string("[") + op + "] " + message);
-}
-
 // ---------------------------------------------------------------- the ops
 // Day 1: softmax(scale * Q K^T) V for query (B, H_q, L, E) with L <= 8, key and value
 // (B, H, S, E); H_q a multiple of H. causal: query row i sees keys j <= i + S - L.
@@ -216,6 +211,11 @@ class DecodeAttention : public mx::Primitive {
   }
 
  private:
+  // What eval_cpu's DecodeProblem and eval_gpu's DecodeParams both hold: the sizes, the strides
+  // of K/V, the scalars and, paged, day 3's table geometry.
+  template <typename Params>
+  void set_sizes(Params& p, const std::vector<mx::array>& inputs) const;
+
   float scale_;
   bool causal_;
   int num_splits_; // 1: day 1's kernel; more: day 2's split kernel and the merge

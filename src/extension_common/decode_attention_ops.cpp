@@ -38,23 +38,10 @@ void GroupState::reset(int rows_, int E_) {
 
 namespace {
 
+// 4 axes; float32, or float16 / bfloat16 on the GPU.
 void check_operand(
     const char* op, const mx::array& x, const char* name, const char* layout, bool on_gpu) {
-  if (x.ndim() != 4) {
-    fail_decode(
-        op,
-        std::string(name) + " must have 4 dimensions " + layout + ", got shape " +
-            shape_str(x.shape()));
-  }
-  const bool half = x.dtype() == mx::float16 || x.dtype() == mx::bfloat16;
-  if (x.dtype() != mx::float32 && !(on_gpu && half)) {
-    std::ostringstream os;
-    os << name << " must be float32" << (on_gpu ? ", float16 or bfloat16" : "") << ", got "
-       << x.dtype()
-       << (half ? " (16-bit inputs run on the GPU only: pass stream=mx.gpu)"
-                : " (use .astype(mx.float32))");
-    fail_decode(op, os.str());
-  }
+  check_operand_of(op, x, name, 4, layout, on_gpu, true);
 }
 
 // The checks every decode op shares: query (B, H_q, L, E) against keys/values (.., H, .., E).
@@ -71,50 +58,50 @@ void check_query(
     std::ostringstream os;
     os << "query, " << key_name << " and " << value_name << " must have the same dtype, got "
        << query.dtype() << ", " << key.dtype() << " and " << value.dtype();
-    fail_decode(op, os.str());
+    fail_op(op, os.str());
   }
   if (key.shape() != value.shape()) {
-    fail_decode(
+    fail_op(
         op,
         std::string(key_name) + " and " + value_name + " must have the same shape, got " +
             shape_str(key.shape()) + " and " + shape_str(value.shape()));
   }
   const int H_q = query.shape(1), L = query.shape(2), E = query.shape(3), H = key.shape(1);
   if (key.shape(3) != E) {
-    fail_decode(
+    fail_op(
         op,
         std::string(key_name) + " must have the head dimension E = " + std::to_string(E) +
             " of query, got " + std::to_string(key.shape(3)));
   }
   for (int d = 0; d < 4; ++d) {
     if (query.shape(d) == 0 || key.shape(d) == 0) {
-      fail_decode(
+      fail_op(
           op,
           "every dimension must be at least 1, got query " + shape_str(query.shape()) + " and " +
               key_name + " " + shape_str(key.shape()));
     }
   }
   if (L > kDecodeMaxL) {
-    fail_decode(
+    fail_op(
         op,
         "query must have at most " + std::to_string(kDecodeMaxL) +
             " rows L (decoding: one new token, or a few drafted ones); got L = " +
             std::to_string(L) + ", use flash_attention for a prompt");
   }
   if (H_q % H != 0) {
-    fail_decode(
+    fail_op(
         op,
         "the query heads H_q = " + std::to_string(H_q) +
             " must be a multiple of the key/value heads H = " + std::to_string(H));
   }
   if (on_gpu && E > kMaxDecodeHeadDim) {
-    fail_decode(
+    fail_op(
         op,
         "on the GPU the head dimension E of query must be at most " +
             std::to_string(kMaxDecodeHeadDim) + ", got E = " + std::to_string(E));
   }
   if (!std::isfinite(scale)) {
-    fail_decode(op, "scale must be a finite float, got " + std::to_string(scale));
+    fail_op(op, "scale must be a finite float, got " + std::to_string(scale));
   }
 }
 
@@ -123,7 +110,7 @@ void check_query(
 void check_num_splits(const char* op, int num_splits, int minimum, int64_t S) {
   const int64_t most = std::max<int64_t>(S, kMaxSplits);
   if (num_splits < minimum || num_splits > most) {
-    fail_decode(
+    fail_op(
         op,
         "num_splits must be in [" + std::to_string(minimum) + ", max(S, " +
             std::to_string(kMaxSplits) + ") = " + std::to_string(most) + "]" +
@@ -184,14 +171,14 @@ mx::array contiguous_decode(
   check_operand(op, value, "value", "(B, H, S, E)", place.on_gpu());
   check_query(op, query, key, value, "key", "value", scale, place.on_gpu());
   if (key.shape(0) != query.shape(0)) {
-    fail_decode(
+    fail_op(
         op,
         "key must have the batch size B = " + std::to_string(query.shape(0)) + " of query, got " +
             std::to_string(key.shape(0)));
   }
   const int L = query.shape(2), S = key.shape(2);
   if (causal && S < L) {
-    fail_decode(
+    fail_op(
         op,
         "with causal=True key must hold at least the L = " + std::to_string(L) +
             " new tokens (S >= L), got S = " + std::to_string(S));
@@ -252,13 +239,13 @@ mx::array paged_decode_attention(
     std::ostringstream os;
     os << "block_table must be int32 of shape (B, max_blocks) with B = " << B << ", got "
        << block_table.dtype() << " of shape " << shape_str(block_table.shape());
-    fail_decode(op, os.str());
+    fail_op(op, os.str());
   }
   if (seq_lens.ndim() != 1 || seq_lens.dtype() != mx::int32 || seq_lens.shape(0) != B) {
     std::ostringstream os;
     os << "seq_lens must be int32 of shape (B,) with B = " << B << ", got " << seq_lens.dtype()
        << " of shape " << shape_str(seq_lens.shape());
-    fail_decode(op, os.str());
+    fail_op(op, os.str());
   }
   const int max_blocks = block_table.shape(1);
   check_num_splits(op, num_splits, 1, int64_t(max_blocks) * page_size);
@@ -272,7 +259,7 @@ mx::array paged_decode_attention(
   for (int b = 0; b < B; ++b) {
     const int lowest = causal ? L : 1;
     if (n[b] < lowest || int64_t(n[b]) > int64_t(max_blocks) * page_size) {
-      fail_decode(
+      fail_op(
           op,
           "seq_lens[" + std::to_string(b) + "] = " + std::to_string(n[b]) + " must be in [" +
               std::to_string(lowest) + ", max_blocks * page_size = " +
@@ -283,7 +270,7 @@ mx::array paged_decode_attention(
     for (int i = 0; i < blocks; ++i) {
       const int page = t[b * max_blocks + i];
       if (page < 0 || page >= num_pages) {
-        fail_decode(
+        fail_op(
             op,
             "block_table[" + std::to_string(b) + ", " + std::to_string(i) + "] = " +
                 std::to_string(page) + " is not a page of the pool (0 <= page < num_pages = " +
@@ -295,6 +282,28 @@ mx::array paged_decode_attention(
 }
 
 // ---------------------------------------------------------------- eval_cpu
+template <typename Params>
+void DecodeAttention::set_sizes(Params& p, const std::vector<mx::array>& inputs) const {
+  const mx::array& q = inputs[0];
+  const mx::array& k = inputs[1];
+  for (int d = 0; d < 3; ++d) {
+    p.kv_strides[d] = k.strides(d);
+  }
+  p.B = q.shape(0);
+  p.H_q = q.shape(1);
+  p.L = q.shape(2);
+  p.E = q.shape(3);
+  p.H = k.shape(1);
+  p.S = k.shape(2);
+  p.scale = scale_;
+  p.causal = causal_;
+  p.num_splits = num_splits_;
+  if (paged_) {
+    p.max_blocks = inputs[3].shape(1);
+    p.page_size = k.shape(2); // the pool's axis 2
+  }
+}
+
 void DecodeAttention::eval_cpu(
     const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
   if (simulated_) {
@@ -311,18 +320,7 @@ void DecodeAttention::eval_cpu(
   p.k = k.data<float>();
   p.v = v.data<float>();
   p.out = out.data<float>();
-  for (int d = 0; d < 3; ++d) {
-    p.kv_strides[d] = k.strides(d);
-  }
-  p.B = q.shape(0);
-  p.H_q = q.shape(1);
-  p.L = q.shape(2);
-  p.E = q.shape(3);
-  p.H = k.shape(1);
-  p.S = k.shape(2);
-  p.scale = scale_;
-  p.causal = causal_;
-  p.num_splits = num_splits_;
+  set_sizes(p, inputs);
 
   auto& encoder = mx::cpu::get_command_encoder(stream());
   for (const auto& x : inputs) {
@@ -332,8 +330,6 @@ void DecodeAttention::eval_cpu(
   if (paged_) {
     p.block_table = inputs[3].data<int32_t>();
     p.seq_lens = inputs[4].data<int32_t>();
-    p.max_blocks = inputs[3].shape(1);
-    p.page_size = k.shape(2);
   }
   if (num_splits_ == 1) {
     encoder.dispatch([p]() { decode_attention_cpu(p, 0); });
@@ -351,23 +347,8 @@ void DecodeAttention::eval_gpu(
   out.set_data(mx::allocator::malloc(out.nbytes()));
 
   DecodeParams p{};
-  for (int d = 0; d < 3; ++d) {
-    p.kv_strides[d] = k.strides(d);
-  }
-  p.B = q.shape(0);
-  p.H_q = q.shape(1);
-  p.L = q.shape(2);
-  p.E = q.shape(3);
-  p.H = k.shape(1);
-  p.S = k.shape(2);
-  p.scale = scale_;
-  p.causal = causal_;
-  p.num_splits = num_splits_;
+  set_sizes(p, inputs);
   p.paged = paged_;
-  if (paged_) {
-    p.max_blocks = inputs[3].shape(1);
-    p.page_size = k.shape(2);
-  }
   const mx::array none(0, mx::int32); // stands in for block_table and seq_lens when not paged
   DecodeBuffers bufs{
       q, k, inputs[2], paged_ ? inputs[3] : none, paged_ ? inputs[4] : none, out};

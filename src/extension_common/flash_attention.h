@@ -23,6 +23,7 @@ constexpr int kBc = 32;
 
 // For the op's checks (Task 1): a shape as "(1, 2, 8, 4)", and the error to throw, which
 // Python sees as a ValueError whose message starts with "[flash_attention]".
+// Every op of both extensions throws through fail_op (a ValueError starting with "[op] ").
 inline std::string shape_str(const mx::Shape& shape) {
   std::ostringstream os;
   os << "(";
@@ -33,8 +34,40 @@ inline std::string shape_str(const mx::Shape& shape) {
   return os.str();
 }
 
+[[noreturn]] inline void fail_op(const char* op, const std::string& message) {
+  throw std::invalid_argument(std::string("[") + op + "] " + message);
+}
+
 [[noreturn]] inline void fail(const std::string& message) {
-  throw std::invalid_argument("[flash_attention] " + message);
+  fail_op("flash_attention", message);
+}
+
+// The first check of each array of the given ops (Week 5's decode and varlen): `ndim` axes,
+// named by `layout`, then float32, or float16 / bfloat16 on the GPU where the op has 16-bit
+// kernels (`half_kernels`).
+inline void check_operand_of(
+    const char* op,
+    const mx::array& x,
+    const char* name,
+    int ndim,
+    const char* layout,
+    bool on_gpu,
+    bool half_kernels) {
+  if (x.ndim() != ndim) {
+    fail_op(
+        op,
+        std::string(name) + " must have " + std::to_string(ndim) + " dimensions " + layout +
+            ", got shape " + shape_str(x.shape()));
+  }
+  const bool half = x.dtype() == mx::float16 || x.dtype() == mx::bfloat16;
+  if (x.dtype() != mx::float32 && !(on_gpu && half_kernels && half)) {
+    std::ostringstream os;
+    os << name << " must be float32" << (on_gpu && half_kernels ? ", float16 or bfloat16" : "")
+       << ", got " << x.dtype()
+       << (half && half_kernels ? " (16-bit inputs run on the GPU only: pass stream=mx.gpu)"
+                                : " (use .astype(mx.float32))");
+    fail_op(op, os.str());
+  }
 }
 
 // Which kernel evaluates the attention. On the CPU: day 4's readable one (Simple) or day 5's

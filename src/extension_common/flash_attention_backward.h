@@ -13,7 +13,7 @@ namespace tiny_attn {
 // For the backward's checks: the error to throw (a ValueError in Python whose message starts
 // with "[flash_attention_backward]"), and a float32 array of exactly the shape `want`.
 [[noreturn]] inline void fail_backward(const std::string& message) {
-  throw std::invalid_argument("[flash_attention_backward] " + message);
+  fail_op("flash_attention_backward", message);
 }
 
 inline void

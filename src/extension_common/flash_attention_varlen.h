@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "flash_attention.h" // fail_op
 #include "mlx/ops.h"
 #include "mlx/primitives.h"
 
@@ -28,7 +29,7 @@ namespace mx = mlx::core;
 namespace tiny_attn {
 
 [[noreturn]] inline void fail_varlen(const std::string& message) {
-  throw std::invalid_argument("[flash_attention_varlen] " + message);
+  fail_op("flash_attention_varlen", message);
 }
 
 // The masks and biases of a call, as the kernels take them.

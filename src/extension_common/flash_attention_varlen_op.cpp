@@ -18,17 +18,9 @@ namespace tiny_attn {
 
 namespace {
 
+// 3 axes, float32 (the varlen kernels have no 16-bit versions).
 void check_operand(const mx::array& x, const char* name, const char* layout) {
-  if (x.ndim() != 3) {
-    fail_varlen(
-        std::string(name) + " must have 3 dimensions " + layout + ", got shape " +
-        shape_str(x.shape()));
-  }
-  if (x.dtype() != mx::float32) {
-    std::ostringstream os;
-    os << name << " must be float32, got " << x.dtype() << " (use .astype(mx.float32))";
-    fail_varlen(os.str());
-  }
+  check_operand_of("flash_attention_varlen", x, name, 3, layout, false, false);
 }
 
 // cu_seqlens_*: int32 (num_seqs + 1,), from 0 to `total`, never decreasing. Evaluated here (a
