@@ -91,6 +91,12 @@ inline float scale_arg(const char* op, nb::handle scale) {
   return static_cast<float>(v);
 }
 
+// What scale=None means to the ops that allow it: 1 / sqrt(E), E the last axis of the query
+// (1 for a query without one: the op's own checks then name the query).
+inline float default_scale(const mx::array& query) {
+  return query.ndim() > 0 && query.shape(-1) > 0 ? 1.0f / std::sqrt(float(query.shape(-1))) : 1.0f;
+}
+
 inline bool bool_arg(const char* op, const char* name, nb::handle x) {
   if (!PyBool_Check(x.ptr())) {
     type_error(op, std::string(name) + " must be True or False, got " + python_type(x));

@@ -2,7 +2,6 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
 
-#include <cmath>
 #include <string>
 
 #include "bindings_args.h"
@@ -13,16 +12,9 @@ using namespace tiny_attn::bindings;
 
 namespace {
 
-// None: 1 / sqrt(E) of the query (checked by the op); else a float, as the other ops take it.
-float scale_or_default(const char* op, nb::handle scale, const mx::array& query) {
-  if (!scale.is_none()) {
-    return scale_arg(op, scale);
-  }
-  return query.ndim() > 0 && query.shape(-1) > 0 ? 1.0f / std::sqrt(float(query.shape(-1))) : 1.0f;
-}
-
-// What every decode op takes after its arrays: scale, num_splits (decode_attention has none:
-// an empty handle, 1), causal and stream.
+// What every decode op takes after its arrays: scale (None: 1 / sqrt(E); else a float, as the
+// other ops take it, checked by the op), num_splits (decode_attention has none: an empty
+// handle, 1), causal and stream.
 struct DecodeOptions {
   float scale;
   int num_splits;
@@ -40,7 +32,7 @@ DecodeOptions decode_options(
     nb::handle causal,
     nb::handle stream) {
   return DecodeOptions{
-      scale_or_default(op, scale, query),
+      scale.is_none() ? default_scale(query) : scale_arg(op, scale),
       num_splits.is_valid() ? int_arg(op, "num_splits", num_splits) : 1,
       bool_arg(op, "causal", causal),
       stream_arg(op, stream)};

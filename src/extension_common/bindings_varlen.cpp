@@ -93,9 +93,8 @@ void bind_varlen(nb::module_& m) {
                 nb::cast<std::string>(nb::str(softcap)));
           }
         }
-        const float s = scale.is_none()
-            ? 1.0f / std::sqrt(static_cast<float>(q.ndim() == 3 ? q.shape(2) : 1))
-            : float_arg("scale", scale, "None or a finite float");
+        const float s = scale.is_none() ? default_scale(q)
+                                        : float_arg("scale", scale, "None or a finite float");
         std::optional<mx::array> slopes;
         if (!alibi_slopes.is_none()) {
           slopes = array_arg(kOp, "alibi_slopes", alibi_slopes);
