@@ -161,8 +161,9 @@ def test_task_3_longer_than_the_context_window():
         ({"temperature": -1.0}, ValueError),
         ({"temperature": "hot"}, TypeError),
         ({"n": -2}, ValueError),
+        ({"prompt": [1, 10**9]}, ValueError),  # past the embedding table: never read
     ],
-    ids=["empty prompt", "negative temperature", "temperature string", "negative n"],
+    ids=["empty prompt", "negative temperature", "temperature string", "negative n", "token id"],
 )
 def test_task_3_bad_input_is_a_clear_error(kwargs, error):
     m = model("flash")

@@ -59,10 +59,11 @@ def test_task_1_paged_cache_pages_and_gather():
 
 
 def test_task_1_paged_cache_free_reuses_pages():
-    cache, seqs, _ = filled_cache([9, 6], num_pages=5)
+    cache, seqs, _ = filled_cache([9, 6], num_pages=6)
     assert cache.pages_in_use == 5
-    with raises_naming(ValueError, "keys"):  # the pool is full
-        cache.append(seqs[1], rand((H, 3, E), seed=1), rand((H, 3, E), seed=2))
+    with raises_naming(ValueError, "keys"):  # 6 + 9 tokens need 2 more pages, 1 is free
+        cache.append(seqs[1], rand((H, 9, E), seed=1), rand((H, 9, E), seed=2))
+    assert cache.pages_in_use == 5 and cache.length(seqs[1]) == 6, "a refused append takes nothing"
     cache.free(seqs[0])
     assert cache.pages_in_use == 2
     s = cache.new_sequence()
@@ -133,7 +134,9 @@ def test_task_2_paged_decode_one_dispatch_reads_the_tokens_stored(ext, backend):
     mx.eval(out)
     assert ext.kv_rows_read() == H * sum(lengths)
     if backend == "gpu":
-        assert ext.gpu_dispatches() == [("decode_attention_f32_e128", (3 * H, 1, 1), (1024, 1, 1))]
+        assert ext.gpu_dispatches() == [
+            ("decode_attention_f32_e128", (3 * H, 1, 1), (WholeSimdGroups(ext), 1, 1))
+        ]
     assert_allclose(out, contiguous_answer(ext, q, seqs, full, False), **TOL_F32_REORDERED)
 
 

@@ -22,7 +22,12 @@ from typing import Any
 
 import mlx.core as mx
 
-from tiny_attn_contracts import check_generate_args, check_generator_model
+from tiny_attn_contracts import (
+    check_decode_step,
+    check_generate_args,
+    check_generator_model,
+    check_prefill_prompt,
+)
 
 from .flash_attention import _extension, flash_attention
 from .multihead import merge_heads, split_heads
@@ -59,6 +64,7 @@ class Generator:
     def prefill(self, prompt: list[int]) -> tuple[int, mx.array]:
         """Run `prompt` through the model, storing every layer's keys and values in a new
         sequence of its cache. Returns (the sequence id, the logits (vocab,) of the next token)."""
+        check_prefill_prompt(prompt, self.model.embed.weight.shape[0], self.model.max_len)
         model = self.model
         L = len(prompt)
         x = model.embed(mx.array([prompt])) + model.position(mx.arange(L))  # (1, L, dims)
@@ -74,6 +80,8 @@ class Generator:
     # ------------------------------------------------------------ Task 2: one decode step
     def decode_step(self, seqs: list[int], tokens: list[int]) -> mx.array:
         """Feed tokens[b] to sequence seqs[b], all at once. Returns the logits (B, vocab)."""
+        V, max_len = self.model.embed.weight.shape[0], self.model.max_len
+        check_decode_step(seqs, tokens, self.caches[0].length, V, max_len)
         model, ext = self.model, _extension()
         positions = mx.array([self.caches[0].length(s) for s in seqs])
         x = model.embed(mx.array(tokens)[:, None]) + model.position(positions)[:, None, :]
@@ -102,7 +110,9 @@ class Generator:
         their pages go back to the pool at the end. `on_step(step, max_new_tokens)`, if given,
         is called after each decode step (progress output).
         """
-        check_generate_args(prompts, max_new_tokens, self.model.max_len)
+        check_generate_args(
+            prompts, max_new_tokens, self.model.max_len, self.model.embed.weight.shape[0]
+        )
         stats = {"prefill_s": 0.0, "prefill_tokens": 0, "decode_s": 0.0, "decode_tokens": 0}
         outputs = [list(p) for p in prompts]
         if max_new_tokens == 0:

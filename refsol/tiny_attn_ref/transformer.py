@@ -125,10 +125,16 @@ def generate(
     """The prompt followed by n sampled tokens (the model sees at most its last max_len).
 
     temperature 0 picks the most likely token; otherwise softmax(logits / temperature) is
-    sampled with the random key of `seed`.
+    sampled with the random key of `seed`. Token ids must lie in [0, vocab_size).
     """
     if not isinstance(prompt, list) or not prompt:
         raise ValueError(f"prompt must be a non-empty list of token ids, got {prompt!r}")
+    vocab_size = model.embed.weight.shape[0]
+    if any(
+        isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size for t in prompt
+    ):
+        # An id past the embedding table would be read from outside it: refused here.
+        raise ValueError(f"prompt must hold token ids in [0, {vocab_size}), got {prompt!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
     if not (temperature >= 0 and math.isfinite(temperature)):

@@ -107,7 +107,7 @@ The arguments and the result are those of :func:`decode_attention`, plus:
 Args:
     num_splits (int): key ranges per sequence; 0 (the default) lets choose_num_splits pick
         from S and the machine. Splits may be empty (more splits than keys, or keys hidden
-        by the causal mask): they weigh nothing in the merge.)");
+        by the causal mask): they weigh nothing in the merge. At most max(S, 64).)");
 
   m.def(
       "choose_num_splits",
@@ -173,7 +173,8 @@ Args:
         i * page_size ... of sequence b (entries past the sequence are not read).
     seq_lens (array): int32 (B,), the keys of each sequence, 1 .. max_blocks * page_size.
     scale (float, optional): None means 1 / sqrt(E).
-    num_splits (int): 1 (the default) runs day 1's kernel, more day 2's split kernels.
+    num_splits (int): 1 (the default) runs day 1's kernel, more day 2's split kernels;
+        at most max(max_blocks * page_size, 64).
     causal (bool): query row i of sequence b sees keys j <= i + seq_lens[b] - L.
     stream (Stream or Device, optional): the CPU if None; mx.gpu runs the Metal kernels.
 

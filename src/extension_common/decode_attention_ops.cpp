@@ -118,6 +118,19 @@ void check_query(
   }
 }
 
+// Splits beyond the keys are empty (they still cost a partial (o, lse) each): allowed up to
+// max(S, kMaxSplits), so that a huge count is a ValueError here, never a giant allocation.
+void check_num_splits(const char* op, int num_splits, int minimum, int64_t S) {
+  const int64_t most = std::max<int64_t>(S, kMaxSplits);
+  if (num_splits < minimum || num_splits > most) {
+    fail_decode(
+        op,
+        "num_splits must be in [" + std::to_string(minimum) + ", max(S, " +
+            std::to_string(kMaxSplits) + ") = " + std::to_string(most) + "]" +
+            (minimum == 0 ? " (0: chosen from S)" : "") + ", got " + std::to_string(num_splits));
+  }
+}
+
 // Keys and values are read in place through their strides when they are already computed
 // with unit stride along E (a KVCache's live part is such a view); anything else becomes a
 // dense copy first.
@@ -183,10 +196,7 @@ mx::array contiguous_decode(
         "with causal=True key must hold at least the L = " + std::to_string(L) +
             " new tokens (S >= L), got S = " + std::to_string(S));
   }
-  if (num_splits < 0) {
-    fail_decode(
-        op, "num_splits must be >= 0 (0: chosen from S), got " + std::to_string(num_splits));
-  }
+  check_num_splits(op, num_splits, 0, S);
   if (num_splits == 0) {
     const int workers = place.on_gpu()
         ? kGpuDecodeWorkers
@@ -250,12 +260,10 @@ mx::array paged_decode_attention(
        << " of shape " << shape_str(seq_lens.shape());
     fail_decode(op, os.str());
   }
-  if (num_splits < 1) {
-    fail_decode(op, "num_splits must be >= 1, got " + std::to_string(num_splits));
-  }
+  const int max_blocks = block_table.shape(1);
+  check_num_splits(op, num_splits, 1, int64_t(max_blocks) * page_size);
   // The table is small and written by the host: its values are checked now, so that a wrong
   // page number is a ValueError here and never a read outside the pool in a kernel.
-  const int max_blocks = block_table.shape(1);
   mx::array bt = mx::contiguous(block_table);
   mx::array lens = mx::contiguous(seq_lens);
   mx::eval({bt, lens});

@@ -32,7 +32,7 @@ check_shape(const mx::array& x, const char* name, const mx::Shape& want, const c
 
 
 // The forward with its log-sum-exp: {out (N, H_q, L, E), lse (N, H_q, L) float32}, both lazy.
-// The arguments are flash_attention's; on the CPU only.
+// The arguments are flash_attention's; on the CPU (Day 3) and on the GPU (Day 4).
 std::vector<mx::array> flash_attention_with_lse(
     const mx::array& query,
     const mx::array& key,
@@ -117,6 +117,8 @@ std::atomic<int64_t>& backward_tiles_visited();
 // How many threads the last call of the backward kernel ran on (the calling one included).
 std::atomic<int>& backward_threads();
 
+// The backward primitive: eval_cpu (Day 3, src/flash_attention_backward.cpp) runs the CPU kernel,
+// eval_gpu (Day 4, src/flash_attention_backward_gpu.cpp) the Metal kernels.
 class FlashAttentionBackward : public mx::Primitive {
  public:
   FlashAttentionBackward(

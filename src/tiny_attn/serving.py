@@ -22,7 +22,12 @@ from typing import Any
 
 import mlx.core as mx
 
-from tiny_attn_contracts import check_generate_args, check_generator_model
+from tiny_attn_contracts import (
+    check_decode_step,
+    check_generate_args,
+    check_generator_model,
+    check_prefill_prompt,
+)
 
 from .flash_attention import _extension, flash_attention  # noqa: F401  (you will need them)
 from .multihead import merge_heads, split_heads
@@ -61,6 +66,7 @@ class Generator:
     def prefill(self, prompt: list[int]) -> tuple[int, mx.array]:
         """Run `prompt` through the model, storing every layer's keys and values in a new
         sequence of its cache. Returns (the sequence id, the logits (vocab,) of the next token)."""
+        check_prefill_prompt(prompt, self.model.embed.weight.shape[0], self.model.max_len)
         # TODO(Task 1): embeddings + positions of the prompt (1, L, dims); for each block and its
         #   cache: self._qkv, a new sequence appended with this layer's K and V (H, L, E),
         #   causal flash_attention (stream=self.stream), self._finish_block. The logits of the
@@ -72,6 +78,8 @@ class Generator:
     # ------------------------------------------------------------ Task 2: one decode step
     def decode_step(self, seqs: list[int], tokens: list[int]) -> mx.array:
         """Feed tokens[b] to sequence seqs[b], all at once. Returns the logits (B, vocab)."""
+        V, max_len = self.model.embed.weight.shape[0], self.model.max_len
+        check_decode_step(seqs, tokens, self.caches[0].length, V, max_len)
         # TODO(Task 2): the tokens at their positions (the cache's length of each sequence),
         #   (B, 1, dims); for each block: self._qkv, each sequence's new K and V appended, then
         #   _extension().paged_decode_attention over the cache's pages, block table and lengths
@@ -90,7 +98,9 @@ class Generator:
         their pages go back to the pool at the end. `on_step(step, max_new_tokens)`, if given,
         is called after each decode step (progress output).
         """
-        check_generate_args(prompts, max_new_tokens, self.model.max_len)
+        check_generate_args(
+            prompts, max_new_tokens, self.model.max_len, self.model.embed.weight.shape[0]
+        )
         # TODO(Task 3): prefill every prompt (its first new token: the argmax of the logits),
         #   then decode_step all sequences together until each has max_new_tokens new tokens;
         #   free the sequences of every cache at the end (also on an error); fill self.stats

@@ -121,7 +121,7 @@ def generate(
     """The prompt followed by n sampled tokens (the model sees at most its last max_len).
 
     temperature 0 picks the most likely token; otherwise softmax(logits / temperature) is
-    sampled with the random key of `seed`.
+    sampled with the random key of `seed`. Token ids must lie in [0, vocab_size).
     """
     # TODO(Task 3): one token at a time: the logits of the last position, greedy or sampled.
     raise NotImplementedError(f"generate is not implemented yet: see {_CHAPTER}, Task 3")

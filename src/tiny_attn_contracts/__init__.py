@@ -15,7 +15,7 @@ Writing such checks is itself the lesson of one day: the C++ op of Week 2, Day 4
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import mlx.core as mx
@@ -627,16 +627,20 @@ def check_generator_model(model: Any, transformer_type: type) -> None:
         raise TypeError(f"model must be a Transformer (Week 4), got {_type_name(model)}")
 
 
-def check_generate_args(prompts: Any, max_new_tokens: Any, max_len: int) -> None:
-    """A non-empty list of non-empty lists of token ids, and how many tokens to add (>= 0),
-    so that no sequence grows past the model's max_len positions."""
+def check_generate_args(prompts: Any, max_new_tokens: Any, max_len: int, vocab_size: int) -> None:
+    """A non-empty list of non-empty lists of token ids (0 <= id < vocab_size: a larger one
+    would index past the embedding table), and how many tokens to add (>= 0), so that no
+    sequence grows past the model's max_len positions."""
     if not isinstance(prompts, list) or not prompts:
         raise TypeError(f"prompts must be a non-empty list of lists of token ids, got {prompts!r}")
     for i, p in enumerate(prompts):
         if not isinstance(p, list) or not p:
             raise ValueError(f"prompts[{i}] must be a non-empty list of token ids, got {p!r}")
-        if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in p):
-            raise ValueError(f"prompts[{i}] must hold token ids (ints >= 0), got {p!r}")
+        if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size for t in p):
+            raise ValueError(
+                f"prompts[{i}] must hold token ids (ints in [0, vocab_size={vocab_size})), "
+                f"got {p!r}"
+            )
     check_int(max_new_tokens, "max_new_tokens", minimum=0)
     longest = max(len(p) for p in prompts)
     if longest + max_new_tokens > max_len:
@@ -644,3 +648,45 @@ def check_generate_args(prompts: Any, max_new_tokens: Any, max_len: int) -> None
             f"max_new_tokens must keep every sequence within the model's max_len={max_len}: "
             f"the longest prompt has {longest} tokens, max_new_tokens is {max_new_tokens}"
         )
+
+
+def _check_token_ids(tokens: Any, name: str, vocab_size: int) -> None:
+    """A non-empty list of ints in [0, vocab_size): a larger id would index past the model's
+    embedding table."""
+    if not isinstance(tokens, list) or not tokens:
+        raise TypeError(f"{name} must be a non-empty list of token ids, got {tokens!r}")
+    if any(
+        isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size for t in tokens
+    ):
+        raise ValueError(
+            f"{name} must hold token ids (ints in [0, vocab_size={vocab_size})), got {tokens!r}"
+        )
+
+
+def check_prefill_prompt(prompt: Any, vocab_size: int, max_len: int) -> None:
+    """One prompt of token ids that fits the model's max_len positions."""
+    _check_token_ids(prompt, "prompt", vocab_size)
+    if len(prompt) > max_len:
+        raise ValueError(
+            f"prompt must fit the model's max_len={max_len} positions, got {len(prompt)} tokens"
+        )
+
+
+def check_decode_step(
+    seqs: Any, tokens: Any, length: Callable[[int], int], vocab_size: int, max_len: int
+) -> None:
+    """One new token per sequence: as many tokens as seqs, each a token id, and every
+    sequence (length(seq) tokens so far) still short of the model's max_len positions."""
+    if not isinstance(seqs, list) or not seqs:
+        raise TypeError(f"seqs must be a non-empty list of sequence ids, got {seqs!r}")
+    _check_token_ids(tokens, "tokens", vocab_size)
+    if len(tokens) != len(seqs):
+        raise ValueError(
+            f"tokens must hold one token per sequence of seqs ({len(seqs)}), got {len(tokens)}"
+        )
+    for s in seqs:
+        if length(s) >= max_len:
+            raise ValueError(
+                f"seqs: sequence {s} holds {length(s)} tokens, the model's max_len={max_len} "
+                "positions: it cannot take another"
+            )

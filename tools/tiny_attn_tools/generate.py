@@ -56,6 +56,9 @@ def train(ta, model, data: np.ndarray, steps: int, seed: int) -> None:
         print()
 
 
+MAX_LEN = 256  # the model's positions
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pdm run generate", description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8, help="prompts decoded together")
@@ -68,6 +71,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu", action="store_true", help="the Metal kernels (metalsim: slow)")
     parser.add_argument("--student", action="store_true", help="your code (src/)")
     args = parser.parse_args(argv)
+    # Prompts are 8 to 48 characters and the model holds 256 positions; a decode rate needs
+    # at least one decode step (the first new token comes from the prefill).
+    for name, value, low, high in (
+        ("--batch", args.batch, 1, None),
+        ("--new-tokens", args.new_tokens, 2, MAX_LEN - 48),
+        ("--train-steps", args.train_steps, 0, None),
+        ("--dims", args.dims, 1, None),
+        ("--heads", args.heads, 1, None),
+        ("--layers", args.layers, 1, None),
+    ):
+        if value < low or (high is not None and value > high):
+            allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+            parser.error(f"{name} must be {allowed}, got {value}")
+    if args.dims % args.heads:
+        parser.error(f"--dims must be a multiple of --heads ({args.heads}), got {args.dims}")
     ta = importlib.import_module("tiny_attn" if args.student else "tiny_attn_ref")
     load_extension("tiny_attn_ext" if args.student else "tiny_attn_ext_ref")
     mx.set_default_device(mx.cpu)
@@ -77,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     chars = sorted(set(text))
     data = np.array([chars.index(c) for c in text], dtype=np.int32)
     mx.random.seed(args.seed)
-    model = ta.Transformer(len(chars), args.dims, args.heads, args.layers, max_len=256)
+    model = ta.Transformer(len(chars), args.dims, args.heads, args.layers, max_len=MAX_LEN)
     mx.eval(model.parameters())
     print(
         f"[generate] model: {args.layers} layers, dims {args.dims}, {args.heads} heads, "

@@ -264,6 +264,30 @@ def raises_naming(error: type[Exception], argument: str) -> Any:
 BACKENDS = ["cpu", "gpu"]
 
 
+class WholeSimdGroups:
+    """A threadgroup width that a dispatch chooses from its pipeline: `most` threads where the
+    device allows that many (metalsim always does, so there it must be exactly `most`), else as
+    many whole SIMD groups of 32 as a real Metal device allows for the kernel, and at least
+    `least`. Compares equal to such a width, so it can stand in a dispatch tuple:
+    `(name, grid, (WholeSimdGroups(ext), 1, 1))`."""
+
+    def __init__(self, extension: Any, most: int = 1024, least: int = 128) -> None:
+        self.simulated = extension.gpu_backend == "metalsim"
+        self.most, self.least = most, least
+
+    def __eq__(self, width: object) -> bool:
+        if not isinstance(width, int):
+            return NotImplemented
+        if self.simulated:
+            return width == self.most
+        return width % 32 == 0 and self.least <= width <= self.most
+
+    def __repr__(self) -> str:
+        if self.simulated:
+            return str(self.most)
+        return f"<a multiple of 32 in [{self.least}, {self.most}]>"
+
+
 def device_for(backend: str) -> mx.Device:
     """The MLX device an extension op is given for a backend name ("cpu" or "gpu")."""
     if backend not in BACKENDS:

@@ -495,6 +495,30 @@ def test_generate_checks_its_arguments():
         (([[1, 2]], -1), ValueError, "max_new_tokens"),
         (("hi", 3), TypeError, "prompts"),
         (([[1, -2]], 3), ValueError, "prompts[0]"),
+        (([[1, 2], [3, 10]], 3), ValueError, "prompts[1]"),  # vocab_size = 10
+        (([[1, 2**40]], 3), ValueError, "prompts[0]"),  # once a read past the embeddings
     ):
         with raises_naming(error, argument):
             gen.generate(*args)
+
+
+def test_prefill_and_decode_step_check_their_tokens():
+    # An id past the embedding table, or a position past the model's, would be read from
+    # outside its table: refused before the model runs (on the reference, as above).
+    ta = importlib.import_module("tiny_attn_ref")
+    gen = ta.Generator(ta.Transformer(10, dims=8, num_heads=2, num_layers=1, max_len=8))
+    for prompt, error in (([1, 10], ValueError), ([], TypeError), ([1] * 9, ValueError)):
+        with raises_naming(error, "prompt"):
+            gen.prefill(prompt)
+    seq, _ = gen.prefill([1] * 7)
+    for seqs, tokens, error, argument in (
+        ([seq], [2**40], ValueError, "tokens"),
+        ([seq], [1, 2], ValueError, "tokens"),
+        (seq, [1], TypeError, "seqs"),
+        ([seq + 1], [1], ValueError, "seq"),
+    ):
+        with raises_naming(error, argument):
+            gen.decode_step(seqs, tokens)
+    gen.decode_step([seq], [3])  # position 7, the last one
+    with raises_naming(ValueError, "seqs"):
+        gen.decode_step([seq], [3])  # position 8 does not exist

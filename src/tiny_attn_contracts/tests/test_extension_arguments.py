@@ -181,3 +181,19 @@ def test_flash_attention_varlen_checks_its_arrays(ext, device):
         cu3 = mx.array([0, 3], mx.int32)
         with raises_naming(ValueError, "E"):
             call(big, big, big, cu3, cu3)
+
+
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
+def test_decode_ops_bound_num_splits(ext, device):
+    # Week 5, Days 2-3: the ops are given (src/extension_common/decode_attention_ops.cpp). A
+    # split past the keys is empty; a huge count would only allocate a huge partial (o, lse):
+    # num_splits is refused above max(S, 64), before any kernel runs.
+    stream = mx.cpu if device == "cpu" else mx.gpu
+    q, k = mx.zeros((1, 4, 1, 16)), mx.zeros((1, 2, 10, 16))
+    pages = mx.zeros((5, 2, 4, 16))
+    table, lens = mx.array([[0, 1, 2]], mx.int32), mx.array([10], mx.int32)
+    for n in (65, 2**31 - 1):
+        with raises_naming(ValueError, "num_splits"):
+            ext.decode_attention_split(q, k, k, num_splits=n, stream=stream)
+        with raises_naming(ValueError, "num_splits"):
+            ext.paged_decode_attention(q, pages, pages, table, lens, num_splits=n, stream=stream)
