@@ -173,8 +173,9 @@ def test_task_5_decode_gpu(ext, B, H_q, H, L, S, E, causal):
 
 
 def test_task_4_decode_gpu_grid_and_reads(ext):
-    # One threadgroup (1024 threads where the device allows them) per (batch, key/value head): the group's 4 query heads
-    # share it, and each key row is read once for them (B * H * S), not once per query head.
+    # One threadgroup (1024 threads where the device allows them) per (batch, key/value head):
+    # the group's 4 query heads share it, and each key row is read once for them (B * H * S),
+    # not once per query head.
     B, H_q, H, S = 2, 8, 2, 70
     q, k, v = qkv((B,), H_q, H, 1, S, 64, seed=6)
     ext.reset_gpu_dispatches()
