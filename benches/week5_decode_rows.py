@@ -12,6 +12,7 @@ shared machine), and returns plain dicts: times in seconds, bytes, ratios.
   gqa_cost(S)             H_q = 32, H = 8 against H_q = 8, H = 8 (K/V read once per group)
   paged_batch(lengths)    16 sequences of different lengths: paged (one dispatch) against
                           each sequence from its own contiguous cache; bytes paged vs padded
+                          (page_size: tokens a page, the bench sweeps 16, 64, 256)
 
   python benches/week5_decode_rows.py [--quick] [--student]    prints every row
 """
@@ -31,6 +32,7 @@ import numpy as np
 from tiny_attn_tools.testing import load_extension
 
 E = 128
+PAGE_SIZES = (16, 64, 256)  # tokens a page: the paged batch is timed at each
 
 
 def interleaved_rounds(
@@ -157,7 +159,8 @@ def paged_batch(
     rounds: int = 3,
 ) -> dict[str, Any]:
     """A batch of sequences of `lengths`: one paged dispatch against each sequence decoded from
-    its own contiguous cache (the same tokens read), and the bytes each layout holds."""
+    its own contiguous cache (the same tokens read), and the bytes each layout holds. The time
+    ratio paged / contiguous is taken round by round (median and range)."""
     ext = ext or load_extension("tiny_attn_ext_ref")
     if ta is None:
         import tiny_attn_ref as ta
@@ -177,7 +180,7 @@ def paged_batch(
     q = mx.array(rng.standard_normal((B, H_q, 1, E), dtype=np.float32))
     table, lens = cache.block_table(seqs), cache.seq_lens(seqs)
     mx.eval(q, table, lens, *[x for kv in contiguous for x in kv])
-    t = interleaved(
+    times = interleaved_rounds(
         {
             "paged": lambda: ext.paged_decode_attention(
                 q, cache.k_pages, cache.v_pages, table, lens
@@ -188,10 +191,14 @@ def paged_batch(
         },
         rounds,
     )
+    ratios = sorted(a / b for a, b in zip(times["paged"], times["contiguous"], strict=True))
     padded_bytes = 2 * B * H * max(lengths) * E * 4
     return {
-        "seconds": t,
-        "ratio": t["paged"] / t["contiguous"],
+        "page_size": page_size,
+        "seconds": {name: statistics.median(ts) for name, ts in times.items()},
+        "ratio": statistics.median(ratios),
+        "ratio_min": ratios[0],
+        "ratio_max": ratios[-1],
         "paged_bytes": cache.bytes_in_use,
         "tokens_bytes": 2 * H * sum(lengths) * E * 4,
         "padded_bytes": padded_bytes,
@@ -233,17 +240,17 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     top = 2048 if args.quick else 8192
     lengths = sorted(int(n) for n in rng.integers(100, top + 1, size=16))
-    p = paged_batch(lengths, ext=ext, rounds=rounds)
-    print(
-        f"paged batch of 16 (lengths {lengths[0]}..{lengths[-1]}): paged "
-        f"{1e3 * p['seconds']['paged']:.2f} ms, contiguous {1e3 * p['seconds']['contiguous']:.2f}"
-        f" ms, ratio {p['ratio']:.2f}"
-    )
-    print(
-        f"bytes: paged {p['paged_bytes'] / 2**20:.1f} MiB (tokens stored "
-        f"{p['tokens_bytes'] / 2**20:.1f} MiB, fragmentation {p['fragmentation']:.3f}), "
-        f"padded to the longest {p['padded_bytes'] / 2**20:.1f} MiB"
-    )
+    print(f"paged batch of 16 (lengths {lengths[0]}..{lengths[-1]}), page sizes {PAGE_SIZES}")
+    for page_size in PAGE_SIZES:
+        p = paged_batch(lengths, page_size=page_size, ext=ext, rounds=rounds)
+        print(
+            f"page_size {page_size:>3}: paged {1e3 * p['seconds']['paged']:.2f} ms, contiguous "
+            f"{1e3 * p['seconds']['contiguous']:.2f} ms, ratio {p['ratio']:.2f} (rounds "
+            f"{p['ratio_min']:.2f}..{p['ratio_max']:.2f}); paged {p['paged_bytes'] / 2**20:.1f} "
+            f"MiB (tokens stored {p['tokens_bytes'] / 2**20:.1f} MiB, fragmentation "
+            f"{p['fragmentation']:.3f}), padded to the longest {p['padded_bytes'] / 2**20:.1f} MiB",
+            flush=True,
+        )
     return 0
 
 

@@ -10,7 +10,7 @@ it is measured against:
                     bytes (this machine's memory bandwidth, now)        target: within 2x
   GQA               H_q = 32, H = 8 against H_q = 8, H = 8              target: about 1x
   paged batch       16 sequences of 100 .. 8K tokens, paged (one dispatch) against contiguous
-                    caches                                              target: within 1.3x
+                    caches, at page sizes 16, 64, 256                   target: within 1.3x
                     and the bytes each holds: paged, the tokens themselves, padded to the longest
   sliding window    flash_attention_varlen, L = 1, W = 1024 at S = 1K .. 32K against S = W
                                                                         target: about 1x
@@ -126,16 +126,19 @@ def plot_lines(
     return path
 
 
-def plot_bytes(paged: dict[str, Any], fname: str) -> Path:
+def plot_bytes(paged: list[dict[str, Any]], fname: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = ["tokens stored", "paged cache", "padded to the longest"]
-    values = [paged["tokens_bytes"], paged["paged_bytes"], paged["padded_bytes"]]
+    labels = ["tokens stored"] + [f"paged, page_size {pb['page_size']}" for pb in paged]
+    labels.append("padded to the longest")
+    values = [paged[0]["tokens_bytes"]] + [pb["paged_bytes"] for pb in paged]
+    values.append(paged[0]["padded_bytes"])
+    colors = ["#888888"] + ["#2a7ab0"] * len(paged) + ["#d0583a"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.barh(labels, [v / MiB for v in values], color=["#888888", "#2a7ab0", "#d0583a"])
+    ax.barh(labels, [v / MiB for v in values], color=colors)
     ax.set_xlabel("K/V bytes (MiB)")
     ax.set_title("16 sequences of 100 .. 8K tokens, H = 8, E = 128, float32")
     fig.tight_layout()
@@ -216,21 +219,28 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     top = 2048 if args.quick else 8192
     lengths = sorted(int(n) for n in rng.integers(100, top + 1, size=16))
-    pb = rows.paged_batch(lengths, ext=ext, ta=ta, rounds=rounds)
+    # Page size is a trade: short pages waste little memory (at most one partly filled page a
+    # sequence) but break the reads of K and V into short runs; long pages the other way round.
+    paged = []
+    for page_size in rows.PAGE_SIZES:
+        pb = rows.paged_batch(lengths, page_size=page_size, ext=ext, ta=ta, rounds=rounds)
+        paged.append(pb)
+        print(
+            f"[bench] paged batch of 16 (lengths {lengths[0]}..{lengths[-1]}), page_size "
+            f"{page_size}: paged {1e3 * pb['seconds']['paged']:.2f} ms, contiguous "
+            f"{1e3 * pb['seconds']['contiguous']:.2f} ms, ratio {pb['ratio']:.2f} (per round "
+            f"{pb['ratio_min']:.2f}..{pb['ratio_max']:.2f}); paged cache "
+            f"{pb['paged_bytes'] / MiB:.1f} MiB (fragmentation {pb['fragmentation']:.3f})   "
+            f"target <= 1.3x at page_size {page_size}: {verdict(pb['ratio'] <= 1.3)}",
+            flush=True,
+        )
     print(
-        f"[bench] paged batch of 16 (lengths {lengths[0]}..{lengths[-1]}): paged "
-        f"{1e3 * pb['seconds']['paged']:.2f} ms, contiguous "
-        f"{1e3 * pb['seconds']['contiguous']:.2f} ms, ratio {pb['ratio']:.2f}   "
-        f"target <= 1.3x: {verdict(pb['ratio'] <= 1.3)}"
-    )
-    print(
-        f"[bench] bytes: tokens stored {pb['tokens_bytes'] / MiB:.1f} MiB, paged cache "
-        f"{pb['paged_bytes'] / MiB:.1f} MiB (fragmentation {pb['fragmentation']:.3f}), padded "
-        f"to the longest {pb['padded_bytes'] / MiB:.1f} MiB",
+        f"[bench] bytes: tokens stored {pb['tokens_bytes'] / MiB:.1f} MiB, padded to the "
+        f"longest {pb['padded_bytes'] / MiB:.1f} MiB",
         flush=True,
     )
     if plots:
-        p = plot_bytes(pb, "week5-paged-bytes.png")
+        p = plot_bytes(paged, "week5-paged-bytes.png")
         print(f"[bench] wrote {p.relative_to(ROOT)}")
 
     # ---- sliding window
