@@ -137,10 +137,10 @@ def plot_bytes(paged: list[dict[str, Any]], fname: str) -> Path:
     values = [paged[0]["tokens_bytes"]] + [pb["paged_bytes"] for pb in paged]
     values.append(paged[0]["padded_bytes"])
     colors = ["#888888"] + ["#2a7ab0"] * len(paged) + ["#d0583a"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.barh(labels, [v / MiB for v in values], color=colors)
     ax.set_xlabel("K/V bytes (MiB)")
-    ax.set_title("16 sequences of 100 .. 8K tokens, H = 8, E = 128, float32")
+    ax.set_title("16 sequences of 100 .. 8K tokens, H = 8, E = 128, float32", fontsize=10)
     fig.tight_layout()
     IMAGES.mkdir(parents=True, exist_ok=True)
     path = IMAGES / fname
