@@ -166,3 +166,42 @@ def test_task_2_paged_decode_copies_no_pages(ext):
     dense_copy = 2 * len(seqs) * H * max(lengths) * E * 4
     peak = peak_bytes_while(lambda: ext.paged_decode_attention(*args))
     assert peak < dense_copy // 4, f"peak {peak} bytes: a copy of the pages ({dense_copy} bytes)?"
+
+
+# --------------------------------------------------------------------- Task 3: pages in order
+
+PAGED_CPU_CASES = [
+    # lengths, H_q, H, L, causal: one task per sequence, or per range of heads when few
+    ([13, 5, 30, 8, 21, 2], 4, 2, 1, False),  # more sequences than threads: all heads a task
+    ([37], 6, 3, 1, False),  # one sequence: its 3 heads cut into ranges
+    ([23, 9], 8, 4, 3, True),  # two sequences, G * L = 6 rows, causal
+    ([4, 17, 2], 2, 2, 2, True),  # a page exactly full, a sequence of just its L tokens
+]
+
+
+@pytest.mark.parametrize(
+    "lengths,H_q,H_kv,L,causal",
+    PAGED_CPU_CASES,
+    ids=[f"B{len(c[0])}-Hq{c[1]}-H{c[2]}-L{c[3]}" for c in PAGED_CPU_CASES],
+)
+def test_task_3_paged_cpu_walks_pages_with_its_own_tasks(ext, lengths, H_q, H_kv, L, causal):
+    cache = ta.PagedKVCache(64, PAGE, H_kv, E)
+    seqs = [cache.new_sequence() for _ in lengths]
+    full = {}
+    for i, (s, n) in enumerate(zip(seqs, lengths, strict=True)):
+        full[s] = (rand((H_kv, n, E), seed=20 + 2 * i), rand((H_kv, n, E), seed=21 + 2 * i))
+        cache.append(s, *full[s])
+    q = rand((len(seqs), H_q, L, E), seed=7)
+    table, lens = cache.block_table(seqs), cache.seq_lens(seqs)
+    ext.reset_cpu_kernel_runs()
+    ext.reset_kv_rows_read()
+    out = ext.paged_decode_attention(q, cache.k_pages, cache.v_pages, table, lens, causal=causal)
+    mx.eval(out)
+    runs = ext.cpu_kernel_runs()
+    assert [name for name, _ in runs] == ["paged_decode"], f"the paged batch's CPU kernel: {runs}"
+    assert ext.kv_rows_read() == H_kv * sum(lengths), "every stored token read once per group"
+    expected = []
+    for b, s in enumerate(seqs):
+        k, v = full[s]
+        expected.append(ext.decode_attention(q[b : b + 1], k[None], v[None], causal=causal))
+    assert_allclose(out, mx.concatenate(expected, axis=0), **TOL_F32_REORDERED, what="paged CPU")

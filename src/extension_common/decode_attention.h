@@ -106,16 +106,30 @@ struct DecodeProblem {
 struct GroupState {
   int rows = 0, E = 0;
   std::vector<float> m, l, o;
-  void reset(int rows_, int E_);
+  void reset(int rows_, int E_); // no key seen yet: m = -inf, l = 0, o = 0
 };
 
-// Day 1 (src/decode_attention_cpu.cpp): the state of rows [r0, r1) of group (b, h) (its
-// G * L query rows, head by head) over keys [j0, j1).
+// The rows [r0, r0 + st.rows) of group (b, h) done: out = o / l, row by row (each row has
+// seen at least one key: l > 0).
+void write_group_rows(const DecodeProblem& p, int b, int h, int r0, const GroupState& st);
+
+// Reads a row of E floats into the cache, front to back, one load a 64-byte cache line: a
+// stream the hardware prefetcher follows. For a kernel that then reads the row in another
+// order (a block's columns) or several times. (A volatile read is one the compiler must do.)
+inline void read_row(const float* row, int E) {
+  for (int e = 0; e < E; e += 16) {
+    (void)*static_cast<const volatile float*>(row + e);
+  }
+}
+
+// Day 1 (src/decode_attention_cpu.cpp): adds keys [j0, j1) to the state `st` of rows
+// [r0, r1) of group (b, h) (its G * L query rows, head by head); st.reset(r1 - r0, E) first.
 void decode_group(
     const DecodeProblem& p, int b, int h, int r0, int r1, int j0, int j1, GroupState& st);
 // Day 1: key (or value) row j of sequence b, head h, in `base` (p.k or p.v).
 const float* kv_row(const DecodeProblem& p, const float* base, int b, int h, int j);
-// Day 1: one task per (batch, key/value head) on num_threads threads (0: one per core).
+// Day 1: one task per (batch, key/value head) on num_threads threads (0: one per core); a
+// paged batch goes to day 3's paged_decode_cpu.
 void decode_attention_cpu(const DecodeProblem& p, int num_threads);
 // Day 2 (src/decode_attention_split_cpu.cpp): one task per (batch, head, split) writing a
 // partial (o, lse), then the merge.
@@ -124,6 +138,9 @@ void decode_attention_split_cpu(const DecodeProblem& p, int num_threads);
 std::pair<int, int> split_range(int S, int num_splits, int split);
 // Day 3 (src/paged_decode_attention.cpp): row j of sequence b, head h, in the pool `pool`.
 const float* paged_kv_row(const DecodeProblem& p, const float* pool, int b, int h, int j);
+// Day 3: a paged batch, one task per (sequence, range of heads) walking the sequence's pages
+// in address order.
+void paged_decode_cpu(const DecodeProblem& p, int num_threads);
 
 // What ran, for the tests: key/value rows (a key and a value vector) read by the decode
 // kernels, CPU and GPU, since the last reset. Reading every row once per group gives

@@ -36,6 +36,16 @@ void GroupState::reset(int rows_, int E_) {
   o.assign(size_t(rows) * E, 0.0f);
 }
 
+void write_group_rows(const DecodeProblem& p, int b, int h, int r0, const GroupState& st) {
+  for (int r = 0; r < st.rows; ++r) {
+    const int h_q = h * p.group() + (r0 + r) / p.L, i = (r0 + r) % p.L;
+    float* out = p.out + ((int64_t(b) * p.H_q + h_q) * p.L + i) * p.E;
+    for (int e = 0; e < p.E; ++e) {
+      out[e] = st.o[size_t(r) * p.E + e] / st.l[r];
+    }
+  }
+}
+
 namespace {
 
 // 4 axes; float32, or float16 / bfloat16 on the GPU.

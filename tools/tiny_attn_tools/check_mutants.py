@@ -51,6 +51,7 @@ FA_BWD_GPU = "refsol/extensions_ref/src/flash_attention_backward_gpu.cpp"
 DECODE_CPU = "refsol/extensions_ref/src/decode_attention_cpu.cpp"
 DECODE_GPU = "refsol/extensions_ref/src/decode_attention_gpu.cpp"
 DECODE_SPLIT = "refsol/extensions_ref/src/decode_attention_split.cpp"
+PAGED_CPU = "refsol/extensions_ref/src/paged_decode_attention.cpp"
 DECODE_METAL = "refsol/extensions_ref/src/decode_attention.metal"
 DECODE_OPS = "src/extension_common/decode_attention_ops.cpp"  # given, shared by both trees
 VARLEN_PY = "refsol/tiny_attn_ref/varlen.py"
@@ -426,11 +427,31 @@ MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
         ),
         Mutant(
             "the block table is ignored (pages taken in pool order)",
-            "refsol/extensions_ref/src/paged_decode_attention.cpp",
+            PAGED_CPU,
             [
                 (
                     "const int page = p.block_table[int64_t(b) * p.max_blocks + j / p.page_size];",
                     "const int page = b * p.max_blocks + j / p.page_size;",
+                )
+            ],
+        ),
+        Mutant(
+            "the paged batch on the CPU goes head by head (Day 1's tasks, a jump every page)",
+            DECODE_CPU,
+            [
+                (
+                    "return paged_decode_cpu(p, num_threads); // day 3: a sequence's pages in",
+                    "// day 3: a sequence's pages in",
+                )
+            ],
+        ),
+        Mutant(
+            "the paged tasks keep one softmax state for all their heads",
+            PAGED_CPU,
+            [
+                (
+                    "decode_group(p, b, h, 0, rows, j0, j1, st[h - h0]);",
+                    "decode_group(p, b, h, 0, rows, j0, j1, st[0]);",
                 )
             ],
         ),

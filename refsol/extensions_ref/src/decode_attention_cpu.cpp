@@ -8,16 +8,19 @@
 //                       ...                      |
 //                       q[b, h*G + G-1, 0..L-1]  |
 //
-// The keys go by blocks of Bc = 32: the scores of a block for every row, then Week 2's online
-// softmax update of each row (m, l, o).
+// The keys go by blocks of kDecodeBlock = 256: the scores of a block for every row, then
+// Week 2's online softmax update of each row (m, l, o). A block's keys (128 KiB of K at
+// E = 128) are read front to back, then its values: each a stream the hardware prefetcher
+// follows.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "decode_attention.h"
-#include "flash_attention.h" // report_cpu_kernel, kBc
+#include "flash_attention.h" // report_cpu_kernel
 #include "simd.h"
 
 namespace tiny_attn {
@@ -25,6 +28,8 @@ namespace tiny_attn {
 namespace {
 
 using simd::f32x8;
+
+constexpr int kDecodeBlock = 256; // keys a block
 
 // Rows are computed kRowBlock at a time: each 8 columns of a key (or value) row are loaded
 // into a register once and used by all the block's rows.
@@ -36,6 +41,14 @@ TINY_ATTN_INLINE float hsum(f32x8 v) {
     s += v[i];
   }
   return s;
+}
+
+TINY_ATTN_INLINE float hmax(f32x8 v) {
+  float m = v[0];
+  for (int i = 1; i < 8; ++i) {
+    m = std::max(m, v[i]);
+  }
+  return m;
 }
 
 // The sums of the 8 lanes of a, b, c, d: {sum a, sum b, sum c, sum d}, the dot products of a
@@ -53,67 +66,133 @@ TINY_ATTN_INLINE f32x4 hsum4(f32x8 a, f32x8 b, f32x8 c, f32x8 d) {
   return __builtin_shufflevector(t, t, 0, 1, 2, 3) + __builtin_shufflevector(t, t, 4, 5, 6, 7);
 }
 
-// s[i][c] = scale * q_i . k_c for the block's NR rows and keys c < n.
+// s[i][c] = scale * q_i . k_c for the block's NR rows and keys c < n. Each key row is read
+// front to back, 16 columns a step into two sums a row: an FMA waits 4 cycles for the one
+// before it, and two independent chains a row keep both FMA units busy even for one row.
 static_assert(kRowBlock == 4, "scores sums the dot products of 4 rows at once (hsum4)");
 template <int NR>
 TINY_ATTN_INLINE void scores(
-    const float* const* q, const float* const* k_rows, int n, int E, float scale, float (*s)[kBc]) {
+    const float* const* q,
+    const float* const* k_rows,
+    int n,
+    int E,
+    float scale,
+    float (*s)[kDecodeBlock]) {
   for (int c = 0; c < n; ++c) {
-    f32x8 acc[kRowBlock] = {}; // rows past NR stay 0: hsum4 takes 4
+    const float* k = k_rows[c];
+    f32x8 acc[kRowBlock][2] = {}; // rows past NR stay 0: hsum4 takes 4
     int e = 0;
-    for (; e + 8 <= E; e += 8) {
-      const f32x8 kk = simd::load(k_rows[c] + e);
+    for (; e + 16 <= E; e += 16) {
+      const f32x8 k0 = simd::load(k + e), k1 = simd::load(k + e + 8);
       for (int i = 0; i < NR; ++i) {
-        acc[i] += simd::load(q[i] + e) * kk;
+        acc[i][0] += simd::load(q[i] + e) * k0;
+        acc[i][1] += simd::load(q[i] + e + 8) * k1;
       }
     }
-    const f32x4 dots = hsum4(acc[0], acc[1], acc[2], acc[3]);
+    for (; e + 8 <= E; e += 8) {
+      const f32x8 k0 = simd::load(k + e);
+      for (int i = 0; i < NR; ++i) {
+        acc[i][0] += simd::load(q[i] + e) * k0;
+      }
+    }
+    const f32x4 dots = hsum4(
+        acc[0][0] + acc[0][1], acc[1][0] + acc[1][1], acc[2][0] + acc[2][1], acc[3][0] + acc[3][1]);
     for (int i = 0; i < NR; ++i) {
       float dot = dots[i];
       for (int t = e; t < E; ++t) {
-        dot += q[i][t] * k_rows[c][t];
+        dot += q[i][t] * k[t];
       }
       s[i][c] = scale * dot;
     }
   }
 }
 
-// o_i = alpha_i * o_i + sum over c < n of p[i][c] * v_c, for the block's NR rows. Value row
-// by value row, each read front to back: the addresses every load walks go up in steps of 8
-// floats from one row into the next, a stream the hardware prefetcher sees and fetches ahead.
-// (Walking down the block's columns instead, 8 columns of all n rows at a time, keeps o_i in
-// registers but jumps a whole row per load: on a 2-core x86-64 machine the decode took twice
-// as long.) The NR rows' o_i, NR * E floats, stay in the L1 cache.
+// o_i = alpha_i * o_i + sum over c < n of p[i][c] * v_c, for the block's NR rows.
+//
+// One row (NR = 1): value row by value row, each read front to back, o loaded and stored
+// 8 columns at a time (it stays in the L1 cache).
+//
+// Several rows: loading and storing every row's o for every key would cost more than the
+// multiply-adds. So the sum goes W columns at a time, down the block: the NR * W / 8 vectors
+// of o stay in registers while the n value rows go by, and each key costs W / 8 loads and
+// NR * W / 8 FMAs. Walking down the columns straight from memory would jump a row per load,
+// which the hardware prefetcher does not follow; so the block's value rows are first read
+// front to back (read_row), into the cache, where the walk finds them.
 template <int NR>
 TINY_ATTN_INLINE void accumulate(
     float* const* o,
     const float* alpha,
-    const float (*p)[kBc],
+    const float (*p)[kDecodeBlock],
     const float* const* v_rows,
     int n,
     int E) {
-  for (int i = 0; i < NR; ++i) {
-    for (int e = 0; e < E; ++e) {
-      o[i][e] *= alpha[i];
-    }
-  }
-  for (int c = 0; c < n; ++c) {
-    const float* v = v_rows[c];
-    f32x8 pc[NR];
-    for (int i = 0; i < NR; ++i) {
-      pc[i] = simd::broadcast(p[i][c]);
-    }
+  if constexpr (NR == 1) {
+    float* o0 = o[0];
+    const f32x8 a = simd::broadcast(alpha[0]);
     int e = 0;
     for (; e + 8 <= E; e += 8) {
-      const f32x8 vv = simd::load(v + e);
-      for (int i = 0; i < NR; ++i) {
-        simd::store(o[i] + e, simd::load(o[i] + e) + pc[i] * vv);
-      }
+      simd::store(o0 + e, simd::load(o0 + e) * a);
     }
     for (; e < E; ++e) {
-      for (int i = 0; i < NR; ++i) {
-        o[i][e] += p[i][c] * v[e];
+      o0[e] *= alpha[0];
+    }
+    for (int c = 0; c < n; ++c) {
+      const f32x8 pc = simd::broadcast(p[0][c]);
+      e = 0;
+      for (; e + 8 <= E; e += 8) {
+        simd::store(o0 + e, simd::load(o0 + e) + pc * simd::load(v_rows[c] + e));
       }
+      for (; e < E; ++e) {
+        o0[e] += p[0][c] * v_rows[c][e];
+      }
+    }
+    return;
+  }
+  for (int c = 0; c < n; ++c) {
+    read_row(v_rows[c], E);
+  }
+  constexpr int W = NR >= 3 ? 16 : 64 / NR; // columns a step: NR * W / 8 <= 8 registers
+  auto columns = [&](int e0, auto width) {  // columns e0 .. e0 + width - 1
+    constexpr int w8 = decltype(width)::value / 8;
+    f32x8 acc[NR][w8];
+    for (int i = 0; i < NR; ++i) {
+      const f32x8 a = simd::broadcast(alpha[i]);
+      for (int w = 0; w < w8; ++w) {
+        acc[i][w] = simd::load(o[i] + e0 + 8 * w) * a;
+      }
+    }
+    for (int c = 0; c < n; ++c) {
+      f32x8 vv[w8];
+      for (int w = 0; w < w8; ++w) {
+        vv[w] = simd::load(v_rows[c] + e0 + 8 * w);
+      }
+      for (int i = 0; i < NR; ++i) {
+        const f32x8 pc = simd::broadcast(p[i][c]);
+        for (int w = 0; w < w8; ++w) {
+          acc[i][w] += pc * vv[w];
+        }
+      }
+    }
+    for (int i = 0; i < NR; ++i) {
+      for (int w = 0; w < w8; ++w) {
+        simd::store(o[i] + e0 + 8 * w, acc[i][w]);
+      }
+    }
+  };
+  int e = 0;
+  for (; e + W <= E; e += W) {
+    columns(e, std::integral_constant<int, W>{});
+  }
+  for (; e + 8 <= E; e += 8) {
+    columns(e, std::integral_constant<int, 8>{});
+  }
+  for (; e < E; ++e) { // the last E % 8 columns
+    for (int i = 0; i < NR; ++i) {
+      float acc = o[i][e] * alpha[i];
+      for (int c = 0; c < n; ++c) {
+        acc += p[i][c] * v_rows[c][e];
+      }
+      o[i][e] = acc;
     }
   }
 }
@@ -126,7 +205,7 @@ TINY_ATTN_INLINE void block_scores(
     int n,
     int E,
     float scale,
-    float (*s)[kBc]) {
+    float (*s)[kDecodeBlock]) {
   switch (nr) {
   case 1:
     return scores<1>(q, k_rows, n, E, scale, s);
@@ -143,7 +222,7 @@ TINY_ATTN_INLINE void block_accumulate(
     int nr,
     float* const* o,
     const float* alpha,
-    const float (*p)[kBc],
+    const float (*p)[kDecodeBlock],
     const float* const* v_rows,
     int n,
     int E) {
@@ -159,36 +238,19 @@ TINY_ATTN_INLINE void block_accumulate(
   }
 }
 
-} // namespace
-
-// ---------------------------------------------------------------- Task 2: one group's rows
-const float* kv_row(const DecodeProblem& p, const float* base, int b, int h, int j) {
-  if (p.block_table) {
-    return paged_kv_row(p, base, b, h, j); // day 3
-  }
-  return base + b * p.kv_strides[0] + h * p.kv_strides[1] + j * p.kv_strides[2];
-}
-
-TINY_ATTN_MULTIVERSION
-void decode_group(
-    const DecodeProblem& p, int b, int h, int r0, int r1, int j0, int j1, GroupState& st) {
-  const int G = p.group(), E = p.E, R = r1 - r0;
+// decode_group with the head dimension E = kE known to the compiler (kE = 0: p.E at run
+// time). With E = 128 every loop over the columns has a known count: the compiler unrolls it
+// and leaves out the code for the last E % 16 columns.
+template <int kE>
+TINY_ATTN_INLINE void
+add_keys(const DecodeProblem& p, int b, int h, int r0, int r1, int j0, int j1, GroupState& st) {
+  const int G = p.group(), E = kE > 0 ? kE : p.E, R = r1 - r0;
   const int S_b = p.seq_len(b);
-  st.reset(R, E);
-  // Row r0 + r of the group is query head h * G + (r0 + r) / L, row i = (r0 + r) % L; it sees
-  // keys up to last_key: i + S_b - L under the bottom-right causal mask, else every key.
-  std::vector<const float*> q_rows(R);
-  std::vector<int> last_key(R);
-  for (int r = 0; r < R; ++r) {
-    const int h_q = h * G + (r0 + r) / p.L, i = (r0 + r) % p.L;
-    q_rows[r] = p.q + ((int64_t(b) * p.H_q + h_q) * p.L + i) * E;
-    last_key[r] = p.causal ? i + S_b - p.L : S_b - 1;
-  }
-  float s[kRowBlock][kBc];
-  const float* k_rows[kBc];
-  const float* v_rows[kBc];
-  for (int c0 = j0; c0 < j1; c0 += kBc) {
-    const int n = std::min(kBc, j1 - c0);
+  float s[kRowBlock][kDecodeBlock];
+  const float* k_rows[kDecodeBlock];
+  const float* v_rows[kDecodeBlock];
+  for (int c0 = j0; c0 < j1; c0 += kDecodeBlock) {
+    const int n = std::min(kDecodeBlock, j1 - c0);
     for (int c = 0; c < n; ++c) { // each key and value row of the block, once for all R rows
       k_rows[c] = kv_row(p, p.k, b, h, c0 + c);
       v_rows[c] = kv_row(p, p.v, b, h, c0 + c);
@@ -200,9 +262,14 @@ void decode_group(
       int visible[kRowBlock]; // keys of the block row rb + i sees (causal: maybe fewer)
       int n_used = 0;         // keys any row of the block sees
       for (int i = 0; i < nr; ++i) {
-        q[i] = q_rows[rb + i];
+        // Row r0 + rb + i of the group is query head h * G + (r0 + rb + i) / L, row
+        // l = (r0 + rb + i) % L; it sees keys up to last_key: l + S_b - L under the
+        // bottom-right causal mask, else every key.
+        const int h_q = h * G + (r0 + rb + i) / p.L, l = (r0 + rb + i) % p.L;
+        const int last_key = p.causal ? l + S_b - p.L : S_b - 1;
+        q[i] = p.q + ((int64_t(b) * p.H_q + h_q) * p.L + l) * E;
         o[i] = st.o.data() + size_t(rb + i) * E;
-        visible[i] = std::clamp(last_key[rb + i] - c0 + 1, 0, n);
+        visible[i] = std::clamp(last_key - c0 + 1, 0, n);
         n_used = std::max(n_used, visible[i]);
       }
       if (n_used == 0) {
@@ -223,20 +290,20 @@ void decode_group(
           continue;
         }
         const int r = rb + i;
-        float m_block = -INFINITY;
-        for (int c = 0; c < visible[i]; ++c) {
-          m_block = std::max(m_block, s[i][c]);
+        f32x8 m8 = simd::broadcast(-INFINITY);
+        for (int c = 0; c < n8; c += 8) {
+          m8 = simd::max(m8, simd::load(s[i] + c));
         }
-        const float m_new = std::max(st.m[r], m_block);
+        const float m_new = std::max(st.m[r], hmax(m8));
         alpha[i] = std::exp(st.m[r] - m_new);
-        float l = 0.0f;
+        f32x8 l8 = {};
         for (int c = 0; c < n8; c += 8) {
           const f32x8 pc = simd::exp(simd::load(s[i] + c) - simd::broadcast(m_new));
           simd::store(s[i] + c, pc);
-          l += hsum(pc);
+          l8 += pc;
         }
         st.m[r] = m_new;
-        st.l[r] = st.l[r] * alpha[i] + l;
+        st.l[r] = st.l[r] * alpha[i] + hsum(l8);
       }
       block_accumulate(nr, o, alpha, s, v_rows, n_used, E);
     }
@@ -244,8 +311,31 @@ void decode_group(
   decode_cpu_rows_read() += std::max(0, j1 - j0);
 }
 
+} // namespace
+
+// ---------------------------------------------------------------- Task 2: one group's rows
+const float* kv_row(const DecodeProblem& p, const float* base, int b, int h, int j) {
+  if (p.block_table) {
+    return paged_kv_row(p, base, b, h, j); // day 3
+  }
+  return base + b * p.kv_strides[0] + h * p.kv_strides[1] + j * p.kv_strides[2];
+}
+
+TINY_ATTN_MULTIVERSION
+void decode_group(
+    const DecodeProblem& p, int b, int h, int r0, int r1, int j0, int j1, GroupState& st) {
+  if (p.E == 128) {
+    add_keys<128>(p, b, h, r0, r1, j0, j1, st);
+  } else {
+    add_keys<0>(p, b, h, r0, r1, j0, j1, st);
+  }
+}
+
 // ---------------------------------------------------------------- Task 3: the tasks, threads
 void decode_attention_cpu(const DecodeProblem& p, int num_threads) {
+  if (p.block_table) {
+    return paged_decode_cpu(p, num_threads); // day 3: a sequence's pages in address order
+  }
   const int rows = p.group() * p.L;
   const int rows_per_task = rows; // the whole group in one task: K/V read once per group
   const int parts = rows / rows_per_task;
@@ -261,15 +351,9 @@ void decode_attention_cpu(const DecodeProblem& p, int num_threads) {
       const int b = static_cast<int>(task / (int64_t(p.H) * parts));
       const int h = static_cast<int>(task / parts % p.H);
       const int r0 = static_cast<int>(task % parts) * rows_per_task;
+      st.reset(rows_per_task, p.E);
       decode_group(p, b, h, r0, r0 + rows_per_task, 0, p.seq_len(b), st);
-      // out = o / l, row by row (every row has seen at least one key: l > 0).
-      for (int r = 0; r < st.rows; ++r) {
-        const int h_q = h * p.group() + (r0 + r) / p.L, i = (r0 + r) % p.L;
-        float* out = p.out + ((int64_t(b) * p.H_q + h_q) * p.L + i) * p.E;
-        for (int e = 0; e < p.E; ++e) {
-          out[e] = st.o[size_t(r) * p.E + e] / st.l[r];
-        }
-      }
+      write_group_rows(p, b, h, r0, st);
     }
   };
   std::vector<std::thread> pool;

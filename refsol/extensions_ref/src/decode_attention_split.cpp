@@ -49,6 +49,7 @@ void decode_attention_split_cpu(const DecodeProblem& p, int num_threads) {
       const int h = static_cast<int>(task / n_splits % p.H);
       const int b = static_cast<int>(task / (int64_t(n_splits) * p.H));
       const auto [j0, j1] = split_range(p.seq_len(b), n_splits, z);
+      st.reset(R, p.E);
       decode_group(p, b, h, 0, R, j0, j1, st);
       for (int r = 0; r < R; ++r) {
         const int64_t n = (int64_t(b) * p.H_q + h * G + r / p.L) * p.L + r % p.L;

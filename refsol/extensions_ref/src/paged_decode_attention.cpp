@@ -1,6 +1,14 @@
 // Week 5, day 3: reading keys and values through a block table (PagedAttention). The decode
 // kernels of days 1 and 2 find every key row with kv_row; for a paged batch kv_row asks here.
+// On the CPU a paged batch gets its own tasks, which walk each sequence's pages in address
+// order (Task 3).
+#include <algorithm>
+#include <atomic>
+#include <thread>
+#include <vector>
+
 #include "decode_attention.h"
+#include "flash_attention.h" // report_cpu_kernel
 
 namespace tiny_attn {
 
@@ -10,6 +18,72 @@ namespace tiny_attn {
 const float* paged_kv_row(const DecodeProblem& p, const float* pool, int b, int h, int j) {
   const int page = p.block_table[int64_t(b) * p.max_blocks + j / p.page_size];
   return pool + page * p.kv_strides[0] + h * p.kv_strides[1] + (j % p.page_size) * p.kv_strides[2];
+}
+
+// ---------------------------------------------------------------- Task 3: pages in order
+// Day 1's tasks take one (sequence, head) each: in a page of the pool a head's rows are one
+// run of page_size * E floats (8 KiB at 16 tokens), and the head's next page starts H runs
+// further on. Every jump restarts the hardware prefetcher. Here a task takes a sequence and a
+// range of its heads, and walks the sequence's pages in order:
+//
+//   page of sequence b:   | head 0 rows | head 1 rows | ... | head H-1 rows |   (K, then V)
+//                          `--------------- read front to back ------------'
+//                          then each head's group adds the page's keys (decode_group)
+//
+// The page's rows are read front to back first (read_row), K then V: one stream each, that
+// the prefetcher follows, and the group's work then finds them in the cache.
+void paged_decode_cpu(const DecodeProblem& p, int num_threads) {
+  const int rows = p.group() * p.L;
+  int threads = num_threads > 0 ? num_threads : std::max(1u, std::thread::hardware_concurrency());
+  // All H heads in one task when there are sequences enough to keep the threads busy; with
+  // few sequences the heads are cut into `parts` ranges (a divisor of H), each its own task.
+  int parts = 1;
+  while (int64_t(p.B) * parts < 2 * threads && parts < p.H) {
+    do {
+      ++parts;
+    } while (p.H % parts != 0);
+  }
+  const int heads = p.H / parts; // heads a task
+  const int64_t n_tasks = int64_t(p.B) * parts;
+  threads = static_cast<int>(std::min<int64_t>(threads, n_tasks));
+  report_cpu_kernel("paged_decode", threads);
+
+  std::atomic<int64_t> next{0};
+  auto worker = [&]() {
+    std::vector<GroupState> st(heads);
+    for (int64_t task; (task = next.fetch_add(1)) < n_tasks;) {
+      const int b = static_cast<int>(task / parts);
+      const int h0 = static_cast<int>(task % parts) * heads;
+      const int S_b = p.seq_len(b);
+      for (auto& s : st) {
+        s.reset(rows, p.E);
+      }
+      for (int j0 = 0; j0 < S_b; j0 += p.page_size) {
+        const int j1 = std::min(j0 + p.page_size, S_b);
+        for (const float* base : {p.k, p.v}) {
+          for (int h = h0; h < h0 + heads; ++h) {
+            for (int j = j0; j < j1; ++j) {
+              read_row(kv_row(p, base, b, h, j), p.E);
+            }
+          }
+        }
+        for (int h = h0; h < h0 + heads; ++h) {
+          decode_group(p, b, h, 0, rows, j0, j1, st[h - h0]);
+        }
+      }
+      for (int h = h0; h < h0 + heads; ++h) {
+        write_group_rows(p, b, h, 0, st[h - h0]);
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t) {
+    pool.emplace_back(worker);
+  }
+  worker(); // the calling thread works too
+  for (auto& t : pool) {
+    t.join();
+  }
 }
 
 } // namespace tiny_attn

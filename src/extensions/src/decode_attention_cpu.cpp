@@ -12,7 +12,7 @@
 #include <stdexcept>
 
 #include "decode_attention.h"
-#include "flash_attention.h" // report_cpu_kernel, kBc
+#include "flash_attention.h" // report_cpu_kernel
 #include "simd.h"
 
 namespace tiny_attn {
@@ -27,10 +27,10 @@ const float* kv_row(const DecodeProblem& p, const float* base, int b, int h, int
 
 void decode_group(
     const DecodeProblem& p, int b, int h, int r0, int r1, int j0, int j1, GroupState& st) {
-  // TODO(Task 2): st.reset(r1 - r0, p.E); row r0 + r of the group is query head
-  //   h * G + (r0 + r) / L, row (r0 + r) % L, and sees keys up to i + S_b - L with p.causal.
-  //   Go over keys j0 .. j1 - 1 by blocks: each key and value row read once (kv_row) for all
-  //   the rows, each row's online softmax updated (m, l, o). Add j1 - j0 to
+  // TODO(Task 2): add keys j0 .. j1 - 1 to st (the caller has reset it). Row r0 + r of the
+  //   group is query head h * G + (r0 + r) / L, row (r0 + r) % L, and sees keys up to
+  //   i + S_b - L with p.causal. Go over the keys by blocks: each key and value row read once
+  //   (kv_row) for all the rows, each row's online softmax updated (m, l, o). Add j1 - j0 to
   //   decode_cpu_rows_read().
   throw std::runtime_error(
       "decode_group is not implemented yet: see book/src/week5-01-decoding-kv-cache.md, Task 2");
@@ -38,8 +38,9 @@ void decode_group(
 
 // ---------------------------------------------------------------- Task 3: the tasks, threads
 void decode_attention_cpu(const DecodeProblem& p, int num_threads) {
-  // TODO(Task 3): report_cpu_kernel("decode", threads); one task per (b, h) running
-  //   decode_group over all G * L rows and keys 0 .. p.seq_len(b) - 1, then out = o / l;
+  // TODO(Task 3): a paged batch (p.block_table set) goes to paged_decode_cpu (day 3). Else
+  //   report_cpu_kernel("decode", threads); one task per (b, h): st.reset, decode_group over
+  //   all G * L rows and keys 0 .. p.seq_len(b) - 1, then write_group_rows (out = o / l);
   //   tasks taken from a shared counter by num_threads threads (0: one per core).
   throw std::runtime_error(
       "decode_attention_cpu is not implemented yet: see "

@@ -28,8 +28,9 @@ std::pair<int, int> split_range(int S, int num_splits, int split) {
 // ---------------------------------------------------------------- Task 2: the CPU passes
 void decode_attention_split_cpu(const DecodeProblem& p, int num_threads) {
   // TODO(Task 2): report_cpu_kernel("decode_split", p.num_splits); pass 1: one task per
-  //   (b, h, split) running decode_group over the split's keys and writing each row's
-  //   o / l and lse = m + log(l) (an empty split: o = 0, lse = -inf); pass 2: merge.
+  //   (b, h, split) running decode_group over the split's keys (st reset first) and writing
+  //   each row's o / l and lse = m + log(l) (an empty split: o = 0, lse = -inf); pass 2:
+  //   merge.
   throw std::runtime_error(
       "decode_attention_split_cpu is not implemented yet: see book/src/week5-02-split-k.md, "
       "Task 2");
