@@ -58,6 +58,15 @@ def test_task_1_self_attention_matches_mlx(attention):
     assert_allclose(layer(x), expected, **TOL_F32_REORDERED, what=attention)
 
 
+def test_task_1_the_model_refuses_token_ids_past_its_vocabulary():
+    m = model("flash")
+    V = m.embed.weight.shape[0]
+    mx.eval(m(mx.array([[0, 1, V - 1]])))  # the first and last ids run
+    for bad in ([[1, V]], [[-1, 2]]):  # an embedding row outside the table: never read
+        with raises_naming(ValueError, "tokens"):
+            m(mx.array(bad))
+
+
 def test_task_1_position_i_sees_only_positions_up_to_i():
     mx.random.seed(3)
     layer = ta.CausalSelfAttention(32, 2, attention="flash")

@@ -105,6 +105,13 @@ class Transformer(nn.Module):
         L = tokens.shape[1]
         if not 1 <= L <= self.max_len:
             raise ValueError(f"tokens' length L must be in [1, max_len={self.max_len}], got {L}")
+        # An id past the embedding table would be read from outside it: refused here.
+        vocab_size = self.embed.weight.shape[0]
+        lo, hi = mx.min(tokens).item(), mx.max(tokens).item()
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(
+                f"tokens must be token ids in [0, {vocab_size}), got ids from {lo} to {hi}"
+            )
         x = self.embed(tokens) + self.position(mx.arange(L))
         for block in self.blocks:
             x = block(x)
