@@ -16,6 +16,7 @@
 
 #include "flash_attention.h"
 #include "flash_attention_varlen.h"
+#include "simd.h"
 
 namespace tiny_attn {
 
@@ -63,15 +64,20 @@ float score(float dot, int pos, int col, float slope, const VarlenProblem& p) {
   return s;
 }
 
-float dot(const float* a, const float* b, int E) {
-  // Eight partial sums the compiler keeps in one vector register.
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+using simd::f32x8;
+
+// q . k, 16 columns a step into two vector sums (an FMA waits for the one before it).
+TINY_ATTN_INLINE float dot(const float* a, const float* b, int E) {
+  f32x8 acc0 = {}, acc1 = {};
   int e = 0;
-  for (; e + 8 <= E; e += 8) {
-    for (int u = 0; u < 8; ++u) {
-      acc[u] += a[e + u] * b[e + u];
-    }
+  for (; e + 16 <= E; e += 16) {
+    acc0 += simd::load(a + e) * simd::load(b + e);
+    acc1 += simd::load(a + e + 8) * simd::load(b + e + 8);
   }
+  for (; e + 8 <= E; e += 8) {
+    acc0 += simd::load(a + e) * simd::load(b + e);
+  }
+  const f32x8 acc = acc0 + acc1;
   float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
   for (; e < E; ++e) {
     sum += a[e] * b[e];
@@ -79,8 +85,22 @@ float dot(const float* a, const float* b, int E) {
   return sum;
 }
 
+// o += p * v over E columns, 8 at a time.
+TINY_ATTN_INLINE void add_scaled(float* o, float p, const float* v, int E) {
+  const f32x8 pp = simd::broadcast(p);
+  int e = 0;
+  for (; e + 8 <= E; e += 8) {
+    simd::store(o + e, simd::load(o + e) + pp * simd::load(v + e));
+  }
+  for (; e < E; ++e) {
+    o[e] += p * v[e];
+  }
+}
+
 // ---------------------------------------------------------------- Task 2: one Q tile
 // Rows first_row.. of sequence `seq`, query head h_q. `o` holds Br * E floats of scratch.
+// Compiled for AVX2 + FMA too, picked when the machine has them (TINY_ATTN_MULTIVERSION).
+TINY_ATTN_MULTIVERSION
 void varlen_q_tile(const VarlenProblem& p, int seq, int first_row, int h_q, float* o) {
   const int q0 = p.cu_seqlens_q[seq], L = p.cu_seqlens_q[seq + 1] - q0;
   const int k0 = p.cu_seqlens_k[seq], S = p.cu_seqlens_k[seq + 1] - k0;
@@ -100,7 +120,7 @@ void varlen_q_tile(const VarlenProblem& p, int seq, int first_row, int h_q, floa
     hi_all = std::max(hi_all, reach.hi);
   }
 
-  float m_i[kBr], l_i[kBr], s_row[kBc];
+  float m_i[kBr], l_i[kBr], s_row[kBc + 8];
   std::fill(m_i, m_i + rows, -INFINITY);
   std::fill(l_i, l_i + rows, 0.0f);
   std::fill(o, o + size_t(rows) * E, 0.0f);
@@ -125,21 +145,25 @@ void varlen_q_tile(const VarlenProblem& p, int seq, int first_row, int h_q, floa
         m_new = std::max(m_new, s);
       }
       // Online softmax (Week 2): rescale what the row has summed by exp(m_old - m_new).
+      // p = exp(s - m_new) 8 at a time (Week 2's vector exp); past `cols`, -inf gives 0.
       const float alpha = std::exp(m_i[r] - m_new);
       float* o_row = o + size_t(r) * E;
-      float l = l_i[r] * alpha;
       for (int e = 0; e < E; ++e) {
         o_row[e] *= alpha;
       }
-      for (int c = 0; c < cols; ++c) {
-        const float pc = std::exp(s_row[c] - m_new);
-        l += pc;
-        const float* v_row = p.v + (size_t(k0 + c0 + c) * p.H + h) * E;
-        for (int e = 0; e < E; ++e) {
-          o_row[e] += pc * v_row[e];
-        }
+      const int cols8 = (cols + 7) / 8 * 8;
+      std::fill(s_row + cols, s_row + cols8, -INFINITY);
+      f32x8 l8 = {};
+      for (int c = 0; c < cols8; c += 8) {
+        const f32x8 pc = simd::exp(simd::load(s_row + c) - simd::broadcast(m_new));
+        simd::store(s_row + c, pc);
+        l8 += pc;
       }
-      l_i[r] = l;
+      for (int c = 0; c < cols; ++c) {
+        add_scaled(o_row, s_row[c], p.v + (size_t(k0 + c0 + c) * p.H + h) * E, E);
+      }
+      l_i[r] = l_i[r] * alpha +
+               (((l8[0] + l8[1]) + (l8[2] + l8[3])) + ((l8[4] + l8[5]) + (l8[6] + l8[7])));
       m_i[r] = m_new;
     }
   }
