@@ -75,6 +75,7 @@ CASES = [
     (1, 2, 2, 4, 4, 16, True),  # S = L: the first row sees one key
     (1, 9, 3, 1, 45, 24, False),  # G = 3 rows per group
     (1, 6, 2, 2, 45, 24, True),  # G * L = 6 rows per group
+    (1, 8, 2, 2, 300, 128, True),  # E = 128, G * L = 8: two blocks of 4 rows, causal
 ]
 CASE_IDS = [
     f"B{b}-Hq{hq}-H{h}-L{L}-S{S}-E{E}{'-causal' if c else ''}" for b, hq, h, L, S, E, c in CASES

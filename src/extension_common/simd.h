@@ -25,6 +25,20 @@ typedef int32_t i32x8 __attribute__((vector_size(32)));
 #define TINY_ATTN_MULTIVERSION
 #endif
 
+// Some x86-64 machines (x86-64-v4: AVX-512) hold 16 floats a register, in 32 registers. A
+// kernel may keep a version for them: TINY_ATTN_WIDE says the build can make one, compiled
+// with TINY_ATTN_TARGET_WIDE, and wide_vectors() says at run time whether this machine runs it.
+// (An f32x16 outside such a function is split into narrower pieces, and slowly.)
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define TINY_ATTN_WIDE 1
+#define TINY_ATTN_TARGET_WIDE __attribute__((target("arch=x86-64-v4")))
+inline bool wide_vectors() {
+  return __builtin_cpu_supports("x86-64-v4");
+}
+#else
+#define TINY_ATTN_WIDE 0
+#endif
+
 TINY_ATTN_INLINE f32x8 load(const float* p) {
   f32x8 v;
   std::memcpy(&v, p, sizeof(v)); // an unaligned load: no alignment is assumed anywhere
@@ -33,6 +47,24 @@ TINY_ATTN_INLINE f32x8 load(const float* p) {
 
 TINY_ATTN_INLINE void store(float* p, f32x8 v) {
   std::memcpy(p, &v, sizeof(v));
+}
+
+typedef float f32x16 __attribute__((vector_size(64)));
+
+TINY_ATTN_INLINE f32x16 load16(const float* p) {
+  f32x16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+TINY_ATTN_INLINE void store16(float* p, f32x16 v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// The 16 lanes added in halves: 8 floats whose sum is the sum of v.
+TINY_ATTN_INLINE f32x8 fold(f32x16 v) {
+  return __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+         __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
 }
 
 TINY_ATTN_INLINE f32x8 broadcast(float x) {
