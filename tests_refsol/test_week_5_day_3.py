@@ -176,6 +176,7 @@ PAGED_CPU_CASES = [
     ([37], 6, 3, 1, False),  # one sequence: its 3 heads cut into ranges
     ([23, 9], 8, 4, 3, True),  # two sequences, G * L = 6 rows, causal
     ([4, 17, 2], 2, 2, 2, True),  # a page exactly full, a sequence of just its L tokens
+    ([129, 300, 7], 8, 2, 1, True),  # sequences of several hundred keys, pages of 4 tokens
 ]
 
 
@@ -185,7 +186,7 @@ PAGED_CPU_CASES = [
     ids=[f"B{len(c[0])}-Hq{c[1]}-H{c[2]}-L{c[3]}" for c in PAGED_CPU_CASES],
 )
 def test_task_3_paged_cpu_walks_pages_with_its_own_tasks(ext, lengths, H_q, H_kv, L, causal):
-    cache = ta.PagedKVCache(64, PAGE, H_kv, E)
+    cache = ta.PagedKVCache(sum(-(-n // PAGE) for n in lengths), PAGE, H_kv, E)
     seqs = [cache.new_sequence() for _ in lengths]
     full = {}
     for i, (s, n) in enumerate(zip(seqs, lengths, strict=True)):

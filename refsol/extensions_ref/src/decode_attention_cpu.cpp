@@ -198,8 +198,8 @@ TINY_ATTN_INLINE void accumulate(
 }
 
 // The same two steps for a block of 4 rows, 16 floats a register, for the machines that have
-// them (TINY_ATTN_WIDE, E = 128): half the instructions for the same multiply-adds, and the
-// 4 rows' 32 columns of o in 8 of the 32 registers.
+// them (TINY_ATTN_WIDE, E = 128): half the instructions for the same multiply-adds, and
+// registers enough (32) to change how the sum walks.
 using simd::f32x16;
 
 TINY_ATTN_INLINE void scores_wide(
@@ -230,35 +230,45 @@ TINY_ATTN_INLINE void scores_wide(
   }
 }
 
+// With 32 registers the sum goes value row by value row, as scores goes key by key: two rows'
+// o (all 128 columns, 16 registers) stay in registers, the other two are loaded and stored
+// (they stay in the L1 cache). Each value row is then used as it arrives from memory, and the
+// multiply-adds overlap the stream, where the column walk above leaves memory idle while it
+// sums a block already read. (At S = 32K, H_q = 32, H = 8 this brings a step from about 1.3x
+// the time of H_q = 8 to about 1.1x.)
 TINY_ATTN_INLINE void accumulate_wide(
     float* const* o,
     const float* alpha,
     const float (*p)[kDecodeBlock],
     const float* const* v_rows,
     int n) {
-  constexpr int E = 128;
-  for (int c = 0; c < n; ++c) {
-    read_row(v_rows[c], E);
-  }
-  for (int e0 = 0; e0 < E; e0 += 32) {
-    f32x16 acc[kRowBlock][2];
-    for (int i = 0; i < kRowBlock; ++i) {
-      const f32x16 a = f32x16{} + alpha[i];
-      acc[i][0] = simd::load16(o[i] + e0) * a;
-      acc[i][1] = simd::load16(o[i] + e0 + 16) * a;
-    }
-    for (int c = 0; c < n; ++c) {
-      const f32x16 v0 = simd::load16(v_rows[c] + e0), v1 = simd::load16(v_rows[c] + e0 + 16);
-      for (int i = 0; i < kRowBlock; ++i) {
-        const float x = p[i][c];
-        const f32x16 pc = {x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
-        acc[i][0] += pc * v0;
-        acc[i][1] += pc * v1;
+  constexpr int E = 128, W = E / 16; // W registers a row
+  f32x16 o01[2][W];                  // rows 0 and 1
+  for (int i = 0; i < kRowBlock; ++i) {
+    const f32x16 a = f32x16{} + alpha[i];
+    for (int w = 0; w < W; ++w) {
+      const f32x16 x = simd::load16(o[i] + 16 * w) * a;
+      if (i < 2) {
+        o01[i][w] = x;
+      } else {
+        simd::store16(o[i] + 16 * w, x);
       }
     }
-    for (int i = 0; i < kRowBlock; ++i) {
-      simd::store16(o[i] + e0, acc[i][0]);
-      simd::store16(o[i] + e0 + 16, acc[i][1]);
+  }
+  for (int c = 0; c < n; ++c) {
+    const f32x16 p0 = f32x16{} + p[0][c], p1 = f32x16{} + p[1][c];
+    const f32x16 p2 = f32x16{} + p[2][c], p3 = f32x16{} + p[3][c];
+    for (int w = 0; w < W; ++w) {
+      const f32x16 v = simd::load16(v_rows[c] + 16 * w);
+      o01[0][w] += p0 * v;
+      o01[1][w] += p1 * v;
+      simd::store16(o[2] + 16 * w, simd::load16(o[2] + 16 * w) + p2 * v);
+      simd::store16(o[3] + 16 * w, simd::load16(o[3] + 16 * w) + p3 * v);
+    }
+  }
+  for (int i = 0; i < 2; ++i) {
+    for (int w = 0; w < W; ++w) {
+      simd::store16(o[i] + 16 * w, o01[i][w]);
     }
   }
 }

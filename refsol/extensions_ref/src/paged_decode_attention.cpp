@@ -12,6 +12,8 @@
 
 namespace tiny_attn {
 
+constexpr int kPagedChunk = 128; // keys a task reads ahead, then adds (Task 3)
+
 // ---------------------------------------------------------------- Task 2: a row of a page
 //   pool (num_pages, H, page_size, E):  row j of sequence b lives in page
 //   block_table[b, j / page_size], at slot j % page_size.
@@ -31,7 +33,8 @@ const float* paged_kv_row(const DecodeProblem& p, const float* pool, int b, int 
 //                          then each head's group adds the page's keys (decode_group)
 //
 // The page's rows are read front to back first (read_row), K then V: one stream each, that
-// the prefetcher follows, and the group's work then finds them in the cache.
+// the prefetcher follows, and the group's work then finds them in the cache. The pages go by
+// chunks of kPagedChunk keys (several small pages), read, then added head by head.
 void paged_decode_cpu(const DecodeProblem& p, int num_threads) {
   const int rows = p.group() * p.L;
   int threads = num_threads > 0 ? num_threads : std::max(1u, std::thread::hardware_concurrency());
@@ -48,27 +51,41 @@ void paged_decode_cpu(const DecodeProblem& p, int num_threads) {
   threads = static_cast<int>(std::min<int64_t>(threads, n_tasks));
   report_cpu_kernel("paged_decode", threads);
 
+  // The longest sequences first: a long one taken last would leave the other threads idle.
+  std::vector<int> order(p.B);
+  for (int b = 0; b < p.B; ++b) {
+    order[b] = b;
+  }
+  std::stable_sort(
+      order.begin(), order.end(), [&](int x, int y) { return p.seq_len(x) > p.seq_len(y); });
+  // Pages go kPagedChunk keys at a time (8 pages of 16 tokens): decode_group's blocks are then
+  // that long, and its per-block work (the softmax's max, exp and rescale) is spread over more
+  // keys than one small page has.
+  const int chunk = std::max(1, kPagedChunk / p.page_size) * p.page_size;
+
   std::atomic<int64_t> next{0};
   auto worker = [&]() {
     std::vector<GroupState> st(heads);
     for (int64_t task; (task = next.fetch_add(1)) < n_tasks;) {
-      const int b = static_cast<int>(task / parts);
+      const int b = order[task / parts];
       const int h0 = static_cast<int>(task % parts) * heads;
       const int S_b = p.seq_len(b);
       for (auto& s : st) {
         s.reset(rows, p.E);
       }
-      for (int j0 = 0; j0 < S_b; j0 += p.page_size) {
-        const int j1 = std::min(j0 + p.page_size, S_b);
-        for (const float* base : {p.k, p.v}) {
-          for (int h = h0; h < h0 + heads; ++h) {
-            for (int j = j0; j < j1; ++j) {
-              read_row(kv_row(p, base, b, h, j), p.E);
+      for (int c0 = 0; c0 < S_b; c0 += chunk) {
+        const int c1 = std::min(c0 + chunk, S_b);
+        for (const float* base : {p.k, p.v}) { // the chunk's pages, front to back
+          for (int j0 = c0; j0 < c1; j0 += p.page_size) {
+            for (int h = h0; h < h0 + heads; ++h) {
+              for (int j = j0; j < std::min(j0 + p.page_size, c1); ++j) {
+                read_row(kv_row(p, base, b, h, j), p.E);
+              }
             }
           }
         }
         for (int h = h0; h < h0 + heads; ++h) {
-          decode_group(p, b, h, 0, rows, j0, j1, st[h - h0]);
+          decode_group(p, b, h, 0, rows, c0, c1, st[h - h0]);
         }
       }
       for (int h = h0; h < h0 + heads; ++h) {
