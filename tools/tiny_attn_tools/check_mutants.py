@@ -450,8 +450,8 @@ MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
             PAGED_CPU,
             [
                 (
-                    "decode_group(p, b, h, 0, rows, j0, j1, st[h - h0]);",
-                    "decode_group(p, b, h, 0, rows, j0, j1, st[0]);",
+                    "decode_group(p, b, h, 0, rows, c0, c1, st[h - h0]);",
+                    "decode_group(p, b, h, 0, rows, c0, c1, st[0]);",
                 )
             ],
         ),
