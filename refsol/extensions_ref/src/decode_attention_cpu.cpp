@@ -327,9 +327,19 @@ add_keys(const DecodeProblem& p, int b, int h, int r0, int r1, int j0, int j1, G
   const float* v_rows[kDecodeBlock];
   for (int c0 = j0; c0 < j1; c0 += kDecodeBlock) {
     const int n = std::min(kDecodeBlock, j1 - c0);
-    for (int c = 0; c < n; ++c) { // each key and value row of the block, once for all R rows
-      k_rows[c] = kv_row(p, p.k, b, h, c0 + c);
-      v_rows[c] = kv_row(p, p.v, b, h, c0 + c);
+    // Each key and value row of the block, once for all R rows. Rows follow each other in
+    // memory, kv_strides[2] apart, up to the end of a page (day 3): kv_row is asked for the
+    // block's first row and for the first row of each page.
+    for (int c = 0, next = c0; c < n; ++c) {
+      const int j = c0 + c;
+      if (j == next) {
+        k_rows[c] = kv_row(p, p.k, b, h, j);
+        v_rows[c] = kv_row(p, p.v, b, h, j);
+        next = p.block_table ? (j / p.page_size + 1) * p.page_size : j1;
+      } else {
+        k_rows[c] = k_rows[c - 1] + p.kv_strides[2];
+        v_rows[c] = v_rows[c - 1] + p.kv_strides[2];
+      }
     }
     for (int rb = 0; rb < R; rb += kRowBlock) {
       const int nr = std::min(kRowBlock, R - rb);
