@@ -212,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     # ---- GQA
     gqa: dict[str, list[tuple[int, float]]] = {"H_q=32, H=8": [], "H_q=8, H=8": []}
     for S in sizes:
-        g = rows.gqa_cost(S, ext=ext, rounds=rounds)
+        # Calls of a millisecond or two at the short lengths: more rounds, so that a burst of
+        # load elsewhere on the machine does not decide the median of the ratios.
+        g = rows.gqa_cost(S, ext=ext, rounds=4 * rounds + 1)
         gqa["H_q=32, H=8"].append((S, 1e3 * g["Hq32-H8"]))
         gqa["H_q=8, H=8"].append((S, 1e3 * g["Hq8-H8"]))
         print(
