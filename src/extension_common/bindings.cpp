@@ -42,8 +42,8 @@ tiny_attn::DqMode dq_mode_arg(const char* op, nb::handle dq) {
 }
 
 // flash_attention and flash_attention_fast: the forward, on the CPU or the GPU.
-mx::array forward(
-    const AttentionArgs& a, tiny_attn::Kernel kernel, int num_threads, mx::StreamOrDevice s) {
+mx::array
+forward(const AttentionArgs& a, tiny_attn::Kernel kernel, int num_threads, mx::StreamOrDevice s) {
   tiny_attn::check_gpu_has_bfloat16(a.query, metalsim::place_op(s).on_gpu());
   return tiny_attn::flash_attention(
       a.query, a.key, a.value, a.scale, a.mask, a.causal, kernel, num_threads, s);

@@ -20,9 +20,9 @@
 #include <stdexcept>
 #include <string>
 
+#include "metalsim/mlx_extension.h"
 #include "mlx/array.h"
 #include "mlx/utils.h"
-#include "metalsim/mlx_extension.h"
 
 namespace nb = nanobind;
 namespace mx = mlx::core;
@@ -112,7 +112,8 @@ inline int int_arg(const char* op, const char* name, nb::handle x) {
   const long long v = PyLong_AsLongLongAndOverflow(x.ptr(), &overflow);
   if (overflow != 0 || v < INT_MIN || v > INT_MAX) {
     value_error(
-        op, std::string(name) + " must fit in a 32-bit int, got " + nb::cast<std::string>(nb::str(x)));
+        op,
+        std::string(name) + " must fit in a 32-bit int, got " + nb::cast<std::string>(nb::str(x)));
   }
   return static_cast<int>(v);
 }

@@ -197,7 +197,7 @@ Raises:
       "kv_rows_read",
       []() {
         return tiny_attn::decode_cpu_rows_read().load() +
-            tiny_attn::decode_gpu_rows_read().data<int32_t>()[0];
+               tiny_attn::decode_gpu_rows_read().data<int32_t>()[0];
       },
       R"(How many key/value rows (a key and a value vector of E numbers) the decode kernels, CPU
 and GPU, have read since the last :func:`reset_kv_rows_read`. Read it after evaluating the

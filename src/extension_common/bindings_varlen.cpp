@@ -39,7 +39,7 @@ int window_side(nb::handle x) {
     type_error(
         kOp,
         "window must be None, an int or a pair (left, right) of ints, got an element of type " +
-        python_type(x));
+            python_type(x));
   }
   int overflow = 0;
   const long long v = PyLong_AsLongLongAndOverflow(x.ptr(), &overflow);

@@ -184,8 +184,7 @@ struct DecodeBuffers {
 // Threads per threadgroup for a decode kernel: 1024, or as many whole SIMD groups as the
 // pipeline allows (a kernel holding many registers per thread may get fewer), at least 4 (the
 // merge has a thread per column, E <= 128).
-template <typename Pipeline>
-int decode_threads(const Pipeline* kernel, const char* name) {
+template <typename Pipeline> int decode_threads(const Pipeline* kernel, const char* name) {
   const int allowed = static_cast<int>(kernel->maxTotalThreadsPerThreadgroup()) / 32 * 32;
   if (allowed < kMaxDecodeHeadDim) {
     throw std::runtime_error(
@@ -230,8 +229,7 @@ class DecodeAttention : public mx::Primitive {
  private:
   // What eval_cpu's DecodeProblem and eval_gpu's DecodeParams both hold: the sizes, the strides
   // of K/V, the scalars and, paged, day 3's table geometry.
-  template <typename Params>
-  void set_sizes(Params& p, const std::vector<mx::array>& inputs) const;
+  template <typename Params> void set_sizes(Params& p, const std::vector<mx::array>& inputs) const;
 
   float scale_;
   bool causal_;

@@ -134,7 +134,7 @@ void check_num_splits(const char* op, int num_splits, int minimum, int64_t S) {
 std::pair<mx::array, mx::array>
 in_place_or_dense(const mx::array& key, const mx::array& value, mx::Stream stream) {
   const bool in_place = key.is_available() && value.is_available() &&
-      key.strides() == value.strides() && key.strides(3) == 1;
+                        key.strides() == value.strides() && key.strides(3) == 1;
   if (in_place) {
     return {key, value};
   }
@@ -196,8 +196,8 @@ mx::array contiguous_decode(
   check_num_splits(op, num_splits, 0, S);
   if (num_splits == 0) {
     const int workers = place.on_gpu()
-        ? kGpuDecodeWorkers
-        : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+                            ? kGpuDecodeWorkers
+                            : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     num_splits = choose_num_splits(S, query.shape(0) * key.shape(1), workers);
   }
   return make_decode(query, key, value, {}, scale, causal, num_splits, place);
@@ -272,9 +272,9 @@ mx::array paged_decode_attention(
       fail_op(
           op,
           "seq_lens[" + std::to_string(b) + "] = " + std::to_string(n[b]) + " must be in [" +
-              std::to_string(lowest) + ", max_blocks * page_size = " +
-              std::to_string(int64_t(max_blocks) * page_size) + "]" +
-              (causal ? " (causal: every sequence holds its L new tokens)" : ""));
+              std::to_string(lowest) +
+              ", max_blocks * page_size = " + std::to_string(int64_t(max_blocks) * page_size) +
+              "]" + (causal ? " (causal: every sequence holds its L new tokens)" : ""));
     }
     const int blocks = (n[b] + page_size - 1) / page_size;
     for (int i = 0; i < blocks; ++i) {
@@ -282,9 +282,10 @@ mx::array paged_decode_attention(
       if (page < 0 || page >= num_pages) {
         fail_op(
             op,
-            "block_table[" + std::to_string(b) + ", " + std::to_string(i) + "] = " +
-                std::to_string(page) + " is not a page of the pool (0 <= page < num_pages = " +
-                std::to_string(num_pages) + ")");
+            "block_table[" + std::to_string(b) + ", " + std::to_string(i) +
+                "] = " + std::to_string(page) +
+                " is not a page of the pool (0 <= page < num_pages = " + std::to_string(num_pages) +
+                ")");
       }
     }
   }
@@ -360,8 +361,7 @@ void DecodeAttention::eval_gpu(
   set_sizes(p, inputs);
   p.paged = paged_;
   const mx::array none(0, mx::int32); // stands in for block_table and seq_lens when not paged
-  DecodeBuffers bufs{
-      q, k, inputs[2], paged_ ? inputs[3] : none, paged_ ? inputs[4] : none, out};
+  DecodeBuffers bufs{q, k, inputs[2], paged_ ? inputs[3] : none, paged_ ? inputs[4] : none, out};
   gpu::get_command_encoder(stream()).add_temporary(none);
   if (num_splits_ == 1) {
     dispatch_decode(stream(), p, bufs);

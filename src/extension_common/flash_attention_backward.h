@@ -30,7 +30,6 @@ check_shape(const mx::array& x, const char* name, const mx::Shape& want, const c
   }
 }
 
-
 // The forward with its log-sum-exp: {out (N, H_q, L, E), lse (N, H_q, L) float32}, both lazy.
 // The arguments are flash_attention's; on the CPU (Day 3) and on the GPU (Day 4).
 std::vector<mx::array> flash_attention_with_lse(

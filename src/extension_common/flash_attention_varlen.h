@@ -56,12 +56,12 @@ mx::array flash_attention_varlen(
 
 // What the CPU kernel needs, as raw pointers and sizes: eval_cpu fills it in.
 struct VarlenProblem {
-  const float* q; // (total_q, H_q, E), row-contiguous
-  const float* k; // (total_k, H, E)
-  const float* v; // (total_k, H, E)
-  float* out;     // (total_q, H_q, E)
-  const int32_t* cu_seqlens_q; // (num_seqs + 1,)
-  const int32_t* cu_seqlens_k; // (num_seqs + 1,)
+  const float* q;                      // (total_q, H_q, E), row-contiguous
+  const float* k;                      // (total_k, H, E)
+  const float* v;                      // (total_k, H, E)
+  float* out;                          // (total_q, H_q, E)
+  const int32_t* cu_seqlens_q;         // (num_seqs + 1,)
+  const int32_t* cu_seqlens_k;         // (num_seqs + 1,)
   const float* alibi_slopes = nullptr; // (H_q,) or none
   int num_seqs, H_q, H, E;
   float scale;

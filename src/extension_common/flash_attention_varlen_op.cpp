@@ -87,8 +87,8 @@ mx::array flash_attention_varlen(
   }
   if (total_q == 0 || H_q == 0 || E == 0 || total_k == 0 || H == 0) {
     fail_varlen(
-        "every dimension must be at least 1, got query " + shape_str(query.shape()) +
-        " and key " + shape_str(key.shape()));
+        "every dimension must be at least 1, got query " + shape_str(query.shape()) + " and key " +
+        shape_str(key.shape()));
   }
   if (H_q % H != 0) {
     fail_varlen(
@@ -204,8 +204,7 @@ bool FlashAttentionVarlen::is_equivalent(const mx::Primitive& other) const {
   return scale_ == o.scale_ && masks_.causal == o.masks_.causal &&
          masks_.window_left == o.masks_.window_left &&
          masks_.window_right == o.masks_.window_right && masks_.softcap == o.masks_.softcap &&
-         has_alibi_ == o.has_alibi_ && num_seqs_ == o.num_seqs_ &&
-         max_seqlen_q_ == o.max_seqlen_q_;
+         has_alibi_ == o.has_alibi_ && num_seqs_ == o.num_seqs_ && max_seqlen_q_ == o.max_seqlen_q_;
 }
 
 } // namespace tiny_attn

@@ -323,8 +323,8 @@ MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
             "refsol/extensions_ref/src/flash_attention_backward_cpu.cpp",
             [
                 (
-                    "threads = static_cast<int>(std::min<int64_t>(threads, n_items));",
-                    "threads = 1;",
+                    "const int threads = task_threads(num_threads, n_items);",
+                    "const int threads = 1;",
                 )
             ],
         ),
@@ -516,8 +516,8 @@ MUTANTS: dict[tuple[int, int], list[Mutant] | str] = {
             VARLEN_CPU,
             [
                 (
-                    "std::min<int64_t>(std::max(1u, std::thread::hardware_concurrency()), n_items)",
-                    "1",
+                    "const int threads = task_threads(0, n_items); // one a core",
+                    "const int threads = 1;",
                 )
             ],
         ),

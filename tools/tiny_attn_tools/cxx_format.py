@@ -15,7 +15,7 @@ from pathlib import Path
 from tiny_attn_tools import course
 
 ROOT = Path(__file__).resolve().parents[2]
-FOLDERS = ["src/extensions", "refsol/extensions_ref", "src/metalsim"]
+FOLDERS = ["src/extensions", "src/extension_common", "refsol/extensions_ref", "src/metalsim"]
 
 
 def cxx_files() -> list[str]:

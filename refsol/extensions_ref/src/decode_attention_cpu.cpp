@@ -13,15 +13,14 @@
 // E = 128) are read front to back, then its values: each a stream the hardware prefetcher
 // follows.
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <thread>
 #include <type_traits>
 #include <vector>
 
 #include "decode_attention.h"
 #include "flash_attention.h" // report_cpu_kernel
 #include "simd.h"
+#include "tasks.h"
 
 namespace tiny_attn {
 
@@ -460,30 +459,20 @@ void decode_attention_cpu(const DecodeProblem& p, int num_threads) {
   const int rows_per_task = rows; // the whole group in one task: K/V read once per group
   const int parts = rows / rows_per_task;
   const int64_t n_tasks = int64_t(p.B) * p.H * parts;
-  int threads = num_threads > 0 ? num_threads : std::max(1u, std::thread::hardware_concurrency());
-  threads = static_cast<int>(std::min<int64_t>(threads, n_tasks));
+  const int threads = task_threads(num_threads, n_tasks);
   report_cpu_kernel("decode", threads);
-
-  std::atomic<int64_t> next{0};
-  auto worker = [&]() {
-    GroupState st;
-    for (int64_t task; (task = next.fetch_add(1)) < n_tasks;) {
-      const int b = static_cast<int>(task / (int64_t(p.H) * parts));
-      const int h = static_cast<int>(task / parts % p.H);
-      const int r0 = static_cast<int>(task % parts) * rows_per_task;
-      st.reset(rows_per_task, p.E);
-      decode_group(p, b, h, r0, r0 + rows_per_task, 0, p.seq_len(b), st);
-      write_group_rows(p, b, h, r0, st);
-    }
-  };
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) {
-    pool.emplace_back(worker);
-  }
-  worker(); // the calling thread works too
-  for (auto& t : pool) {
-    t.join();
-  }
+  run_tasks(
+      n_tasks,
+      threads,
+      [] { return GroupState(); },
+      [&](GroupState& st, int64_t task) {
+        const int b = static_cast<int>(task / (int64_t(p.H) * parts));
+        const int h = static_cast<int>(task / parts % p.H);
+        const int r0 = static_cast<int>(task % parts) * rows_per_task;
+        st.reset(rows_per_task, p.E);
+        decode_group(p, b, h, r0, r0 + rows_per_task, 0, p.seq_len(b), st);
+        write_group_rows(p, b, h, r0, st);
+      });
 }
 
 } // namespace tiny_attn

@@ -3,14 +3,13 @@
 // sequence's keys into num_splits ranges gives B * H * num_splits tasks; each writes a partial
 // (o, lse), and a second pass merges them with Week 2's rule.
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <thread>
 #include <vector>
 
 #include "decode_attention.h"
 #include "flash_attention.h" // report_cpu_kernel
 #include "metalsim/mlx_extension.h"
+#include "tasks.h"
 
 namespace tiny_attn {
 
@@ -34,41 +33,33 @@ std::pair<int, int> split_range(int S, int num_splits, int split) {
 void decode_attention_split_cpu(const DecodeProblem& p, int num_threads) {
   const int G = p.group(), R = G * p.L, n_splits = p.num_splits;
   const int64_t n_tasks = int64_t(p.B) * p.H * n_splits;
-  int threads = num_threads > 0 ? num_threads : std::max(1u, std::thread::hardware_concurrency());
-  threads = static_cast<int>(std::min<int64_t>(threads, n_tasks));
+  const int threads = task_threads(num_threads, n_tasks);
   report_cpu_kernel("decode_split", n_splits);
 
   // Pass 1: the partial output (normalised) and log-sum-exp of every row in every split.
   const int64_t n_rows = int64_t(p.B) * p.H_q * p.L; // row n = (b * H_q + h_q) * L + i
   std::vector<float> o_part(n_rows * n_splits * p.E), lse_part(n_rows * n_splits);
-  std::atomic<int64_t> next{0};
-  auto pass1 = [&]() {
-    GroupState st;
-    for (int64_t task; (task = next.fetch_add(1)) < n_tasks;) {
-      const int z = static_cast<int>(task % n_splits);
-      const int h = static_cast<int>(task / n_splits % p.H);
-      const int b = static_cast<int>(task / (int64_t(n_splits) * p.H));
-      const auto [j0, j1] = split_range(p.seq_len(b), n_splits, z);
-      st.reset(R, p.E);
-      decode_group(p, b, h, 0, R, j0, j1, st);
-      for (int r = 0; r < R; ++r) {
-        const int64_t n = (int64_t(b) * p.H_q + h * G + r / p.L) * p.L + r % p.L;
-        const bool empty = st.l[r] == 0.0f; // the row sees no key of this split
-        lse_part[n * n_splits + z] = empty ? -INFINITY : st.m[r] + std::log(st.l[r]);
-        for (int e = 0; e < p.E; ++e) {
-          o_part[(n * n_splits + z) * p.E + e] = empty ? 0.0f : st.o[size_t(r) * p.E + e] / st.l[r];
+  run_tasks(
+      n_tasks,
+      threads,
+      [] { return GroupState(); },
+      [&](GroupState& st, int64_t task) {
+        const int z = static_cast<int>(task % n_splits);
+        const int h = static_cast<int>(task / n_splits % p.H);
+        const int b = static_cast<int>(task / (int64_t(n_splits) * p.H));
+        const auto [j0, j1] = split_range(p.seq_len(b), n_splits, z);
+        st.reset(R, p.E);
+        decode_group(p, b, h, 0, R, j0, j1, st);
+        for (int r = 0; r < R; ++r) {
+          const int64_t n = (int64_t(b) * p.H_q + h * G + r / p.L) * p.L + r % p.L;
+          const bool empty = st.l[r] == 0.0f; // the row sees no key of this split
+          lse_part[n * n_splits + z] = empty ? -INFINITY : st.m[r] + std::log(st.l[r]);
+          for (int e = 0; e < p.E; ++e) {
+            o_part[(n * n_splits + z) * p.E + e] =
+                empty ? 0.0f : st.o[size_t(r) * p.E + e] / st.l[r];
+          }
         }
-      }
-    }
-  };
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) {
-    pool.emplace_back(pass1);
-  }
-  pass1();
-  for (auto& t : pool) {
-    t.join();
-  }
+      });
 
   // Pass 2: merge the splits of every row (Week 2's rule); an empty split weighs exp(-inf) = 0.
   for (int64_t n = 0; n < n_rows; ++n) {

@@ -20,11 +20,11 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <thread>
 #include <vector>
 
 #include "flash_attention_backward.h"
 #include "simd.h"
+#include "tasks.h"
 
 namespace tiny_attn {
 
@@ -210,54 +210,46 @@ void flash_attention_backward_cpu(const BackwardProblem& p, int num_threads) {
   const int G = p.H_q / p.H;
   const int Tc = (p.S + kBc - 1) / kBc;
   const int64_t heads = int64_t(p.N) * p.H;
-  int threads = num_threads > 0 ? num_threads : std::max(1u, std::thread::hardware_concurrency());
   // Deal each head's K/V tiles to `chunks` work items only when there are fewer heads than
   // threads; then each chunk needs a private dQ.
-  const int chunks = static_cast<int>(std::min<int64_t>(Tc, (threads + heads - 1) / heads));
+  const int cores = task_threads(num_threads, heads * Tc);
+  const int chunks = static_cast<int>(std::min<int64_t>(Tc, (cores + heads - 1) / heads));
   const int64_t n_items = heads * chunks;
-  threads = static_cast<int>(std::min<int64_t>(threads, n_items));
+  const int threads = task_threads(num_threads, n_items);
   const int64_t dq_size = int64_t(p.N) * p.H_q * p.L * p.E;
   std::vector<float> dq_copies(chunks > 1 ? size_t(chunks) * dq_size : 0, 0.0f);
   if (chunks == 1) {
     std::fill(p.dq, p.dq + dq_size, 0.0f);
   }
 
-  std::atomic<int64_t> next{0};
   std::atomic<int64_t> tiles{0};
-  auto worker = [&]() {
+  auto workspace = [&] {
     Workspace ws(p.E);
     ws.D.resize(size_t(G) * p.L);
-    int64_t my_tiles = 0;
-    for (int64_t item; (item = next.fetch_add(1)) < n_items;) {
-      const int64_t head = item / chunks;
-      const int c = static_cast<int>(item % chunks);
-      const int n = static_cast<int>(head / p.H), hk = static_cast<int>(head % p.H);
-      const int64_t first_row = (int64_t(n) * p.H_q + int64_t(hk) * G) * p.L;
-      // D_i = dO_i . O_i for the rows of the group's G query heads.
-      for (int64_t r = 0; r < int64_t(G) * p.L; ++r) {
-        const float* dO = p.d_out + (first_row + r) * p.E;
-        const float* o = p.out + (first_row + r) * p.E;
-        float d = 0.0f;
-        for (int e = 0; e < p.E; ++e) {
-          d += dO[e] * o[e];
-        }
-        ws.D[r] = d;
-      }
-      float* dq = (chunks == 1 ? p.dq : dq_copies.data() + c * dq_size) + first_row * p.E;
-      for (int j = c; j < Tc; j += chunks) {
-        my_tiles += process_kv_tile(p, n, hk, j, dq, ws);
-      }
-    }
-    tiles += my_tiles;
+    return ws;
   };
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) {
-    pool.emplace_back(worker);
-  }
-  worker(); // the calling thread works too
-  for (auto& t : pool) {
-    t.join();
-  }
+  run_tasks(n_items, threads, workspace, [&](Workspace& ws, int64_t item) {
+    const int64_t head = item / chunks;
+    const int c = static_cast<int>(item % chunks);
+    const int n = static_cast<int>(head / p.H), hk = static_cast<int>(head % p.H);
+    const int64_t first_row = (int64_t(n) * p.H_q + int64_t(hk) * G) * p.L;
+    // D_i = dO_i . O_i for the rows of the group's G query heads.
+    for (int64_t r = 0; r < int64_t(G) * p.L; ++r) {
+      const float* dO = p.d_out + (first_row + r) * p.E;
+      const float* o = p.out + (first_row + r) * p.E;
+      float d = 0.0f;
+      for (int e = 0; e < p.E; ++e) {
+        d += dO[e] * o[e];
+      }
+      ws.D[r] = d;
+    }
+    float* dq = (chunks == 1 ? p.dq : dq_copies.data() + c * dq_size) + first_row * p.E;
+    int64_t item_tiles = 0;
+    for (int j = c; j < Tc; j += chunks) {
+      item_tiles += process_kv_tile(p, n, hk, j, dq, ws);
+    }
+    tiles += item_tiles;
+  });
   if (chunks > 1) { // dQ = the sum of the private copies, in a fixed order
     for (int64_t x = 0; x < dq_size; ++x) {
       float sum = 0.0f;

@@ -8,15 +8,14 @@
 //   Q    [ skipped | tile | tile | tile | skipped ...]
 //   tile          lo_all ^              ^ hi_all      (the union of the rows' visible keys)
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <limits>
-#include <thread>
 #include <vector>
 
 #include "flash_attention.h"
 #include "flash_attention_varlen.h"
 #include "simd.h"
+#include "tasks.h"
 
 namespace tiny_attn {
 
@@ -191,26 +190,13 @@ void flash_attention_varlen_cpu(const VarlenProblem& p) {
     }
   }
   const int64_t n_items = int64_t(tiles.size()) * p.H_q;
-  const int threads = static_cast<int>(
-      std::min<int64_t>(std::max(1u, std::thread::hardware_concurrency()), n_items));
+  const int threads = task_threads(0, n_items); // one a core
   report_cpu_kernel("varlen", threads);
-
-  std::atomic<int64_t> next{0};
-  auto worker = [&]() {
-    std::vector<float> o(size_t(kBr) * p.E);
-    for (int64_t item; (item = next.fetch_add(1)) < n_items;) {
-      const auto [seq, first_row] = tiles[item / p.H_q];
-      varlen_q_tile(p, seq, first_row, int(item % p.H_q), o.data());
-    }
-  };
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) {
-    pool.emplace_back(worker);
-  }
-  worker(); // the calling thread works too
-  for (auto& t : pool) {
-    t.join();
-  }
+  auto tile_output = [&] { return std::vector<float>(size_t(kBr) * p.E); };
+  run_tasks(n_items, threads, tile_output, [&](std::vector<float>& o, int64_t item) {
+    const auto [seq, first_row] = tiles[item / p.H_q];
+    varlen_q_tile(p, seq, first_row, int(item % p.H_q), o.data());
+  });
 }
 
 } // namespace tiny_attn

@@ -3,12 +3,11 @@
 // On the CPU a paged batch gets its own tasks, which walk each sequence's pages in address
 // order (Task 3).
 #include <algorithm>
-#include <atomic>
-#include <thread>
 #include <vector>
 
 #include "decode_attention.h"
 #include "flash_attention.h" // report_cpu_kernel
+#include "tasks.h"
 
 namespace tiny_attn {
 
@@ -37,18 +36,18 @@ const float* paged_kv_row(const DecodeProblem& p, const float* pool, int b, int 
 // chunks of kPagedChunk keys (several small pages), read, then added head by head.
 void paged_decode_cpu(const DecodeProblem& p, int num_threads) {
   const int rows = p.group() * p.L;
-  int threads = num_threads > 0 ? num_threads : std::max(1u, std::thread::hardware_concurrency());
   // All H heads in one task when there are sequences enough to keep the threads busy; with
   // few sequences the heads are cut into `parts` ranges (a divisor of H), each its own task.
+  const int cores = task_threads(num_threads, int64_t(p.B) * p.H);
   int parts = 1;
-  while (int64_t(p.B) * parts < 2 * threads && parts < p.H) {
+  while (int64_t(p.B) * parts < 2 * cores && parts < p.H) {
     do {
       ++parts;
     } while (p.H % parts != 0);
   }
   const int heads = p.H / parts; // heads a task
   const int64_t n_tasks = int64_t(p.B) * parts;
-  threads = static_cast<int>(std::min<int64_t>(threads, n_tasks));
+  const int threads = task_threads(num_threads, n_tasks);
   report_cpu_kernel("paged_decode", threads);
 
   // The longest sequences first: a long one taken last would leave the other threads idle.
@@ -63,44 +62,33 @@ void paged_decode_cpu(const DecodeProblem& p, int num_threads) {
   // keys than one small page has.
   const int chunk = std::max(1, kPagedChunk / p.page_size) * p.page_size;
 
-  std::atomic<int64_t> next{0};
-  auto worker = [&]() {
-    std::vector<GroupState> st(heads);
-    for (int64_t task; (task = next.fetch_add(1)) < n_tasks;) {
-      const int b = order[task / parts];
-      const int h0 = static_cast<int>(task % parts) * heads;
-      const int S_b = p.seq_len(b);
-      for (auto& s : st) {
-        s.reset(rows, p.E);
-      }
-      for (int c0 = 0; c0 < S_b; c0 += chunk) {
-        const int c1 = std::min(c0 + chunk, S_b);
-        for (const float* base : {p.k, p.v}) { // the chunk's pages, front to back
-          for (int j0 = c0; j0 < c1; j0 += p.page_size) {
-            for (int h = h0; h < h0 + heads; ++h) {
-              for (int j = j0; j < std::min(j0 + p.page_size, c1); ++j) {
-                read_row(kv_row(p, base, b, h, j), p.E);
-              }
+  auto heads_states = [&] { return std::vector<GroupState>(heads); };
+  run_tasks(n_tasks, threads, heads_states, [&](std::vector<GroupState>& st, int64_t task) {
+    const int b = order[task / parts];
+    const int h0 = static_cast<int>(task % parts) * heads;
+    const int S_b = p.seq_len(b);
+    for (auto& s : st) {
+      s.reset(rows, p.E);
+    }
+    for (int c0 = 0; c0 < S_b; c0 += chunk) {
+      const int c1 = std::min(c0 + chunk, S_b);
+      for (const float* base : {p.k, p.v}) { // the chunk's pages, front to back
+        for (int j0 = c0; j0 < c1; j0 += p.page_size) {
+          for (int h = h0; h < h0 + heads; ++h) {
+            for (int j = j0; j < std::min(j0 + p.page_size, c1); ++j) {
+              read_row(kv_row(p, base, b, h, j), p.E);
             }
           }
         }
-        for (int h = h0; h < h0 + heads; ++h) {
-          decode_group(p, b, h, 0, rows, c0, c1, st[h - h0]);
-        }
       }
       for (int h = h0; h < h0 + heads; ++h) {
-        write_group_rows(p, b, h, 0, st[h - h0]);
+        decode_group(p, b, h, 0, rows, c0, c1, st[h - h0]);
       }
     }
-  };
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) {
-    pool.emplace_back(worker);
-  }
-  worker(); // the calling thread works too
-  for (auto& t : pool) {
-    t.join();
-  }
+    for (int h = h0; h < h0 + heads; ++h) {
+      write_group_rows(p, b, h, 0, st[h - h0]);
+    }
+  });
 }
 
 } // namespace tiny_attn

@@ -14,6 +14,7 @@
 #include "decode_attention.h"
 #include "flash_attention.h" // report_cpu_kernel
 #include "simd.h"
+#include "tasks.h" // task_threads, run_tasks
 
 namespace tiny_attn {
 
@@ -41,7 +42,7 @@ void decode_attention_cpu(const DecodeProblem& p, int num_threads) {
   // TODO(Task 3): a paged batch (p.block_table set) goes to paged_decode_cpu (day 3). Else
   //   report_cpu_kernel("decode", threads); one task per (b, h): st.reset, decode_group over
   //   all G * L rows and keys 0 .. p.seq_len(b) - 1, then write_group_rows (out = o / l);
-  //   tasks taken from a shared counter by num_threads threads (0: one per core).
+  //   the tasks run by run_tasks on task_threads(num_threads, tasks) threads (tasks.h).
   throw std::runtime_error(
       "decode_attention_cpu is not implemented yet: see "
       "book/src/week5-01-decoding-kv-cache.md, Task 3");

@@ -7,6 +7,7 @@
 #include "decode_attention.h"
 #include "flash_attention.h" // report_cpu_kernel
 #include "metalsim/mlx_extension.h"
+#include "tasks.h" // task_threads, run_tasks
 
 namespace tiny_attn {
 
@@ -29,8 +30,8 @@ std::pair<int, int> split_range(int S, int num_splits, int split) {
 void decode_attention_split_cpu(const DecodeProblem& p, int num_threads) {
   // TODO(Task 2): report_cpu_kernel("decode_split", p.num_splits); pass 1: one task per
   //   (b, h, split) running decode_group over the split's keys (st reset first) and writing
-  //   each row's o / l and lse = m + log(l) (an empty split: o = 0, lse = -inf); pass 2:
-  //   merge.
+  //   each row's o / l and lse = m + log(l) (an empty split: o = 0, lse = -inf), the tasks
+  //   run by run_tasks (tasks.h); pass 2: merge.
   throw std::runtime_error(
       "decode_attention_split_cpu is not implemented yet: see book/src/week5-02-split-k.md, "
       "Task 2");

@@ -14,6 +14,7 @@
 #include <stdexcept>
 
 #include "flash_attention_backward.h"
+#include "tasks.h" // task_threads, run_tasks
 
 namespace tiny_attn {
 
@@ -34,7 +35,8 @@ void flash_attention_backward_cpu(const BackwardProblem& p, int num_threads) {
   // does not hide entirely: S, P = exp(S - lse) (1/S for a row whose lse is the lowest
   // float), dP, dS (0 where a mask hides the score), dV_j, dK_j, dQ_i. Write dK_j and dV_j
   // once; keep dQ free of races. Add the tiles you compute to backward_tiles_visited(), and
-  // set backward_threads() to the number of threads the call ran on.
+  // set backward_threads() to the number of threads the call ran on. run_tasks (tasks.h, Week
+  // 2's thread pool) runs numbered work items on threads, each thread with its own workspace.
   throw std::runtime_error(
       "flash_attention_backward_cpu is not implemented yet: see "
       "book/src/week4-03-backward-cpp.md, Task 2");

@@ -8,15 +8,14 @@
 //   Q    [ skipped | tile | tile | tile | skipped ...]
 //   tile          lo_all ^              ^ hi_all      (the union of the rows' visible keys)
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
-#include <thread>
 #include <vector>
 
 #include "flash_attention.h"
 #include "flash_attention_varlen.h"
+#include "tasks.h" // task_threads, run_tasks
 
 namespace tiny_attn {
 
@@ -27,8 +26,8 @@ void flash_attention_varlen_cpu(const VarlenProblem& p) {
   //   any of its rows sees to the last (a row that sees none: every tile), tiles_visited() += 1
   //   per tile, the mask compared only on tiles a row does not see whole, Week 2's online
   //   softmax, out = o / l.
-  // TODO(Task 2): report_cpu_kernel("varlen", threads); the (sequence, Q tile, head) items on
-  //   threads taken from a shared counter, as Week 2's fast kernel.
+  // TODO(Task 2): report_cpu_kernel("varlen", threads); the (sequence, Q tile, head) items
+  //   run by run_tasks on task_threads(0, items) threads (tasks.h: Week 2's thread pool).
   throw std::runtime_error(
       "flash_attention_varlen_cpu is not implemented yet: see "
       "book/src/week5-04-computed-masks.md, Task 2");

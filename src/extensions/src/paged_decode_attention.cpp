@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "decode_attention.h"
+#include "tasks.h" // task_threads, run_tasks
 
 namespace tiny_attn {
 
@@ -27,7 +28,8 @@ void paged_decode_cpu(const DecodeProblem& p, int num_threads) {
   //   ranges (the smallest divisor of H with B * parts >= 2 * threads, or H). A task resets a
   //   GroupState per head, then page by page: the page's rows of its heads read front to back
   //   (read_row(kv_row(...)), all K rows, then all V rows), then decode_group of each head
-  //   over the page's keys; at the end write_group_rows for each head.
+  //   over the page's keys; at the end write_group_rows for each head. run_tasks (tasks.h)
+  //   runs the tasks.
   throw std::runtime_error(
       "paged_decode_cpu is not implemented yet: see book/src/week5-03-paged-kv-cache.md, "
       "Task 3");
