@@ -141,16 +141,17 @@ class GuardedCopies {
   size_t guard_ = 0;
 };
 
-// Ctrl-C during a dispatch: while any dispatch runs, SIGINT sets g_interrupted (which the
-// running dispatches watch) and then goes on to the handler that was there before (Python's,
-// which raises KeyboardInterrupt once the dispatch has returned).
+// Ctrl-C during a dispatch: while any dispatch runs, SIGINT goes to the handler that was there
+// before (Python's, which raises KeyboardInterrupt once the dispatch has returned) and then sets
+// g_interrupted, which the running dispatches watch. In that order: the signal may be handled
+// on one of the dispatch's worker threads while the main thread waits, and a dispatch that has
+// seen g_interrupted and returned must find the signal already marked for Python.
 volatile int32_t g_interrupted = 0;
 std::mutex g_sigint_mu;
 int g_sigint_users = 0;
 struct sigaction g_prev_sigint;
 
 void on_sigint(int sig, siginfo_t* si, void* ctx) {
-  g_interrupted = 1;
   const struct sigaction& p = g_prev_sigint;
   if ((p.sa_flags & SA_SIGINFO) && p.sa_sigaction)
     p.sa_sigaction(sig, si, ctx);
@@ -159,7 +160,10 @@ void on_sigint(int sig, siginfo_t* si, void* ctx) {
   else if (p.sa_handler == SIG_DFL) {
     signal(SIGINT, SIG_DFL);
     raise(SIGINT);
+    return;
   }
+  std::atomic_thread_fence(std::memory_order_seq_cst); // what the handler wrote, before the flag
+  g_interrupted = 1;
 }
 
 struct SigintWatch {
