@@ -143,9 +143,10 @@ class GuardedCopies {
 
 // Ctrl-C during a dispatch: while any dispatch runs, SIGINT goes to the handler that was there
 // before (Python's, which raises KeyboardInterrupt once the dispatch has returned) and then sets
-// g_interrupted, which the running dispatches watch. In that order: the signal may be handled
-// on one of the dispatch's worker threads while the main thread waits, and a dispatch that has
-// seen g_interrupted and returned must find the signal already marked for Python.
+// g_interrupted, which the running dispatches watch. In that order, so that a dispatch which has
+// seen g_interrupted and returned finds the signal already marked for Python, whichever thread
+// the signal ran on. A process that ignores SIGINT (a background job, nohup) keeps ignoring it:
+// its dispatches run on.
 volatile int32_t g_interrupted = 0;
 std::mutex g_sigint_mu;
 int g_sigint_users = 0;
@@ -166,22 +167,29 @@ void on_sigint(int sig, siginfo_t* si, void* ctx) {
   g_interrupted = 1;
 }
 
+bool g_sigint_hooked = false; // on_sigint installed (SIGINT was not ignored)
+
 struct SigintWatch {
   SigintWatch() {
     std::lock_guard<std::mutex> lk(g_sigint_mu);
     if (g_sigint_users++ == 0) {
       g_interrupted = 0;
-      struct sigaction sa;
-      std::memset(&sa, 0, sizeof(sa));
-      sa.sa_sigaction = &on_sigint;
-      sa.sa_flags = SA_SIGINFO | SA_RESTART;
-      sigemptyset(&sa.sa_mask);
-      sigaction(SIGINT, &sa, &g_prev_sigint);
+      struct sigaction now;
+      sigaction(SIGINT, nullptr, &now);
+      g_sigint_hooked = (now.sa_flags & SA_SIGINFO) || now.sa_handler != SIG_IGN;
+      if (g_sigint_hooked) {
+        struct sigaction sa;
+        std::memset(&sa, 0, sizeof(sa));
+        sa.sa_sigaction = &on_sigint;
+        sa.sa_flags = SA_SIGINFO | SA_RESTART;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGINT, &sa, &g_prev_sigint);
+      }
     }
   }
   ~SigintWatch() {
     std::lock_guard<std::mutex> lk(g_sigint_mu);
-    if (--g_sigint_users == 0)
+    if (--g_sigint_users == 0 && g_sigint_hooked)
       sigaction(SIGINT, &g_prev_sigint, nullptr);
   }
 };

@@ -263,9 +263,12 @@ def test_a_bad_timeout_is_an_error(lib: metalsim.Library, monkeypatch: pytest.Mo
 
 
 def test_ctrl_c_interrupts_a_dispatch(lib: metalsim.Library) -> None:
+    # Python installs its Ctrl-C handler at start-up only where SIGINT is not ignored (in a
+    # background job it is): the script sets it, as an interactive session has it.
     script = textwrap.dedent(
         f"""
-        import sys, time, numpy as np, metalsim
+        import signal, sys, time, numpy as np, metalsim
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         lib = metalsim.Library.from_files([{str(SOURCE)!r}])
         print("ready", flush=True)
         t0 = time.monotonic()
@@ -297,6 +300,44 @@ def test_ctrl_c_interrupts_a_dispatch(lib: metalsim.Library) -> None:
         p.kill()
         raise
     assert "interrupted after" in out and "still usable" in out, out
+
+
+def test_a_process_that_ignores_ctrl_c_keeps_its_dispatch() -> None:
+    # SIGINT ignored (nohup, a background job): the dispatch is not stopped by it, and runs on
+    # to its deadline.
+    script = textwrap.dedent(
+        f"""
+        import signal, sys, numpy as np, metalsim
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        lib = metalsim.Library.from_files([{str(SOURCE)!r}])
+        print("ready", flush=True)
+        try:
+            lib.dispatch("spin_forever", grid=4, threadgroup=64,
+                         buffers={{0: np.ones(256, np.float32)}})
+        except metalsim.TimeoutError:
+            print("ran to its deadline", flush=True)
+        except metalsim.InterruptedError:
+            print("interrupted", flush=True)
+        """
+    )
+    env = dict(os.environ, METALSIM_TIMEOUT="3")
+    p = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    assert p.stdout is not None
+    assert p.stdout.readline().strip() == "ready"
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)
+    try:
+        out, _ = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        raise
+    assert "ran to its deadline" in out and "interrupted" not in out, out
 
 
 # ---------------------------------------------------------------- grid limits
