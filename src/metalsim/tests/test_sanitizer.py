@@ -262,6 +262,28 @@ def test_a_bad_timeout_is_an_error(lib: metalsim.Library, monkeypatch: pytest.Mo
         run(lib, "exchange_with_barrier", buffers={0: np.zeros(64, np.float32)})
 
 
+def ctrl_c_during(script: str, timeout: str) -> str:
+    """Runs `script` in a new Python with METALSIM_TIMEOUT=timeout, sends it SIGINT a second
+    after it prints "ready", and returns all it printed."""
+    p = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, METALSIM_TIMEOUT=timeout),
+    )
+    assert p.stdout is not None
+    assert p.stdout.readline().strip() == "ready"
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)
+    try:
+        out, _ = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        raise
+    return out
+
+
 def test_ctrl_c_interrupts_a_dispatch(lib: metalsim.Library) -> None:
     # Python installs its Ctrl-C handler at start-up only where SIGINT is not ignored (in a
     # background job it is): the script sets it, as an interactive session has it.
@@ -282,23 +304,7 @@ def test_ctrl_c_interrupts_a_dispatch(lib: metalsim.Library) -> None:
             print("still usable", flush=True)
         """
     )
-    env = dict(os.environ, METALSIM_TIMEOUT="0")
-    p = subprocess.Popen(
-        [sys.executable, "-c", script],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    assert p.stdout is not None
-    assert p.stdout.readline().strip() == "ready"
-    time.sleep(1.0)
-    p.send_signal(signal.SIGINT)
-    try:
-        out, _ = p.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        raise
+    out = ctrl_c_during(script, timeout="0")
     assert "interrupted after" in out and "still usable" in out, out
 
 
@@ -320,23 +326,7 @@ def test_a_process_that_ignores_ctrl_c_keeps_its_dispatch() -> None:
             print("interrupted", flush=True)
         """
     )
-    env = dict(os.environ, METALSIM_TIMEOUT="3")
-    p = subprocess.Popen(
-        [sys.executable, "-c", script],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    assert p.stdout is not None
-    assert p.stdout.readline().strip() == "ready"
-    time.sleep(1.0)
-    p.send_signal(signal.SIGINT)
-    try:
-        out, _ = p.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        raise
+    out = ctrl_c_during(script, timeout="3")
     assert "ran to its deadline" in out and "interrupted" not in out, out
 
 
