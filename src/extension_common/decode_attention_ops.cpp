@@ -6,7 +6,6 @@
 #include <cmath>
 #include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "decode_attention.h"
@@ -14,6 +13,7 @@
 #include "metalsim/mlx_extension.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/transforms.h"
+#include "tasks.h" // cpu_cores
 
 namespace tiny_attn {
 
@@ -195,9 +195,7 @@ mx::array contiguous_decode(
   }
   check_num_splits(op, num_splits, 0, S);
   if (num_splits == 0) {
-    const int workers = place.on_gpu()
-                            ? kGpuDecodeWorkers
-                            : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    const int workers = place.on_gpu() ? kGpuDecodeWorkers : cpu_cores();
     num_splits = choose_num_splits(S, query.shape(0) * key.shape(1), workers);
   }
   return make_decode(query, key, value, {}, scale, causal, num_splits, place);

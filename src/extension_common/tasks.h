@@ -20,11 +20,15 @@
 
 namespace tiny_attn {
 
+// The cores of this machine (at least 1).
+inline int cpu_cores() {
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
 // The threads a kernel runs on: num_threads when positive, else one a core; never more than
 // there are tasks, and at least 1.
 inline int task_threads(int num_threads, int64_t n_tasks) {
-  const int64_t asked =
-      num_threads > 0 ? num_threads : std::max(1u, std::thread::hardware_concurrency());
+  const int64_t asked = num_threads > 0 ? num_threads : cpu_cores();
   return static_cast<int>(std::max<int64_t>(1, std::min(asked, n_tasks)));
 }
 

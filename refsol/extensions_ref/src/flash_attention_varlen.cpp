@@ -65,6 +65,11 @@ float score(float dot, int pos, int col, float slope, const VarlenProblem& p) {
 
 using simd::f32x8;
 
+// The 8 lanes of v added in pairs, then pairs of pairs.
+TINY_ATTN_INLINE float lane_sum(f32x8 v) {
+  return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+}
+
 // q . k, 16 columns a step into two vector sums (an FMA waits for the one before it).
 TINY_ATTN_INLINE float dot(const float* a, const float* b, int E) {
   f32x8 acc0 = {}, acc1 = {};
@@ -76,8 +81,7 @@ TINY_ATTN_INLINE float dot(const float* a, const float* b, int E) {
   for (; e + 8 <= E; e += 8) {
     acc0 += simd::load(a + e) * simd::load(b + e);
   }
-  const f32x8 acc = acc0 + acc1;
-  float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  float sum = lane_sum(acc0 + acc1);
   for (; e < E; ++e) {
     sum += a[e] * b[e];
   }
@@ -161,8 +165,7 @@ void varlen_q_tile(const VarlenProblem& p, int seq, int first_row, int h_q, floa
       for (int c = 0; c < cols; ++c) {
         add_scaled(o_row, s_row[c], p.v + (size_t(k0 + c0 + c) * p.H + h) * E, E);
       }
-      l_i[r] = l_i[r] * alpha +
-               (((l8[0] + l8[1]) + (l8[2] + l8[3])) + ((l8[4] + l8[5]) + (l8[6] + l8[7])));
+      l_i[r] = l_i[r] * alpha + lane_sum(l8);
       m_i[r] = m_new;
     }
   }

@@ -74,9 +74,10 @@ void paged_decode_cpu(const DecodeProblem& p, int num_threads) {
       const int c1 = std::min(c0 + chunk, S_b);
       for (const float* base : {p.k, p.v}) { // the chunk's pages, front to back
         for (int j0 = c0; j0 < c1; j0 += p.page_size) {
-          for (int h = h0; h < h0 + heads; ++h) {
-            for (int j = j0; j < std::min(j0 + p.page_size, c1); ++j) {
-              read_row(kv_row(p, base, b, h, j), p.E);
+          for (int h = h0; h < h0 + heads; ++h) { // a page's rows of a head: kv_strides[2] apart
+            const float* row = kv_row(p, base, b, h, j0);
+            for (int j = j0; j < std::min(j0 + p.page_size, c1); ++j, row += p.kv_strides[2]) {
+              read_row(row, p.E);
             }
           }
         }
