@@ -41,12 +41,14 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 def test_crash_and_hang_fail_their_tests_and_the_others_still_run(tmp_path: Path) -> None:
     write(tmp_path, "test_bad.py", BAD_TESTS)
+    told: list[str] = []  # incidents as they happen, before the run ends
     run = supervise.run_pytest(
         ["test_bad.py"],
         ["-q", "-p", "no:cacheprovider", "--timeout=1"],
         cwd=tmp_path,
         test_timeout=5,
         capture=True,
+        on_incident=lambda incident: told.append(incident.status),
     )
     status = {r.nodeid.split("::")[1]: r.status for r in run.results}
     assert status == {
@@ -60,6 +62,7 @@ def test_crash_and_hang_fail_their_tests_and_the_others_still_run(tmp_path: Path
     assert "crashed (signal 11, SIGSEGV)" in crash.message
     assert run.returncode == 1
     assert [i.status for i in run.incidents] == ["crashed", "timed out"]
+    assert told == ["crashed", "timed out"]
 
 
 def test_a_crash_while_loading_the_file_is_reported(tmp_path: Path) -> None:

@@ -90,16 +90,22 @@ def rerun_command(week: int, day: int, test: str = "", *, refsol: bool = False) 
     return cmd
 
 
+def report_incident(incident: supervise.TestResult, *, refsol: bool) -> None:
+    """A crashed or hung test: what happened and the command to see it alone."""
+    m = DAY_FILE.search(incident.nodeid.split("::")[0]) if incident.nodeid else None
+    test = incident.nodeid or "the test run"
+    print(f"\n[tiny-attn] {test}: {incident.message}", file=sys.stderr)
+    if m:
+        w, d = int(m.group(1)), int(m.group(2))
+        command = rerun_command(w, d, incident.nodeid, refsol=refsol)
+        print(f"[tiny-attn]   run it alone: {command}", file=sys.stderr)
+    sys.stderr.flush()
+
+
 def report_incidents(run: supervise.Run, *, refsol: bool) -> None:
-    """One paragraph per crashed or hung test: what happened and the command to see it alone."""
+    """One paragraph per crashed or hung test (report_incident), in the order they happened."""
     for incident in run.incidents:
-        m = DAY_FILE.search(incident.nodeid.split("::")[0]) if incident.nodeid else None
-        test = incident.nodeid or "the test run"
-        print(f"\n[tiny-attn] {test}: {incident.message}", file=sys.stderr)
-        if m:
-            w, d = int(m.group(1)), int(m.group(2))
-            command = rerun_command(w, d, incident.nodeid, refsol=refsol)
-            print(f"[tiny-attn]   run it alone: {command}", file=sys.stderr)
+        report_incident(incident, refsol=refsol)
 
 
 def run_pytest(files: list[Path], extra: list[str], cwd: Path = ROOT, *, refsol: bool) -> int:
@@ -107,7 +113,11 @@ def run_pytest(files: list[Path], extra: list[str], cwd: Path = ROOT, *, refsol:
 
     Exit code 5 (no test selected, e.g. a -k that matches nothing) is explained.
     """
-    run = supervise.run_pytest(files, extra, cwd=cwd)
+    # Each crash or hang is told as it happens (a hang costs minutes before it is killed), and
+    # all of them again at the end, after pytest's own report.
+    run = supervise.run_pytest(
+        files, extra, cwd=cwd, on_incident=lambda i: report_incident(i, refsol=refsol)
+    )
     report_incidents(run, refsol=refsol)
     if run.returncode == 5:
         print("no test was selected: check the --week/--day and -k arguments", file=sys.stderr)

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,12 +176,14 @@ def run_pytest(
     total_timeout: float | None = None,
     capture: bool = False,
     max_restarts: int = 20,
+    on_incident: Callable[[TestResult], None] | None = None,
 ) -> Run:
     """Run `python -m pytest targets args` under supervision (see the module's docstring).
 
     `test_timeout` bounds one test, `total_timeout` the whole run (what is left then is
     "timed out" as one incident). With `capture`, pytest's output is collected into
-    Run.output instead of going to the terminal.
+    Run.output instead of going to the terminal. `on_incident` is told of each crash or hang
+    as it happens, before pytest starts again on the tests left.
     """
     run = Run()
     watch = _Watch(run)
@@ -232,6 +234,8 @@ def run_pytest(
             incident = TestResult(current or "", TIMED_OUT if killed_for else CRASHED, message)
             watch.current = None
             run.incidents.append(incident)
+            if on_incident is not None:
+                on_incident(incident)
             run.returncode = 1
             if incident.nodeid:
                 watch.finished.add(incident.nodeid)
